@@ -1,0 +1,110 @@
+"""Fault injection: the failures a real org produces, switched on at run time (all off by default).
+
+Each kind imitates what Salesforce sends, so client retry and failure paths can be tested:
+
+- ``rate_limit``: 403 ``REQUEST_LIMIT_EXCEEDED`` (Salesforce sends no 429 for API limits);
+- ``server_error``: 500 ``UNKNOWN_EXCEPTION`` or 503 ``SERVER_UNAVAILABLE`` (option ``status``);
+- ``slow``: every API response delayed by ``seconds``;
+- ``record_failures``: a ``rate`` fraction of ingest rows fail with ``code`` (default
+  ``UNABLE_TO_LOCK_ROW``), drawn from a seeded generator so a run is repeatable;
+- ``session_expiry``: every issued session is invalidated at once (401 ``INVALID_SESSION_ID`` until
+  the client logs in again).
+
+``count`` limits a fault to the next N requests (or N rows for ``record_failures``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+
+KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry")
+
+TRANSIENT_RECORD_CODES = ("UNABLE_TO_LOCK_ROW", "API_TEMPORARILY_UNAVAILABLE")
+
+
+@dataclass
+class Fault:
+    kind: str
+    count: int | None = None  # remaining uses; None = until switched off
+    rate: float = 1.0
+    status: int = 503
+    seconds: float = 0.0
+    code: str = "UNABLE_TO_LOCK_ROW"
+    seed: int = 0
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("kind", "count", "rate", "status", "seconds", "code", "seed")}
+
+
+class FaultError(ValueError):
+    pass
+
+
+class Faults:
+    """Thread-safe registry of active faults, shared by every request handler."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, Fault] = {}
+
+    def set(self, kind: str, **options) -> Fault:
+        if kind not in KINDS:
+            raise FaultError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
+        allowed = {"count", "rate", "status", "seconds", "code", "seed"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise FaultError(f"unknown option(s) for {kind}: {', '.join(sorted(unknown))}")
+        options = {k: v for k, v in options.items() if v is not None}
+        fault = Fault(kind, **options)
+        if not 0.0 <= fault.rate <= 1.0:
+            raise FaultError("rate must be between 0 and 1")
+        if kind == "server_error" and fault.status not in (500, 503):
+            raise FaultError("server_error status must be 500 or 503")
+        fault.rng.seed(fault.seed)
+        with self._lock:
+            self._active[kind] = fault
+        return fault
+
+    def clear(self, kind: str | None = None) -> None:
+        with self._lock:
+            if kind is None:
+                self._active.clear()
+            else:
+                self._active.pop(kind, None)
+
+    def snapshot(self) -> list[dict]:
+        with self._lock:
+            return [f.as_dict() for f in self._active.values()]
+
+    def take(self, kind: str) -> Fault | None:
+        """The active fault of this kind if it fires now, using up one of its ``count``."""
+        with self._lock:
+            fault = self._active.get(kind)
+            if fault is None:
+                return None
+            if kind != "record_failures" and fault.rate < 1.0 and fault.rng.random() >= fault.rate:
+                return None
+            if fault.count is not None:
+                fault.count -= 1
+                if fault.count <= 0:
+                    del self._active[kind]
+            return fault
+
+    def record_failure(self) -> tuple[str, str] | None:
+        """For one ingest row: (statusCode, message) if this row should fail."""
+        with self._lock:
+            fault = self._active.get("record_failures")
+            if fault is None or fault.rng.random() >= fault.rate:
+                return None
+            if fault.count is not None:
+                fault.count -= 1
+                if fault.count <= 0:
+                    del self._active["record_failures"]
+        messages = {
+            "UNABLE_TO_LOCK_ROW": "unable to obtain exclusive access to this record or 1 records",
+            "API_TEMPORARILY_UNAVAILABLE": "API temporarily unavailable",
+        }
+        return fault.code, messages.get(fault.code, "injected failure")

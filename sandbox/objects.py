@@ -1,0 +1,314 @@
+"""The sandbox org's data model: which sObjects exist, their fields and Salesforce types.
+
+Everything else in the sandbox (describe, SOQL, the org tables, Bulk CSV, the Connect mirror) is
+derived from these definitions, so adding a field here adds it everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Salesforce field type -> Postgres column type in the org database.
+PG_TYPES = {
+    "id": "char(18)",
+    "reference": "char(18)",
+    "string": "text",
+    "email": "text",
+    "phone": "text",
+    "url": "text",
+    "picklist": "text",
+    "textarea": "text",
+    "date": "date",
+    "datetime": "timestamptz",
+    "boolean": "boolean",
+    "double": "double precision",
+    "currency": "numeric(18,2)",
+    "int": "integer",
+}
+
+# SOAP types reported by describe, which some clients read.
+SOAP_TYPES = {
+    "id": "tns:ID",
+    "reference": "tns:ID",
+    "date": "xsd:date",
+    "datetime": "xsd:dateTime",
+    "boolean": "xsd:boolean",
+    "double": "xsd:double",
+    "currency": "xsd:double",
+    "int": "xsd:int",
+}
+
+# Fields the platform maintains on every object; clients cannot write them.
+SYSTEM_FIELDS = ("Id", "IsDeleted", "CreatedDate", "LastModifiedDate", "SystemModstamp")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    label: str = ""
+    length: int = 0
+    nillable: bool = True
+    updateable: bool = True
+    createable: bool = True
+    picklist: tuple[str, ...] = ()
+    reference_to: tuple[str, ...] = ()
+    relationship_name: str | None = None
+
+    @property
+    def column(self) -> str:
+        return self.name.lower()
+
+    @property
+    def pg_type(self) -> str:
+        return PG_TYPES[self.type]
+
+    def describe(self) -> dict:
+        length = self.length or (255 if self.type in ("string", "email", "phone", "url", "picklist") else 0)
+        if self.type in ("id", "reference"):
+            length = 18
+        return {
+            "name": self.name,
+            "label": self.label or _label(self.name),
+            "type": self.type,
+            "soapType": SOAP_TYPES.get(self.type, "xsd:string"),
+            "length": length,
+            "byteLength": length * 3,
+            "precision": 18 if self.type == "currency" else 0,
+            "scale": 2 if self.type == "currency" else 0,
+            "digits": 9 if self.type == "int" else 0,
+            "nillable": self.nillable,
+            "createable": self.createable,
+            "updateable": self.updateable,
+            "filterable": True,
+            "sortable": self.type != "textarea",
+            "groupable": self.type not in ("textarea", "double", "currency", "datetime"),
+            "unique": False,
+            "externalId": False,
+            "idLookup": self.name == "Id",
+            "custom": self.name.endswith("__c"),
+            "calculated": False,
+            "autoNumber": False,
+            "defaultedOnCreate": self.name in SYSTEM_FIELDS or self.type == "boolean",
+            "restrictedPicklist": False,
+            "picklistValues": [
+                {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
+                for v in self.picklist
+            ],
+            "referenceTo": list(self.reference_to),
+            "relationshipName": self.relationship_name,
+        }
+
+
+@dataclass(frozen=True)
+class SObject:
+    name: str
+    key_prefix: str
+    label_plural: str
+    fields: tuple[Field, ...]
+    name_field: str = "Name"
+    by_lower: dict[str, Field] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self):
+        self.by_lower.update({f.name.lower(): f for f in self.fields})
+
+    @property
+    def table(self) -> str:
+        return self.name.lower()
+
+    def field(self, name: str) -> Field | None:
+        """Field by API name, case-insensitively, as Salesforce resolves names."""
+        return self.by_lower.get(name.lower())
+
+    def describe(self, api_version: str) -> dict:
+        base = f"/services/data/v{api_version}/sobjects/{self.name}"
+        return {
+            **self.summary(api_version),
+            "fields": [f.describe() for f in self.fields],
+            "childRelationships": [],
+            "recordTypeInfos": [],
+            "urls": {**self.summary(api_version)["urls"], "describe": f"{base}/describe"},
+        }
+
+    def summary(self, api_version: str) -> dict:
+        base = f"/services/data/v{api_version}/sobjects/{self.name}"
+        return {
+            "name": self.name,
+            "label": _label(self.name),
+            "labelPlural": self.label_plural,
+            "keyPrefix": self.key_prefix,
+            "custom": False,
+            "queryable": True,
+            "retrieveable": True,
+            "searchable": True,
+            "createable": True,
+            "updateable": True,
+            "deletable": True,
+            "undeletable": True,
+            "replicateable": True,
+            "layoutable": True,
+            "urls": {"sobject": base, "rowTemplate": base + "/{ID}"},
+        }
+
+
+def _label(name: str) -> str:
+    out = ""
+    for i, ch in enumerate(name):
+        if i and ch.isupper() and not name[i - 1].isupper():
+            out += " "
+        out += ch
+    return out
+
+
+def _system(key: str) -> tuple[Field, ...]:
+    return (
+        Field("Id", "id", nillable=False, updateable=False, createable=False),
+        Field("IsDeleted", "boolean", nillable=False, updateable=False, createable=False),
+        Field("CreatedDate", "datetime", nillable=False, updateable=False, createable=False),
+        Field("LastModifiedDate", "datetime", nillable=False, updateable=False, createable=False),
+        Field("SystemModstamp", "datetime", nillable=False, updateable=False, createable=False),
+        Field("OwnerId", "reference", nillable=False, reference_to=("User",), relationship_name="Owner"),
+    )
+
+
+LEAD_SOURCES = ("Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other")
+INDUSTRIES = ("Agriculture", "Banking", "Education", "Energy", "Healthcare", "Media", "Retail", "Technology")
+
+ACCOUNT = SObject(
+    "Account",
+    "001",
+    "Accounts",
+    _system("001")
+    + (
+        Field("Name", "string", nillable=False),
+        Field("Type", "picklist", picklist=("Prospect", "Customer - Direct", "Customer - Channel", "Partner", "Other")),
+        Field("Industry", "picklist", picklist=INDUSTRIES),
+        Field("Phone", "phone", length=40),
+        Field("Website", "url"),
+        Field("BillingStreet", "textarea"),
+        Field("BillingCity", "string", length=40),
+        Field("BillingPostalCode", "string", length=20),
+        Field("BillingCountry", "string", length=80),
+        Field("AnnualRevenue", "currency"),
+        Field("NumberOfEmployees", "int"),
+        Field("Description", "textarea", length=32000),
+    ),
+)
+
+CONTACT = SObject(
+    "Contact",
+    "003",
+    "Contacts",
+    _system("003")
+    + (
+        Field("AccountId", "reference", reference_to=("Account",), relationship_name="Account"),
+        Field("Salutation", "picklist", picklist=("Mr.", "Ms.", "Mrs.", "Dr.", "Prof.")),
+        Field("FirstName", "string", length=40),
+        Field("LastName", "string", length=80, nillable=False),
+        Field("Name", "string", length=121, updateable=False, createable=False),
+        Field("Title", "string", length=128),
+        Field("Email", "email", length=80),
+        Field("Phone", "phone", length=40),
+        Field("MobilePhone", "phone", length=40),
+        Field("Birthdate", "date"),
+        Field("MailingStreet", "textarea"),
+        Field("MailingCity", "string", length=40),
+        Field("MailingPostalCode", "string", length=20),
+        Field("MailingCountry", "string", length=80),
+        Field("LeadSource", "picklist", picklist=LEAD_SOURCES),
+        Field("HasOptedOutOfEmail", "boolean", nillable=False),
+        Field("LastActivityDate", "date", updateable=False, createable=False),
+        Field("Description", "textarea", length=32000),
+    ),
+)
+
+LEAD = SObject(
+    "Lead",
+    "00Q",
+    "Leads",
+    _system("00Q")
+    + (
+        Field("FirstName", "string", length=40),
+        Field("LastName", "string", length=80, nillable=False),
+        Field("Name", "string", length=121, updateable=False, createable=False),
+        Field("Company", "string", nillable=False),
+        Field("Title", "string", length=128),
+        Field("Email", "email", length=80),
+        Field("Phone", "phone", length=40),
+        Field("Status", "picklist", picklist=("Open - Not Contacted", "Working - Contacted", "Closed - Converted", "Closed - Not Converted")),
+        Field("LeadSource", "picklist", picklist=LEAD_SOURCES),
+        Field("Industry", "picklist", picklist=INDUSTRIES),
+        Field("City", "string", length=40),
+        Field("Country", "string", length=80),
+        Field("AnnualRevenue", "currency"),
+        Field("IsConverted", "boolean", nillable=False),
+        Field("Description", "textarea", length=32000),
+    ),
+)
+
+CASE = SObject(
+    "Case",
+    "500",
+    "Cases",
+    _system("500")
+    + (
+        Field("CaseNumber", "string", length=30, updateable=False, createable=False),
+        Field("AccountId", "reference", reference_to=("Account",), relationship_name="Account"),
+        Field("ContactId", "reference", reference_to=("Contact",), relationship_name="Contact"),
+        Field("Subject", "string"),
+        Field("Description", "textarea", length=32000),
+        Field("Status", "picklist", picklist=("New", "Working", "Escalated", "Closed")),
+        Field("Priority", "picklist", picklist=("High", "Medium", "Low")),
+        Field("Origin", "picklist", picklist=("Phone", "Email", "Web")),
+        Field("SuppliedName", "string", length=80),
+        Field("SuppliedEmail", "email", length=80),
+        Field("SuppliedPhone", "phone", length=40),
+        Field("IsClosed", "boolean", nillable=False),
+        Field("ClosedDate", "datetime"),
+    ),
+    name_field="CaseNumber",
+)
+
+PRIVACY_HOLD_REASON = SObject(
+    "PrivacyHoldReason",
+    "0Hr",
+    "Privacy Hold Reasons",
+    _system("0Hr")
+    + (
+        Field("Name", "string", nillable=False),
+        Field("Description", "textarea"),
+        Field("IsActive", "boolean", nillable=False),
+    ),
+)
+
+PRIVACY_HOLD = SObject(
+    "PrivacyHold",
+    "0Hp",
+    "Privacy Holds",
+    _system("0Hp")
+    + (
+        Field("Name", "string", nillable=False),
+        # Polymorphic: the held record may be a Contact, Lead, Case or Account.
+        Field("RecordId", "reference", nillable=False, reference_to=("Account", "Contact", "Lead", "Case")),
+        Field("ReasonId", "reference", reference_to=("PrivacyHoldReason",), relationship_name="Reason"),
+        Field("IsActive", "boolean", nillable=False),
+        Field("StartDate", "date"),
+        Field("EndDate", "date"),
+    ),
+)
+
+OBJECTS: dict[str, SObject] = {
+    o.name.lower(): o for o in (ACCOUNT, CONTACT, LEAD, CASE, PRIVACY_HOLD_REASON, PRIVACY_HOLD)
+}
+BY_PREFIX: dict[str, SObject] = {o.key_prefix: o for o in OBJECTS.values()}
+
+# Fields the org derives from others when a record is written.
+DERIVED = {
+    "contact": {"name": ("firstname", "lastname")},
+    "lead": {"name": ("firstname", "lastname")},
+}
+
+
+def get_object(name: str) -> SObject | None:
+    """sObject by API name, case-insensitively."""
+    return OBJECTS.get(name.lower())

@@ -1,0 +1,544 @@
+"""The Salesforce org emulator's HTTP surface: login, REST, and the admin (fault) endpoints.
+
+Paths, status codes, headers and bodies follow what simple-salesforce and the Airflow Salesforce
+provider send and expect (see the project's reference notes). Bulk API 1.0 and 2.0 live in
+``bulk1.py`` and ``bulk2.py`` and share the pieces defined here through ``OrgService``.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sandbox import org, results
+from sandbox.config import API_VERSION, Settings
+from sandbox.faults import Faults, FaultError
+from sandbox.objects import OBJECTS, get_object
+
+DAILY_API_LIMIT = 1_000_000
+
+
+class ApiError(Exception):
+    """An error answered in REST's shape: a JSON array of ``{message, errorCode, fields}``."""
+
+    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, fields
+
+    def body(self) -> list[dict]:
+        item = {"message": self.message, "errorCode": self.code}
+        if self.fields is not None:
+            item["fields"] = self.fields
+        return [item]
+
+
+def session_expired() -> ApiError:
+    return ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+
+
+@dataclass
+class OrgService:
+    """What every handler shares: the org database pool, sessions, faults and API usage."""
+
+    settings: Settings
+    pool: object  # psycopg_pool.ConnectionPool over the sandbox org database
+    faults: Faults = field(default_factory=Faults)
+    sessions: set[str] = field(default_factory=set)
+    api_usage: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_session(self) -> str:
+        token = f"{self.settings.org_id[:15]}!{secrets.token_urlsafe(48)}"
+        with self.lock:
+            self.sessions.add(token)
+        return token
+
+    def expire_sessions(self) -> None:
+        with self.lock:
+            self.sessions.clear()
+
+    def check_session(self, token: str | None) -> None:
+        if not token or token not in self.sessions:
+            raise session_expired()
+
+    def count_call(self) -> int:
+        with self.lock:
+            self.api_usage += 1
+            return self.api_usage
+
+    def before_call(self) -> None:
+        """Apply injected faults to one API call, in the order a real org would hit them."""
+        slow = self.faults.take("slow")
+        if slow:
+            time.sleep(slow.seconds)
+        if self.faults.take("rate_limit") or self.api_usage >= DAILY_API_LIMIT:
+            raise ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
+        error = self.faults.take("server_error")
+        if error:
+            if error.status == 500:
+                raise ApiError(500, "UNKNOWN_EXCEPTION",
+                               "An unexpected error occurred. Please include this ErrorId if you contact "
+                               "support: 1370301497-4711 (-1217843958)")
+            raise ApiError(503, "SERVER_UNAVAILABLE", "Server unavailable, please try again later")
+
+    def limit_header(self) -> dict[str, str]:
+        return {"Sforce-Limit-Info": f"api-usage={self.api_usage}/{DAILY_API_LIMIT}"}
+
+
+def bearer(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+
+def rest_call(handler: Callable) -> Callable:
+    """Wrap a REST handler: authenticate, apply faults, count the call, render errors."""
+
+    @functools.wraps(handler)
+    def wrapped(request: Request) -> Response:
+        svc: OrgService = request.app.state.svc
+        try:
+            svc.check_session(bearer(request))
+            svc.count_call()
+            svc.before_call()
+            response = handler(request, svc)
+        except ApiError as err:
+            response = JSONResponse(err.body(), status_code=err.status)
+        response.headers.update(svc.limit_header())
+        return response
+
+    return wrapped
+
+
+def sobject_or_404(name: str):
+    obj = get_object(name)
+    if obj is None:
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+    return obj
+
+
+async def read_json(request: Request):
+    body = await request.body()
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise ApiError(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc}") from None
+
+
+def json_body(request: Request):
+    """Request body as JSON from a sync handler (Starlette caches the body it received)."""
+    raw = request.scope.get("sandbox.body", b"")
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise ApiError(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Login: SOAP ``login`` and the OAuth 2.0 token endpoint.
+
+_SOAP_FIELD = re.compile(r"<(?:\w+:)?(username|password)>(.*?)</(?:\w+:)?\1>", re.S)
+
+
+def _unescape_xml(text: str) -> str:
+    return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
+            .replace("&amp;", "&"))
+
+
+def _credentials_ok(settings: Settings, username: str, password: str) -> bool:
+    return username == settings.username and password in (
+        settings.password, settings.password + settings.security_token
+    )
+
+
+def soap_login(request: Request) -> Response:
+    svc: OrgService = request.app.state.svc
+    body = request.scope.get("sandbox.body", b"").decode("utf-8", "replace")
+    found = {k: _unescape_xml(v) for k, v in _SOAP_FIELD.findall(body)}
+    if not _credentials_ok(svc.settings, found.get("username", ""), found.get("password", "")):
+        fault = (
+            '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+            'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com">'
+            "<soapenv:Body><soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode>"
+            "<faultstring>INVALID_LOGIN: Invalid username, password, security token; or user locked out."
+            "</faultstring><detail><sf:LoginFault><sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode>"
+            "<sf:exceptionMessage>Invalid username, password, security token; or user locked out."
+            "</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+        )
+        return Response(fault, status_code=500, media_type="text/xml")
+    host = request.headers.get("host", f"localhost:{svc.settings.sf_port}")
+    version = request.path_params.get("ver", API_VERSION)
+    token = svc.new_session()
+    org_id = svc.settings.org_id
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns="urn:partner.soap.sforce.com" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><loginResponse><result>'
+        f"<metadataServerUrl>https://{host}/services/Soap/m/{version}/{org_id[:15]}</metadataServerUrl>"
+        "<passwordExpired>false</passwordExpired><sandbox>true</sandbox>"
+        f"<serverUrl>https://{host}/services/Soap/u/{version}/{org_id[:15]}</serverUrl>"
+        f"<sessionId>{token}</sessionId><userId>{org.DEFAULT_OWNER}</userId>"
+        f"<userInfo><organizationId>{org_id}</organizationId><userName>{svc.settings.username}</userName>"
+        "</userInfo></result></loginResponse></soapenv:Body></soapenv:Envelope>"
+    )
+    return Response(xml, media_type="text/xml")
+
+
+def oauth_token(request: Request) -> Response:
+    svc: OrgService = request.app.state.svc
+    s = svc.settings
+    form = {k: v[0] for k, v in parse_qs(request.scope.get("sandbox.body", b"").decode()).items()}
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        key, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        form.setdefault("client_id", key)
+        form.setdefault("client_secret", secret)
+    grant = form.get("grant_type")
+    client_ok = form.get("client_id") == s.consumer_key and form.get("client_secret") == s.consumer_secret
+    if grant == "password":
+        ok = client_ok and _credentials_ok(s, form.get("username", ""), form.get("password", ""))
+    elif grant == "client_credentials":
+        ok = client_ok
+    else:
+        return JSONResponse({"error": "unsupported_grant_type", "error_description": "grant type not supported"},
+                            status_code=400)
+    if not ok:
+        return JSONResponse({"error": "invalid_grant", "error_description": "authentication failure"},
+                            status_code=400)
+    host = request.headers.get("host", f"localhost:{s.sf_port}")
+    return JSONResponse({
+        "access_token": svc.new_session(),
+        "instance_url": f"https://{host}",
+        "id": f"https://{host}/id/{s.org_id}/{org.DEFAULT_OWNER}",
+        "token_type": "Bearer",
+        "issued_at": str(int(time.time() * 1000)),
+        "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
+    })
+
+
+# ---------------------------------------------------------------------------------------------
+# REST resources.
+
+@rest_call
+def versions(request: Request, svc: OrgService) -> Response:
+    return JSONResponse([{"label": "Winter '24", "url": f"/services/data/v{API_VERSION}", "version": API_VERSION}])
+
+
+@rest_call
+def limits(request: Request, svc: OrgService) -> Response:
+    used = svc.api_usage
+    return JSONResponse({
+        "DailyApiRequests": {"Max": DAILY_API_LIMIT, "Remaining": max(DAILY_API_LIMIT - used, 0)},
+        "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
+        "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
+        "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
+    })
+
+
+@rest_call
+def describe_global(request: Request, svc: OrgService) -> Response:
+    ver = request.path_params["ver"]
+    return JSONResponse({
+        "encoding": "UTF-8",
+        "maxBatchSize": 200,
+        "sobjects": [o.summary(ver) for o in OBJECTS.values()],
+    })
+
+
+@rest_call
+def describe_object(request: Request, svc: OrgService) -> Response:
+    obj = sobject_or_404(request.path_params["sobject"])
+    return JSONResponse(obj.describe(request.path_params["ver"]))
+
+
+@rest_call
+def object_metadata(request: Request, svc: OrgService) -> Response:
+    obj = sobject_or_404(request.path_params["sobject"])
+    return JSONResponse({"objectDescribe": obj.summary(request.path_params["ver"]), "recentItems": []})
+
+
+def _raise_record_error(err: org.RecordError, *, status: int = 400) -> None:
+    if err.code == "NOT_FOUND":
+        raise ApiError(404, err.code, err.message)
+    if err.code == "ENTITY_IS_DELETED":
+        raise ApiError(404, err.code, err.message, [])
+    raise ApiError(status, err.code, err.message, err.fields)
+
+
+@rest_call
+def create_record(request: Request, svc: OrgService) -> Response:
+    obj = sobject_or_404(request.path_params["sobject"])
+    values = json_body(request)
+    if not isinstance(values, dict):
+        raise ApiError(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject")
+    with svc.pool.connection() as conn:
+        out = org.create(conn, obj, values)
+    if not out.success:
+        _raise_record_error(out.errors[0])
+    return JSONResponse({"id": out.id, "success": True, "errors": []}, status_code=201)
+
+
+@rest_call
+def record(request: Request, svc: OrgService) -> Response:
+    obj = sobject_or_404(request.path_params["sobject"])
+    record_id = request.path_params["id"]
+    with svc.pool.connection() as conn:
+        if request.method == "GET":
+            names = request.query_params.get("fields")
+            got = org.fetch(conn, obj, record_id, [n.strip() for n in names.split(",")] if names else None)
+            if isinstance(got, org.RecordError):
+                _raise_record_error(got)
+            return JSONResponse(org.record_json(obj, request.path_params["ver"], got))
+        if request.method == "PATCH":
+            values = json_body(request)
+            if not isinstance(values, dict):
+                raise ApiError(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject")
+            out = org.update(conn, obj, record_id, values)
+        else:
+            out = org.delete(conn, obj, record_id)
+    if not out.success:
+        err = out.errors[0]
+        if err.code in ("INVALID_CROSS_REFERENCE_KEY", "MALFORMED_ID") and request.method == "DELETE":
+            raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+        _raise_record_error(err)
+    return Response(status_code=204)
+
+
+@rest_call
+def deleted_records(request: Request, svc: OrgService) -> Response:
+    obj = sobject_or_404(request.path_params["sobject"])
+    try:
+        start = org.parse_datetime(request.query_params["start"])
+        end = org.parse_datetime(request.query_params["end"])
+    except (KeyError, ValueError):
+        raise ApiError(400, "INVALID_REPLICATION_DATE", "start and end must be valid dateTime values") from None
+    with svc.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT id, deleted_at FROM org.deletions WHERE object = %s AND deleted_at >= %s AND deleted_at < %s "
+            "AND NOT hard ORDER BY seq",
+            (obj.name, start, end),
+        ).fetchall()
+        earliest = conn.execute("SELECT min(deleted_at) FROM org.deletions WHERE object = %s", (obj.name,)).fetchone()[0]
+    stamp = org.Field("x", "datetime")
+    return JSONResponse({
+        "deletedRecords": [{"id": r[0], "deletedDate": org.json_value(stamp, r[1])} for r in rows],
+        "earliestDateAvailable": org.json_value(stamp, earliest or start),
+        "latestDateCovered": org.json_value(stamp, end),
+    })
+
+
+def _query(request: Request, svc: OrgService, include_deleted: bool) -> Response:
+    ver = request.path_params["ver"]
+    text = request.query_params.get("q")
+    if text is None:
+        raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+    batch = results.batch_size(request.headers.get("sforce-query-options"))
+    with svc.pool.connection() as conn:
+        try:
+            page = results.start_rest_query(conn, text, include_deleted=include_deleted, batch_size=batch,
+                                            api_version=ver)
+        except results.QueryError as err:
+            raise ApiError(400, err.error_code, err.message) from None
+    return JSONResponse(page)
+
+
+@rest_call
+def query(request: Request, svc: OrgService) -> Response:
+    return _query(request, svc, include_deleted=False)
+
+
+@rest_call
+def query_all(request: Request, svc: OrgService) -> Response:
+    return _query(request, svc, include_deleted=True)
+
+
+@rest_call
+def query_more(request: Request, svc: OrgService) -> Response:
+    with svc.pool.connection() as conn:
+        page = results.next_rest_page(conn, request.path_params["locator"], api_version=request.path_params["ver"])
+    if page is None:
+        raise ApiError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+    return JSONResponse(page)
+
+
+# sObject Collections: at most 200 records a request, results in input order.
+COLLECTION_LIMIT = 200
+
+
+def _collection_result(out: org.Outcome) -> dict:
+    return {"id": out.id, "success": out.success, "errors": [e.as_dict() for e in out.errors]}
+
+
+def _all_or_none(conn, outcomes: list[org.Outcome], all_or_none: bool) -> list[dict]:
+    """With allOrNone, one failure rolls back every record and the others report ALL_OR_NONE_OPERATION_ROLLED_BACK."""
+    if not all_or_none or all(o.success for o in outcomes):
+        return [_collection_result(o) for o in outcomes]
+    conn.rollback()
+    rolled = org.RecordError("ALL_OR_NONE_OPERATION_ROLLED_BACK", "Record rolled back because not all records were valid and the request was using AllOrNone header")
+    return [
+        _collection_result(o) if not o.success else {"id": None, "success": False, "errors": [rolled.as_dict()]}
+        for o in outcomes
+    ]
+
+
+def _row_fault(svc: OrgService, record_id: str | None) -> org.Outcome | None:
+    fault = svc.faults.record_failure()
+    if fault:
+        return org.Outcome(record_id, False, errors=[org.RecordError(fault[0], fault[1])])
+    return None
+
+
+@rest_call
+def collections(request: Request, svc: OrgService) -> Response:
+    if request.method == "DELETE":
+        ids_param = request.query_params.get("ids", "")
+        record_ids = [i for i in ids_param.split(",") if i]
+        all_or_none = request.query_params.get("allOrNone", "false").lower() == "true"
+        if len(record_ids) > COLLECTION_LIMIT:
+            raise ApiError(400, "EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than "
+                           f"{COLLECTION_LIMIT} records into this call")
+        with svc.pool.connection() as conn:
+            outcomes = []
+            for rid in record_ids:
+                obj = OBJECTS_BY_PREFIX.get(rid[:3])
+                if obj is None:
+                    outcomes.append(org.Outcome(rid, False, errors=[org.RecordError("MALFORMED_ID",
+                                                                                    f"malformed id {rid}")]))
+                    continue
+                outcomes.append(_row_fault(svc, rid) or org.delete(conn, obj, rid))
+            return JSONResponse(_all_or_none(conn, outcomes, all_or_none))
+    body = json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("records"), list):
+        raise ApiError(400, "JSON_PARSER_ERROR", "records must be a list")
+    records = body["records"]
+    if len(records) > COLLECTION_LIMIT:
+        raise ApiError(400, "EXCEEDED_ID_LIMIT", f"record limit reached. cannot submit more than "
+                       f"{COLLECTION_LIMIT} records into this call")
+    all_or_none = bool(body.get("allOrNone", False))
+    with svc.pool.connection() as conn:
+        outcomes = []
+        for rec in records:
+            values = dict(rec)
+            sobject = (values.pop("attributes", None) or {}).get("type")
+            obj = get_object(sobject or "")
+            if obj is None:
+                outcomes.append(org.Outcome(None, False, errors=[org.RecordError(
+                    "INVALID_TYPE", "sObject type is missing or not supported in attributes")]))
+                continue
+            if request.method == "POST":
+                outcomes.append(_row_fault(svc, None) or org.create(conn, obj, values))
+            else:
+                rid = values.pop("Id", None) or values.pop("id", None)
+                outcomes.append(_row_fault(svc, rid) or org.update(conn, obj, rid or "", values))
+        return JSONResponse(_all_or_none(conn, outcomes, all_or_none))
+
+
+from sandbox.objects import BY_PREFIX as OBJECTS_BY_PREFIX  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin: faults and health, for tests and the CLI.
+
+def _admin_ok(request: Request) -> bool:
+    return bearer(request) == request.app.state.svc.settings.connect_token or request.client.host == "127.0.0.1"
+
+
+def admin_faults(request: Request) -> Response:
+    svc: OrgService = request.app.state.svc
+    if request.method == "POST":
+        body = json_body(request) or {}
+        try:
+            kind = body.pop("kind")
+            svc.faults.set(kind, **body)
+        except (KeyError, TypeError):
+            return JSONResponse({"error": "body must be {\"kind\": ..., options...}"}, status_code=400)
+        except FaultError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+        if kind == "session_expiry":
+            svc.expire_sessions()
+            svc.faults.clear("session_expiry")
+    elif request.method == "DELETE":
+        svc.faults.clear(request.query_params.get("kind"))
+    return JSONResponse({"faults": svc.faults.snapshot()})
+
+
+def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "api_usage": request.app.state.svc.api_usage})
+
+
+class _Normalise:
+    """ASGI wrapper: accept both ``query/`` and ``query`` (clients send either) and buffer the body,
+    so that sync handlers (run in a thread pool, where they may block on Postgres) can read it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope["path"]
+            if len(path) > 1 and path.endswith("/"):
+                scope["path"] = path.rstrip("/")
+            chunks = []
+            while True:
+                message = await receive()
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            scope["sandbox.body"] = b"".join(chunks)
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return {"type": "http.disconnect"}
+                sent = True
+                return {"type": "http.request", "body": scope["sandbox.body"], "more_body": False}
+
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(svc: OrgService, extra_routes: list[Route] | None = None) -> Callable:
+    data = "/services/data/v{ver}"
+    routes = [
+        Route("/services/Soap/u/{ver}", soap_login, methods=["POST"]),
+        Route("/services/Soap/u/{ver}/{rest:path}", soap_login, methods=["POST"]),
+        Route("/services/oauth2/token", oauth_token, methods=["POST"]),
+        Route("/services/data", versions, methods=["GET"]),
+        Route(f"{data}/limits", limits, methods=["GET"]),
+        Route(f"{data}/sobjects", describe_global, methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}", object_metadata, methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}", create_record, methods=["POST"]),
+        Route(f"{data}/sobjects/{{sobject}}/describe", describe_object, methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/deleted", deleted_records, methods=["GET"]),
+        Route(f"{data}/sobjects/{{sobject}}/{{id}}", record, methods=["GET", "PATCH", "DELETE"]),
+        Route(f"{data}/query", query, methods=["GET"]),
+        Route(f"{data}/queryAll", query_all, methods=["GET"]),
+        Route(f"{data}/query/{{locator}}", query_more, methods=["GET"]),
+        Route(f"{data}/queryAll/{{locator}}", query_more, methods=["GET"]),
+        Route(f"{data}/composite/sobjects", collections, methods=["POST", "PATCH", "DELETE"]),
+        Route("/__sandbox/faults", admin_faults, methods=["GET", "POST", "DELETE"]),
+        Route("/__sandbox/health", health, methods=["GET"]),
+        *(extra_routes or []),
+    ]
+    app = Starlette(routes=routes)
+    app.state.svc = svc
+    app.router.redirect_slashes = False
+    return _Normalise(app)
+
+
+def request_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,766 @@
+"""A SOQL subset: a hand-written parser and a compiler to Postgres SQL over the `org` schema.
+
+The sandbox answers the REST query endpoint and Bulk API 2.0 query jobs from Postgres, so it needs
+to understand the SOQL that clients send and fail the way Salesforce fails (same error codes, same
+messages with the Row/Column caret) when a query is wrong or outside what the sandbox models.
+
+Supported: ``SELECT f, Parent.f | COUNT() FROM Obj [WHERE ...] [ORDER BY ...] [LIMIT n] [OFFSET n]``
+with comparisons, IN / NOT IN, LIKE, AND / OR / NOT, null, booleans, numbers, strings, date and
+datetime literals and relative date literals. Salesforce semantics kept on purpose:
+
+* text comparisons and LIKE are case-insensitive; ID comparisons are case-sensitive on the first 15
+  characters, so 15- and 18-character IDs both match the stored 18-character ID;
+* ``!=`` and ``NOT IN`` also match nulls (null is a value in SOQL), ``= null`` means IS NULL;
+* mixing AND and OR without parentheses is a syntax error;
+* ORDER BY defaults to ASC NULLS FIRST, and DESC to NULLS LAST;
+* deleted rows are hidden unless ``include_deleted`` (queryAll).
+
+Rejected as MALFORMED_QUERY: GROUP BY, HAVING, subqueries, TYPEOF, aggregates other than COUNT(),
+``SELECT *``, bind variables, aliases, FOR/WITH/USING SCOPE, relationship paths deeper than one level.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+
+from sandbox.objects import Field, SObject, get_object
+
+SCHEMA = "org"
+TEXT_TYPES = {"string", "email", "phone", "url", "picklist", "textarea"}
+ID_TYPES = {"id", "reference"}
+
+
+class SoqlError(Exception):
+    """A query Salesforce would refuse; `error_code` and `message` are what the API returns."""
+
+    def __init__(self, error_code: str, message: str):
+        super().__init__(f"{error_code}: {message}")
+        self.error_code = error_code
+        self.message = message
+
+
+def _located(code: str, text: str, pos: int, message: str) -> SoqlError:
+    """Salesforce quotes the offending line with a caret under the column (1-based)."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    line = text[start : end if end != -1 else len(text)]
+    row, col = text.count("\n", 0, pos) + 1, pos - start + 1
+    return SoqlError(code, f"\n{line}\n{' ' * (col - 1)}^\nERROR at Row:{row}:Column:{col}\n{message}")
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # ident, string, number, date, datetime, op, punct, eof
+    text: str  # as written, for error messages
+    pos: int
+    value: Any = None
+
+    def kw(self, *words: str) -> bool:
+        return self.kind == "ident" and self.text.upper() in words
+
+
+_TOKEN_RE = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2}))
+  | (?P<date>\d{4}-\d{2}-\d{2})(?![\w:])
+  | (?P<number>-?\d+(?:\.\d+)?)(?![\w.])
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>!=|<>|<=|>=|=|<|>)
+  | (?P<punct>[(),.:*])
+    """,
+    re.VERBOSE,
+)
+_DATETIME_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:Z|([+-])(\d\d):?(\d\d))")
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
+
+
+def _tokenize(text: str) -> list[Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        if text[pos] == "'":
+            token = _string(text, pos)
+            tokens.append(token)
+            pos += len(token.text)
+            continue
+        m = _TOKEN_RE.match(text, pos)
+        if not m:
+            raise _located("MALFORMED_QUERY", text, pos, f"unexpected token: '{text[pos]}'")
+        kind, word = m.lastgroup, m.group(m.lastgroup)
+        if kind != "ws":
+            tokens.append(Token(kind, word, pos, _scalar(kind, word, text, pos)))
+        pos = m.end()
+    tokens.append(Token("eof", "<EOF>", len(text)))
+    return tokens
+
+
+def _string(text: str, start: int) -> Token:
+    """A quoted literal; value is (plain text, Postgres LIKE pattern) since \\% and \\_ differ in each."""
+    plain, like, i = [], [], start + 1
+    while i < len(text):
+        ch = text[i]
+        if ch == "'":
+            return Token("string", text[start : i + 1], start, ("".join(plain), "".join(like)))
+        if ch == "\\":
+            esc = text[i + 1 : i + 2]
+            if esc in ("%", "_"):
+                plain.append(esc)
+                like.append("\\" + esc)
+            elif esc in _ESCAPES:
+                plain.append(_ESCAPES[esc])
+                like.append("\\\\" if esc == "\\" else _ESCAPES[esc])
+            else:
+                raise _located(
+                    "MALFORMED_QUERY", text, start,
+                    f"Invalid string literal '{text[start:]}'. Illegal character sequence '\\{esc}' in string literal.",
+                )
+            i += 2
+            continue
+        plain.append(ch)
+        like.append(ch)  # bare % and _ are wildcards in both dialects
+        i += 1
+    raise _located("MALFORMED_QUERY", text, len(text), "unexpected token: '<EOF>'")
+
+
+def _scalar(kind: str, word: str, text: str, pos: int) -> Any:
+    try:
+        if kind == "number":
+            return Decimal(word) if "." in word else int(word)
+        if kind == "date":
+            return date.fromisoformat(word)
+        if kind == "datetime":
+            y, mo, d, h, mi, s, frac, sign, oh, om = _DATETIME_RE.fullmatch(word).groups()
+            tz = UTC
+            if sign:
+                offset = timedelta(hours=int(oh), minutes=int(om))
+                tz = timezone(-offset if sign == "-" else offset)
+            micro = int((frac or "0").ljust(6, "0")[:6])
+            return datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro, tzinfo=tz)
+    except ValueError:
+        raise _located("MALFORMED_QUERY", text, pos, f"unexpected token: '{word}'") from None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- AST
+
+
+@dataclass(frozen=True)
+class FieldRef:
+    path: tuple[str, ...]  # ("LastName",) or ("Account", "Name"), as written
+    pos: int
+
+
+@dataclass(frozen=True)
+class Value:
+    kind: str  # string, number, boolean, null, date, datetime, relative
+    value: Any  # relative: (NAME, n or None)
+    pos: int
+    like: str | None = None  # strings only: the Postgres LIKE pattern
+
+
+@dataclass(frozen=True)
+class Comparison:
+    field: FieldRef
+    op: str  # = != < <= > >= IN, NOT IN, LIKE
+    value: Value | tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple
+
+
+@dataclass(frozen=True)
+class Not:
+    item: Any
+
+
+@dataclass(frozen=True)
+class OrderItem:
+    field: FieldRef
+    descending: bool = False
+    nulls_first: bool | None = None  # None: Salesforce's default for the direction
+
+
+@dataclass(frozen=True)
+class Query:
+    sobject: str
+    sobject_pos: int
+    fields: tuple[FieldRef, ...]
+    count_only: bool
+    where: Comparison | And | Or | Not | None
+    order_by: tuple[OrderItem, ...]
+    limit: int | None
+    offset: int | None
+    text: str  # the source, for error carets found while compiling
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+_RELATIVE = {
+    "TODAY", "YESTERDAY", "TOMORROW", "LAST_WEEK", "THIS_WEEK", "NEXT_WEEK", "LAST_MONTH", "THIS_MONTH",
+    "NEXT_MONTH", "LAST_90_DAYS", "NEXT_90_DAYS", "THIS_YEAR", "LAST_YEAR", "NEXT_YEAR",
+}
+_RELATIVE_N = {"LAST_N_DAYS", "NEXT_N_DAYS", "N_DAYS_AGO"}
+_UNSUPPORTED = {
+    "GROUP": "GROUP BY", "HAVING": "HAVING", "TYPEOF": "TYPEOF", "WITH": "WITH", "FOR": "FOR VIEW/UPDATE",
+    "USING": "USING SCOPE", "INCLUDES": "INCLUDES", "EXCLUDES": "EXCLUDES", "SELECT": "subqueries",
+}
+_OPS = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+class _Parser:
+    """Recursive descent over the token list; one method per grammar rule."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.i = 0
+
+    def peek(self, ahead: int = 0) -> Token:
+        return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
+
+    def advance(self) -> Token:
+        tok = self.peek()
+        self.i += 1
+        return tok
+
+    def accept_kw(self, *words: str) -> Token | None:
+        return self.advance() if self.peek().kw(*words) else None
+
+    def expect_kw(self, word: str) -> Token:
+        if not self.peek().kw(word):
+            raise self.unexpected()
+        return self.advance()
+
+    def expect(self, text: str) -> Token:
+        if self.peek().text != text or self.peek().kind not in ("punct", "op"):
+            raise self.unexpected()
+        return self.advance()
+
+    def unexpected(self, tok: Token | None = None, feature: str | None = None) -> SoqlError:
+        tok = tok or self.peek()
+        feature = feature or (_UNSUPPORTED.get(tok.text.upper()) if tok.kind == "ident" else None)
+        note = f" ({feature} is not supported by the sandbox)" if feature else ""
+        return _located("MALFORMED_QUERY", self.text, tok.pos, f"unexpected token: '{tok.text}'{note}")
+
+    def query(self) -> Query:
+        self.expect_kw("SELECT")
+        fields, count_only = self.select_list()
+        self.expect_kw("FROM")
+        obj = self.advance()
+        if obj.kind != "ident":
+            raise self.unexpected(obj)
+        where = self.condition() if self.accept_kw("WHERE") else None
+        order_by: list[OrderItem] = []
+        if self.accept_kw("ORDER"):
+            self.expect_kw("BY")
+            order_by.append(self.order_item())
+            while self.peek().text == ",":
+                self.advance()
+                order_by.append(self.order_item())
+        limit = self.integer() if self.accept_kw("LIMIT") else None
+        offset = self.integer() if self.accept_kw("OFFSET") else None
+        if self.peek().kind != "eof":
+            raise self.unexpected()
+        return Query(obj.text, obj.pos, tuple(fields), count_only, where, tuple(order_by), limit, offset, self.text)
+
+    def select_list(self) -> tuple[list[FieldRef], bool]:
+        if self.peek().text == "*":
+            raise self.unexpected(feature="SELECT *")
+        if self.peek().kw("COUNT") and self.peek(1).text == "(":
+            self.i += 2
+            if self.peek().text != ")":
+                raise self.unexpected(feature="COUNT(field)")
+            self.advance()
+            if not self.peek().kw("FROM"):
+                raise self.unexpected()
+            return [], True
+        fields = [self.select_item()]
+        while self.peek().text == ",":
+            self.advance()
+            fields.append(self.select_item())
+        return fields, False
+
+    def select_item(self) -> FieldRef:
+        tok = self.peek()
+        if tok.text == "(":
+            raise self.unexpected(feature="subqueries")
+        if tok.kw("TYPEOF"):
+            raise self.unexpected()
+        if tok.kind == "ident" and self.peek(1).text == "(":
+            raise self.unexpected(feature=f"{tok.text.upper()}()")
+        if tok.kw("FROM"):
+            raise self.unexpected()
+        return self.field_ref()
+
+    def field_ref(self) -> FieldRef:
+        first = self.advance()
+        if first.kind != "ident":
+            raise self.unexpected(first)
+        path = [first.text]
+        while self.peek().text == ".":
+            self.advance()
+            part = self.advance()
+            if part.kind != "ident":
+                raise self.unexpected(part)
+            path.append(part.text)
+        return FieldRef(tuple(path), first.pos)
+
+    def order_item(self) -> OrderItem:
+        ref = self.field_ref()
+        direction = self.accept_kw("ASC", "DESC")
+        descending = direction is not None and direction.text.upper() == "DESC"
+        nulls_first = None
+        if self.accept_kw("NULLS"):
+            nulls_first = self.peek().kw("FIRST")
+            if not self.accept_kw("FIRST", "LAST"):
+                raise self.unexpected()
+        return OrderItem(ref, descending, nulls_first)
+
+    def integer(self) -> int:
+        tok = self.advance()
+        if tok.kind != "number" or not isinstance(tok.value, int) or tok.value < 0:
+            raise self.unexpected(tok)
+        return tok.value
+
+    def condition(self):
+        """SOQL refuses `a AND b OR c`: once a connective is chosen, the other needs parentheses."""
+        items, joiner = [self.unary()], None
+        while self.peek().kw("AND", "OR"):
+            tok = self.peek()
+            if joiner and tok.text.upper() != joiner:
+                raise self.unexpected(tok)
+            joiner = self.advance().text.upper()
+            items.append(self.unary())
+        if joiner is None:
+            return items[0]
+        return And(tuple(items)) if joiner == "AND" else Or(tuple(items))
+
+    def unary(self):
+        if self.accept_kw("NOT"):
+            return Not(self.unary())
+        if self.peek().text == "(" and self.peek().kind == "punct":
+            self.advance()
+            if self.peek().kw("SELECT"):
+                raise self.unexpected()
+            inner = self.condition()
+            self.expect(")")
+            return inner
+        return self.comparison()
+
+    def comparison(self) -> Comparison:
+        ref = self.field_ref()
+        tok = self.peek()
+        if tok.kind == "op":
+            self.advance()
+            return Comparison(ref, _OPS[tok.text], self.value())
+        if tok.kw("IN"):
+            self.advance()
+            return Comparison(ref, "IN", self.value_list())
+        if tok.kw("NOT") and self.peek(1).kw("IN"):
+            self.i += 2
+            return Comparison(ref, "NOT IN", self.value_list())
+        if tok.kw("LIKE"):
+            self.advance()
+            value = self.value()
+            if value.kind != "string":
+                raise _located("MALFORMED_QUERY", self.text, value.pos, "invalid LIKE pattern: must be a quoted string")
+            return Comparison(ref, "LIKE", value)
+        raise self.unexpected(tok)
+
+    def value_list(self) -> tuple[Value, ...]:
+        self.expect("(")
+        if self.peek().kw("SELECT"):
+            raise self.unexpected()
+        values = [self.value()]
+        while self.peek().text == ",":
+            self.advance()
+            values.append(self.value())
+        self.expect(")")
+        return tuple(values)
+
+    def value(self) -> Value:
+        tok = self.advance()
+        if tok.kind == "string":
+            plain, like = tok.value
+            return Value("string", plain, tok.pos, like)
+        if tok.kind in ("number", "date", "datetime"):
+            return Value(tok.kind, tok.value, tok.pos)
+        word = tok.text.upper() if tok.kind == "ident" else ""
+        if word == "NULL":
+            return Value("null", None, tok.pos)
+        if word in ("TRUE", "FALSE"):
+            return Value("boolean", word == "TRUE", tok.pos)
+        if word in _RELATIVE:
+            return Value("relative", (word, None), tok.pos)
+        if word in _RELATIVE_N:
+            self.expect(":")
+            return Value("relative", (word, self.integer()), tok.pos)
+        raise self.unexpected(tok)
+
+
+def parse(text: str) -> Query:
+    """Parse SOQL into a Query; raises SoqlError(MALFORMED_QUERY) on syntax outside the subset."""
+    return _Parser(text).query()
+
+
+# ------------------------------------------------------------------------------------ relative dates
+
+
+def _month(d: date, delta: int) -> date:
+    """First day of the month `delta` months from d's month."""
+    index = d.year * 12 + d.month - 1 + delta
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def relative_range(name: str, n: int | None, today: date) -> tuple[date, date]:
+    """The [start, end) day range of a relative date literal, on UTC days."""
+    day = timedelta(days=1)
+    sunday = today - timedelta(days=today.isoweekday() % 7)  # weeks start on Sunday (en_US)
+    ranges = {
+        "TODAY": (today, today + day),
+        "YESTERDAY": (today - day, today),
+        "TOMORROW": (today + day, today + 2 * day),
+        "LAST_WEEK": (sunday - 7 * day, sunday),
+        "THIS_WEEK": (sunday, sunday + 7 * day),
+        "NEXT_WEEK": (sunday + 7 * day, sunday + 14 * day),
+        "LAST_MONTH": (_month(today, -1), _month(today, 0)),
+        "THIS_MONTH": (_month(today, 0), _month(today, 1)),
+        "NEXT_MONTH": (_month(today, 1), _month(today, 2)),
+        "LAST_90_DAYS": (today - 90 * day, today + day),
+        "NEXT_90_DAYS": (today + day, today + 91 * day),
+        "THIS_YEAR": (date(today.year, 1, 1), date(today.year + 1, 1, 1)),
+        "LAST_YEAR": (date(today.year - 1, 1, 1), date(today.year, 1, 1)),
+        "NEXT_YEAR": (date(today.year + 1, 1, 1), date(today.year + 2, 1, 1)),
+    }
+    if name in ranges:
+        return ranges[name]
+    n = n or 0
+    return {
+        "LAST_N_DAYS": (today - n * day, today + day),
+        "NEXT_N_DAYS": (today + day, today + (n + 1) * day),
+        "N_DAYS_AGO": (today - n * day, today - (n - 1) * day),
+    }[name]
+
+
+def id15(value: str) -> str:
+    """The case-sensitive 15-character form of an ID; an 18-character suffix encodes the case."""
+    if len(value) != 18:
+        return value[:15]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+    chars = list(value[:15])
+    for chunk, flag in enumerate(value[15:].upper()):
+        if flag not in alphabet:
+            return value[:15]
+        bits = alphabet.index(flag)
+        for j in range(5):
+            ch = chars[chunk * 5 + j]
+            chars[chunk * 5 + j] = ch.upper() if bits >> j & 1 else ch.lower()
+    return "".join(chars)
+
+
+# -------------------------------------------------------------------------------------------- compiler
+
+
+@dataclass
+class Compiled:
+    """A compiled query.
+
+    `sql` has %s placeholders for `params` (run it with cursor.execute). COPY cannot take bind
+    parameters, so `bound_sql` is the same query with every value rendered by psycopg.sql.Literal;
+    `copy_sql()` wraps it in the COPY statement that produces Bulk API 2.0 CSV (use output="csv").
+    """
+
+    sobject: SObject
+    columns: list[str]
+    fields: list[Field]
+    count_only: bool
+    sql: sql.Composed
+    params: list
+    limit: int | None
+    offset: int | None
+    output: str
+    bound_sql: sql.Composed
+
+    def as_string_bound(self, conn=None) -> str:
+        """The query with values inlined as SQL literals, escaped for `conn`."""
+        return self.bound_sql.as_string(conn)
+
+    def copy_sql(self) -> sql.Composed:
+        return sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv, HEADER false, FORCE_QUOTE *)").format(self.bound_sql)
+
+
+def _type_name(field: Field) -> str:
+    return {"datetime": "dateTime", "int": "integer", "currency": "double", "reference": "id"}.get(
+        field.type, "string" if field.type in TEXT_TYPES else field.type
+    )
+
+
+class _Compiler:
+    """Turns a Query into SQL; `bind` makes a value's SQL (a placeholder, or a Literal for COPY)."""
+
+    def __init__(self, query: Query, sobject: SObject, bind, include_deleted: bool, today: date, output: str):
+        self.q, self.sobject, self.bind = query, sobject, bind
+        self.include_deleted, self.today, self.output = include_deleted, today, output
+        self.joins: dict[str, tuple[str, SObject, Field]] = {}
+
+    def error(self, pos: int, message: str) -> SoqlError:
+        return _located("INVALID_FIELD", self.q.text, pos, message)
+
+    def resolve(self, ref: FieldRef) -> tuple[sql.Composable, Field, str]:
+        """(column expression, Field, result column name) for a field path."""
+        path = ref.path
+        if len(path) == 2 and path[0].lower() == self.sobject.name.lower() and not self._relationship(path[0]):
+            path = path[1:]  # `Contact.LastName` in a Contact query is just LastName
+        if len(path) == 1:
+            field = self.sobject.field(path[0]) or self._no_column(ref, path[0], self.sobject)
+            return sql.Identifier("t", field.column), field, field.name
+        rel = self._relationship(path[0])
+        if rel is None:
+            raise self.error(
+                ref.pos,
+                f"Didn't understand relationship '{path[0]}' in field path. If you are attempting to use a custom "
+                "relationship, be sure to append the '__r' after the custom relationship name. Please reference "
+                "your WSDL or the describe call for the appropriate names.",
+            )
+        parent = get_object(rel.reference_to[0]) if len(rel.reference_to) == 1 else None
+        if parent is None or len(path) > 2:
+            raise self.error(
+                ref.pos,
+                f"Field path '{'.'.join(path)}' is not supported by the sandbox: only one level of relationship "
+                "to a single-type reference is.",
+            )
+        field = parent.field(path[1]) or self._no_column(ref, path[1], parent)
+        alias = "r_" + rel.relationship_name.lower()
+        self.joins.setdefault(alias, (alias, parent, rel))
+        return sql.Identifier(alias, field.column), field, f"{rel.relationship_name}.{field.name}"
+
+    def _relationship(self, name: str) -> Field | None:
+        return next(
+            (f for f in self.sobject.fields if f.relationship_name and f.relationship_name.lower() == name.lower()),
+            None,
+        )
+
+    def _no_column(self, ref: FieldRef, name: str, sobject: SObject):
+        raise self.error(
+            ref.pos,
+            f"No such column '{name}' on entity '{sobject.name}'. If you are attempting to use a custom field, be "
+            "sure to append the '__c' after the custom field name. Please reference your WSDL or the describe call "
+            "for the appropriate names.",
+        )
+
+    # -- WHERE
+
+    def condition(self, node) -> sql.Composable:
+        if isinstance(node, (And, Or)):
+            joiner = sql.SQL(" AND " if isinstance(node, And) else " OR ")
+            return sql.SQL("({})").format(joiner.join(self.condition(item) for item in node.items))
+        if isinstance(node, Not):
+            return sql.SQL("(NOT {})").format(self.condition(node.item))
+        return self.comparison(node)
+
+    def comparison(self, node: Comparison) -> sql.Composable:
+        expr, field, _ = self.resolve(node.field)
+        values = node.value if isinstance(node.value, tuple) else (node.value,)
+        for value in values:
+            self.check(node.field, field, node.op, value)
+        if node.op == "LIKE":
+            return sql.SQL("{} ILIKE {}").format(expr, self.bind(node.value.like))  # backslash is the escape
+        if node.op in ("IN", "NOT IN"):
+            negate = node.op == "NOT IN"
+            op = "!=" if negate else "="
+            parts = [self.compare(expr, field, op, v) for v in values]
+            return sql.SQL("({})").format(sql.SQL(" AND " if negate else " OR ").join(parts))
+        return self.compare(expr, field, node.op, node.value)
+
+    def check(self, ref: FieldRef, field: Field, op: str, value: Value) -> None:
+        """Salesforce types filter values: dates unquoted and of the right kind, strings quoted."""
+        if op == "LIKE":
+            if field.type not in TEXT_TYPES:
+                raise self.error(ref.pos, f"invalid operator on {_type_name(field)} field '{field.name}': LIKE")
+            return
+        allowed = {
+            "date": ("date", "relative"),
+            "datetime": ("datetime", "relative"),
+            "boolean": ("boolean",),
+            "int": ("number",),
+            "double": ("number",),
+            "currency": ("number",),
+        }.get(field.type, ("string",))
+        if value.kind != "null" and value.kind not in allowed:
+            quoting = "be" if allowed == ("string",) else "not be"
+            raise self.error(
+                ref.pos,
+                f"value of filter criterion for field '{field.name}' must be of type {_type_name(field)} and "
+                f"should {quoting} enclosed in quotes",
+            )
+
+    def compare(self, expr: sql.Composable, field: Field, op: str, value: Value) -> sql.Composable:
+        if value.kind == "null":
+            if op not in ("=", "!="):
+                return sql.SQL("FALSE")
+            if field.type == "boolean":  # SOQL: a null checkbox is false
+                return sql.SQL("{} IS NOT TRUE" if op == "=" else "{} IS TRUE").format(expr)
+            return sql.SQL("{} IS NULL" if op == "=" else "{} IS NOT NULL").format(expr)
+        if value.kind == "relative":
+            return self.relative(expr, field, op, value)
+        if field.type in TEXT_TYPES:
+            lhs, rhs = sql.SQL("lower({})").format(expr), sql.SQL("lower({}::text)").format(self.bind(value.value))
+        elif field.type in ID_TYPES:
+            lhs, rhs = sql.SQL("left({}, 15)").format(expr), self.bind(id15(value.value))
+        else:
+            lhs, rhs = expr, self.bind(value.value)
+        if op == "!=":  # SOQL's != also matches null
+            return sql.SQL("{} IS DISTINCT FROM {}").format(lhs, rhs)
+        return sql.SQL("{} {} {}").format(lhs, sql.SQL(op), rhs)
+
+    def relative(self, expr: sql.Composable, field: Field, op: str, value: Value) -> sql.Composable:
+        start, end = relative_range(*value.value, self.today)
+        if field.type == "datetime":
+            start, end = (datetime(d.year, d.month, d.day, tzinfo=UTC) for d in (start, end))
+        template = {
+            "=": "({e} >= {lo} AND {e} < {hi})",
+            "!=": "({e} < {lo} OR {e} >= {hi} OR {e} IS NULL)",
+            "<": "{e} < {lo}",
+            "<=": "{e} < {hi}",
+            ">": "{e} >= {hi}",
+            ">=": "{e} >= {lo}",
+        }[op]
+        bounds = {name: self.bind(value) for name, value in (("lo", start), ("hi", end)) if f"{{{name}}}" in template}
+        return sql.SQL(template).format(e=expr, **bounds)
+
+    # -- SELECT and ORDER BY
+
+    def render(self, expr: sql.Composable, field: Field) -> sql.Composable:
+        """Bulk API 2.0 CSV text for a column: ISO UTC datetimes, true/false, 100.0 for decimals."""
+        if self.output != "csv":
+            return expr
+        if field.type == "datetime":
+            return sql.SQL("""to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')""").format(expr)
+        if field.type == "date":
+            return sql.SQL("to_char({}, 'YYYY-MM-DD')").format(expr)
+        if field.type in ("double", "currency"):
+            return sql.SQL(
+                "CASE WHEN {e}::numeric = trunc({e}::numeric) THEN trunc({e}::numeric)::text || '.0' "
+                "ELSE trim_scale({e}::numeric)::text END"
+            ).format(e=expr)
+        if field.type in TEXT_TYPES:
+            return expr
+        return sql.SQL("{}::text").format(expr)  # booleans render as true/false, char(18) IDs lose padding
+
+    def select(self) -> tuple[sql.Composable, list[str], list[Field]]:
+        items, columns, fields, seen = [], [], [], set()
+        for ref in self.q.fields:
+            expr, field, name = self.resolve(ref)
+            if name.lower() in seen:
+                raise _located("MALFORMED_QUERY", self.q.text, ref.pos, f"duplicate field selected: {name}")
+            seen.add(name.lower())
+            items.append(sql.SQL("{} AS {}").format(self.render(expr, field), sql.Identifier(name)))
+            columns.append(name)
+            fields.append(field)
+        return sql.SQL(", ").join(items), columns, fields
+
+    def order(self) -> sql.Composable:
+        items = []
+        for item in self.q.order_by:
+            expr, field, _ = self.resolve(item.field)
+            if field.type == "textarea":
+                raise self.error(item.field.pos, f"field '{field.name}' can not be sorted in a query call")
+            if field.type in TEXT_TYPES:
+                expr = sql.SQL("lower({})").format(expr)
+            nulls_first = (not item.descending) if item.nulls_first is None else item.nulls_first
+            items.append(
+                sql.SQL("{} {} NULLS {}").format(
+                    expr, sql.SQL("DESC" if item.descending else "ASC"), sql.SQL("FIRST" if nulls_first else "LAST")
+                )
+            )
+        return sql.SQL(" ORDER BY ") + sql.SQL(", ").join(items) if items else sql.SQL("")
+
+    def compile(self) -> tuple[sql.Composed, list[str], list[Field]]:
+        select, columns, fields = self.select() if not self.q.count_only else (sql.SQL("count(*)"), [], [])
+        filters = [] if self.include_deleted else [sql.SQL("t.isdeleted = false")]
+        if self.q.where is not None:
+            filters.append(self.condition(self.q.where))
+        order = self.order() if not self.q.count_only else sql.SQL("")
+        joins = []
+        for alias, parent, rel in self.joins.values():
+            live = sql.SQL("") if self.include_deleted else sql.SQL(" AND {}.isdeleted = false").format(
+                sql.Identifier(alias)
+            )
+            joins.append(
+                sql.SQL(" LEFT JOIN {} AS {} ON {} = {}{}").format(
+                    sql.Identifier(SCHEMA, parent.table), sql.Identifier(alias), sql.Identifier(alias, "id"),
+                    sql.Identifier("t", rel.column), live,
+                )
+            )
+        page = sql.SQL("")
+        if self.q.limit is not None:
+            page += sql.SQL(" LIMIT {}").format(self.bind(self.q.limit))
+        if self.q.offset is not None:
+            page += sql.SQL(" OFFSET {}").format(self.bind(self.q.offset))
+        body = sql.SQL("FROM {} AS t{}{}{}").format(
+            sql.Identifier(SCHEMA, self.sobject.table),
+            sql.SQL("").join(joins),
+            sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL(""),
+            order,
+        )
+        paged = self.q.limit is not None or self.q.offset is not None
+        if self.q.count_only and paged:  # COUNT() counts what LIMIT/OFFSET would return
+            query = sql.SQL("SELECT count(*) FROM (SELECT 1 {}{}) AS page").format(body, page)
+        else:
+            query = sql.SQL("SELECT {} {}{}").format(select, body, page)
+        return query, columns, fields
+
+
+def compile_query(
+    text_or_query: str | Query,
+    *,
+    include_deleted: bool = False,
+    now: datetime | None = None,
+    output: str = "python",
+) -> Compiled:
+    """Compile SOQL to Postgres SQL over schema `org`.
+
+    output="python" selects raw columns; output="csv" renders each as Bulk API 2.0 CSV text, for
+    ``COPY (...) TO STDOUT WITH (FORMAT csv, HEADER false, FORCE_QUOTE *)`` via `Compiled.copy_sql()`.
+    Relative date literals are resolved against `now` (default: the current time) on UTC days.
+    """
+    if output not in ("python", "csv"):
+        raise ValueError(f"output must be 'python' or 'csv', not {output!r}")
+    query = parse(text_or_query) if isinstance(text_or_query, str) else text_or_query
+    sobject = get_object(query.sobject)
+    if sobject is None:
+        raise _located(
+            "INVALID_TYPE", query.text, query.sobject_pos,
+            f"sObject type '{query.sobject}' is not supported. If you are attempting to use a custom object, be "
+            "sure to append the '__c' after the entity name. Please reference your WSDL or the describe call for "
+            "the appropriate names.",
+        )
+    now = now or datetime.now(UTC)
+    today = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC).date()
+    params: list = []
+
+    def placeholder(value):
+        params.append(value)
+        return sql.Placeholder()
+
+    statement, columns, fields = _Compiler(query, sobject, placeholder, include_deleted, today, output).compile()
+    bound, _, _ = _Compiler(query, sobject, sql.Literal, include_deleted, today, output).compile()
+    return Compiled(
+        sobject, columns, fields, query.count_only, statement, params, query.limit, query.offset, output, bound
+    )
