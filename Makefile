@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv and install the
+# exact lock on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+
+.PHONY: demo test lint bench sandbox-up sandbox-down install lock
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-deps -r requirements.txt
+	$(PY) -m pip check
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m sandbox.demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m pytest bench --benchmark-only -p no:randomly -s
+
+sandbox-up: $(STAMP)
+	$(PY) -m sandbox up
+
+sandbox-down: $(STAMP)
+	$(PY) -m sandbox down
+
+# Re-resolve the lock from requirements.in (needs the package index).
+lock:
+	$(PYTHON) -m venv /tmp/retention-lock && /tmp/retention-lock/bin/pip install --quiet -r requirements.in
+	{ echo "# Exact lock for Python 3.11 (Airflow cannot fetch its constraints file here). Regenerate with"; \
+	  echo "# 'make lock' after changing requirements.in."; /tmp/retention-lock/bin/pip freeze; } > requirements.txt
