@@ -1,0 +1,314 @@
+"""Command line: ``python -m sandbox up | down | status | seed | faults | env``.
+
+``up`` starts Postgres (embedded unless ``SANDBOX_POSTGRES_URL`` is set), the org's HTTPS server,
+the Heroku Connect API and its sync loop in the background; ``down`` stops exactly what ``up``
+started; ``eval "$(python -m sandbox env)"`` readies a shell to talk to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from sandbox import postgres
+from sandbox.config import API_VERSION, Settings
+
+# pgserver's import warns about XDG_RUNTIME_DIR on headless machines; it does not use that folder here.
+warnings.filterwarnings("ignore", module="platformdirs")
+
+
+def _state_path(s: Settings) -> Path:
+    return s.home / "state.json"
+
+
+def read_state(s: Settings) -> dict | None:
+    path = _state_path(s)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _postgres(s: Settings) -> tuple[postgres.Postgres, bool]:
+    """The server to use, starting the embedded one if needed; returns (server, started_by_us)."""
+    ext = postgres.external()
+    if ext:
+        return ext, False
+    was_running = postgres.is_running(s.pg_dir)
+    return postgres.start(s.pg_dir, s.pg_port), not was_running
+
+
+def _wait_https(url: str, ca: Path, timeout: float) -> bool:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, verify=str(ca), timeout=2).status_code < 500:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def cmd_up(s: Settings, args) -> int:
+    state = read_state(s)
+    if state and _pid_alive(state["pid"]):
+        print(f"sandbox already running (pid {state['pid']}); 'python -m sandbox down' stops it")
+        return 0
+    s.home.mkdir(parents=True, exist_ok=True)
+    pg, started_pg = _postgres(s)
+    postgres.ensure_databases(pg)
+    from sandbox import tls
+
+    certs = tls.ensure_certificates(s.tls_dir)
+    log = open(s.home / "sandbox.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "serve", "--base-url", pg.base_url],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "SANDBOX_HOME": str(s.home), "SANDBOX_SF_PORT": str(s.sf_port),
+             "SANDBOX_CONNECT_PORT": str(s.connect_port), "SANDBOX_SYNC_INTERVAL": str(s.sync_interval)},
+    )
+    state = {"pid": proc.pid, "base_url": pg.base_url, "embedded_postgres": pg.embedded,
+             "started_postgres": started_pg, "pg_port": s.pg_port, "sf_port": s.sf_port,
+             "connect_port": s.connect_port}
+    _state_path(s).write_text(json.dumps(state, indent=2))
+    ok = _wait_https(f"{s.instance_url}/__sandbox/health", certs.ca, 60) and _wait_https(
+        f"{s.connect_api_url}/connections", certs.ca, 30)
+    if not ok or proc.poll() is not None:
+        print(f"sandbox failed to start; see {s.home / 'sandbox.log'}", file=sys.stderr)
+        cmd_down(s, args)
+        return 1
+    print(f"Postgres      {pg.base_url.rsplit('/', 1)[0]}  ({'embedded, ' + str(s.pg_dir) if pg.embedded else 'external'})")
+    print(f"Salesforce    {s.instance_url}  (user {s.username})")
+    print(f"Connect API   {s.connect_api_url}  (sync every {s.sync_interval:g}s)")
+    print(f"CA bundle     {certs.ca}")
+    print("Ready your shell with:  eval \"$(python -m sandbox env)\"")
+    return 0
+
+
+def cmd_down(s: Settings, args) -> int:
+    state = read_state(s)
+    if not state:
+        print("sandbox is not running")
+        return 0
+    pid = state["pid"]
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    stopped_pg = False
+    if state.get("started_postgres"):
+        stopped_pg = postgres.stop(s.pg_dir)
+    _state_path(s).unlink(missing_ok=True)
+    print(f"sandbox stopped (servers pid {pid}{', embedded Postgres' if stopped_pg else ''})")
+    return 0
+
+
+def _counts(url: str, schema: str) -> dict[str, int]:
+    import psycopg
+    from psycopg import sql
+
+    from sandbox.objects import OBJECTS
+
+    out = {}
+    with psycopg.connect(url) as conn:
+        for obj in OBJECTS.values():
+            where = sql.SQL(" WHERE NOT isdeleted") if schema == "org" else sql.SQL("")
+            try:
+                out[obj.name] = conn.execute(
+                    sql.SQL("SELECT count(*) FROM {}{}").format(sql.Identifier(schema, obj.table), where)
+                ).fetchone()[0]
+            except psycopg.errors.UndefinedTable:
+                conn.rollback()
+    return out
+
+
+def cmd_status(s: Settings, args) -> int:
+    state = read_state(s)
+    if not state or not _pid_alive(state["pid"]):
+        print("sandbox is not running")
+        return 3
+    base = postgres.Postgres(state["base_url"], embedded=state["embedded_postgres"])
+    org_counts = _counts(base.url("sandbox_org"), "org")
+    mirror = _counts(base.url("retention_store"), "salesforce")
+    print(f"servers pid {state['pid']}: {s.instance_url}, {s.connect_api_url}")
+    print(f"{'object':<20}{'org':>10}{'mirror':>10}")
+    for name, n in org_counts.items():
+        print(f"{name:<20}{n:>10}{mirror.get(name, 0):>10}")
+    return 0
+
+
+def _base(s: Settings) -> postgres.Postgres:
+    state = read_state(s)
+    if state:
+        return postgres.Postgres(state["base_url"], embedded=state["embedded_postgres"])
+    pg, _ = _postgres(s)
+    postgres.ensure_databases(pg)
+    return pg
+
+
+def cmd_seed(s: Settings, args) -> int:
+    import psycopg
+
+    from sandbox import seed
+    from sandbox.server import prepare_org
+
+    url = _base(s).url("sandbox_org")
+    prepare_org(url)
+    started = time.monotonic()
+    with psycopg.connect(url) as conn:
+        if args.reset:
+            seed.clear(conn)
+        counts = seed.seed(conn, contacts=args.contacts, seed=args.seed)
+    took = time.monotonic() - started
+    print("seeded " + ", ".join(f"{n} {k}" for k, n in counts.items()) + f" in {took:.1f}s")
+    return 0
+
+
+def cmd_faults(s: Settings, args) -> int:
+    import requests
+
+    url = f"{s.instance_url}/__sandbox/faults"
+    verify = str(s.tls_dir / "ca.pem")
+    if args.action == "set":
+        body = {"kind": args.kind}
+        for key in ("count", "rate", "status", "seconds", "code", "seed"):
+            if getattr(args, key) is not None:
+                body[key] = getattr(args, key)
+        r = requests.post(url, json=body, verify=verify, timeout=10)
+    elif args.action == "clear":
+        r = requests.delete(url, params={"kind": args.kind} if args.kind else None, verify=verify, timeout=10)
+    else:
+        r = requests.get(url, verify=verify, timeout=10)
+    if r.status_code != 200:
+        print(r.json().get("error", r.text), file=sys.stderr)
+        return 2
+    faults = r.json()["faults"]
+    print("\n".join(json.dumps(f) for f in faults) if faults else "no faults active")
+    return 0
+
+
+def env_vars(s: Settings, base_url: str) -> dict[str, str]:
+    """Everything a shell, Airflow or a test needs to reach the sandbox."""
+    pg = postgres.Postgres(base_url, embedded=True)
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    salesforce_conn = {
+        "conn_type": "salesforce",
+        "login": s.username,
+        "password": s.password,
+        # simple-salesforce builds https://{domain}.salesforce.com/services/Soap/u/{version}; this domain
+        # points the SOAP login at the sandbox (the fragment is never sent).
+        "extra": {"security_token": s.security_token, "domain": f"localhost:{s.sf_port}/services/Soap/u/{API_VERSION}#",
+                  "version": API_VERSION},
+    }
+    store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
+                  "password": parts.password or "", "schema": "retention_store"}
+    connect_conn = {"conn_type": "heroku_connect", "host": s.connect_api_url, "password": s.connect_token,
+                    "extra": {"connection_id": s.connection_id}}
+    return {
+        "SANDBOX_HOME": str(s.home),
+        "SANDBOX_PG_PORT": str(s.pg_port),
+        "SANDBOX_SF_PORT": str(s.sf_port),
+        "SANDBOX_CONNECT_PORT": str(s.connect_port),
+        "REQUESTS_CA_BUNDLE": str(s.tls_dir / "ca.pem"),
+        "SALESFORCE_INSTANCE_URL": s.instance_url,
+        "SALESFORCE_USERNAME": s.username,
+        "SALESFORCE_PASSWORD": s.password,
+        "SALESFORCE_SECURITY_TOKEN": s.security_token,
+        "SALESFORCE_CONSUMER_KEY": s.consumer_key,
+        "SALESFORCE_CONSUMER_SECRET": s.consumer_secret,
+        "SALESFORCE_API_VERSION": API_VERSION,
+        "SANDBOX_ORG_URL": pg.url("sandbox_org"),
+        "RETENTION_STORE_URL": pg.url("retention_store"),
+        "HEROKU_CONNECT_API_URL": s.connect_api_url,
+        "HEROKU_CONNECT_TOKEN": s.connect_token,
+        "HEROKU_CONNECT_CONNECTION_ID": s.connection_id,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url("airflow", driver="postgresql+psycopg2"),
+        "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce_conn),
+        "AIRFLOW_CONN_RETENTION_STORE": json.dumps(store_conn),
+        "AIRFLOW_CONN_HEROKU_CONNECT_DEFAULT": json.dumps(connect_conn),
+    }
+
+
+def cmd_env(s: Settings, args) -> int:
+    state = read_state(s)
+    if not state:
+        print("# sandbox is not running: start it with 'python -m sandbox up'", file=sys.stderr)
+        return 3
+    for key, value in env_vars(s, state["base_url"]).items():
+        print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+def cmd_serve(s: Settings, args) -> int:
+    from sandbox.server import serve
+
+    pg = postgres.Postgres(args.base_url, embedded=False)
+    serve(s, pg.url("sandbox_org"), pg.url("retention_store"))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start Postgres, the org and Connect servers and the sync loop")
+    sub.add_parser("down", help="stop what 'up' started")
+    sub.add_parser("status", help="show what runs and record counts in the org and the mirror")
+    seed = sub.add_parser("seed", help="fill the org with deterministic sample data")
+    seed.add_argument("--contacts", type=int, default=3000, help="number of contacts (others scale with it)")
+    seed.add_argument("--seed", type=int, default=42)
+    seed.add_argument("--reset", action="store_true", help="empty the org first")
+    faults = sub.add_parser("faults", help="list, set or clear injected faults")
+    faults.add_argument("action", choices=("list", "set", "clear"))
+    faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry")
+    faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
+    faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
+    faults.add_argument("--status", type=int, help="500 or 503 for server_error")
+    faults.add_argument("--seconds", type=float, help="delay for slow")
+    faults.add_argument("--code", help="per-row error code for record_failures")
+    faults.add_argument("--seed", type=int, help="random seed for rate-based faults")
+    sub.add_parser("env", help="print shell exports for the running sandbox")
+    serve = sub.add_parser("serve", help=argparse.SUPPRESS)
+    serve.add_argument("--base-url", required=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "faults" and args.action == "set" and not args.kind:
+        parser().error("faults set needs a kind")
+    return {
+        "up": cmd_up, "down": cmd_down, "status": cmd_status, "seed": cmd_seed, "faults": cmd_faults,
+        "env": cmd_env, "serve": cmd_serve,
+    }[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Shared fixtures: one real sandbox (embedded Postgres, the org over HTTPS, Connect API and sync loop)
+for the whole test session, started and stopped through the same CLI a user runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Airflow reads its configuration once, at first import: point it at a private home and at the
+# sandbox's Postgres before any test imports it, so a developer's own ~/airflow is never touched.
+PORTS = {"SANDBOX_PG_PORT": free_port(), "SANDBOX_SF_PORT": free_port(), "SANDBOX_CONNECT_PORT": free_port()}
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(AIRFLOW_HOME),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN":
+        f"postgresql+psycopg2://postgres@127.0.0.1:{PORTS['SANDBOX_PG_PORT']}/airflow",
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
+    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
+})
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class Sandbox:
+    env: dict[str, str]
+
+    @property
+    def instance_url(self) -> str:
+        return self.env["SALESFORCE_INSTANCE_URL"]
+
+    @property
+    def ca(self) -> str:
+        return self.env["REQUESTS_CA_BUNDLE"]
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        return run_cli(list(args), self.env, timeout)
+
+    def org_conn(self):
+        import psycopg
+
+        return psycopg.connect(self.env["SANDBOX_ORG_URL"], autocommit=True)
+
+    def store_conn(self):
+        import psycopg
+
+        return psycopg.connect(self.env["RETENTION_STORE_URL"], autocommit=True)
+
+    @contextlib.contextmanager
+    def fault(self, kind: str, **options):
+        """Switch a fault on for the block, through the admin endpoint the CLI uses."""
+        import requests
+
+        url = f"{self.instance_url}/__sandbox/faults"
+        r = requests.post(url, json={"kind": kind, **options}, verify=self.ca, timeout=10)
+        assert r.status_code == 200, r.text
+        try:
+            yield
+        finally:
+            requests.delete(url, verify=self.ca, timeout=10)
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory) -> Sandbox:
+    home = tmp_path_factory.mktemp("sandbox")
+    env = {
+        **os.environ,
+        "SANDBOX_HOME": str(home),
+        **{k: str(v) for k, v in PORTS.items()},
+        "SANDBOX_SYNC_INTERVAL": "0.5",
+    }
+    up = run_cli(["up"], env)
+    if up.returncode != 0:
+        log = (home / "sandbox.log").read_text() if (home / "sandbox.log").exists() else ""
+        run_cli(["down"], env)
+        pytest.fail(f"sandbox up failed:\n{up.stdout}\n{up.stderr}\n{log[-4000:]}")
+    exported = run_cli(["env"], env)
+    assert exported.returncode == 0, exported.stderr
+    for line in exported.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = shlex.split(value)[0] if value else ""
+    saved = dict(os.environ)
+    # Processes and libraries under test (requests, Airflow's env-var connections) read these.
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA_BUNDLE"))})
+    yield Sandbox(env)
+    os.environ.clear()
+    os.environ.update(saved)
+    down = run_cli(["down"], env)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="session")
+def airflow_db(sandbox) -> Path:
+    """Airflow's metadata database, migrated in the sandbox's Postgres; yields AIRFLOW_HOME."""
+    out = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=sandbox.env | {
+        k: v for k, v in os.environ.items() if k.startswith("AIRFLOW")}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    yield AIRFLOW_HOME
+    from airflow import settings
+
+    settings.dispose_orm()  # before the sandbox's Postgres stops under it
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
