@@ -95,7 +95,8 @@ def cmd_up(s: Settings, args) -> int:
         print(f"sandbox failed to start; see {s.home / 'sandbox.log'}", file=sys.stderr)
         cmd_down(s, args)
         return 1
-    print(f"Postgres      {pg.base_url.rsplit('/', 1)[0]}  ({'embedded, ' + str(s.pg_dir) if pg.embedded else 'external'})")
+    where = f"embedded, {s.pg_dir}" if pg.embedded else "external"
+    print(f"Postgres      {pg.base_url.rsplit('/', 1)[0]}  ({where})")
     print(f"Salesforce    {s.instance_url}  (user {s.username})")
     print(f"Connect API   {s.connect_api_url}  (sync every {s.sync_interval:g}s)")
     print(f"CA bundle     {certs.ca}")

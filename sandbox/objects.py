@@ -235,7 +235,11 @@ LEAD = SObject(
         Field("Title", "string", length=128),
         Field("Email", "email", length=80),
         Field("Phone", "phone", length=40),
-        Field("Status", "picklist", picklist=("Open - Not Contacted", "Working - Contacted", "Closed - Converted", "Closed - Not Converted")),
+        Field(
+            "Status",
+            "picklist",
+            picklist=("Open - Not Contacted", "Working - Contacted", "Closed - Converted", "Closed - Not Converted"),
+        ),
         Field("LeadSource", "picklist", picklist=LEAD_SOURCES),
         Field("Industry", "picklist", picklist=INDUSTRIES),
         Field("City", "string", length=40),

@@ -17,7 +17,7 @@ from sandbox import ids
 from sandbox.objects import DERIVED, OBJECTS, SYSTEM_FIELDS, Field, SObject
 
 SCHEMA = "org"
-UTC = dt.timezone.utc
+UTC = dt.UTC
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -300,7 +300,7 @@ def fetch(conn, obj: SObject, record_id: str, field_names: list[str] | None = No
     if isinstance(full, RecordError):
         return full
     fields = [obj.field(n) for n in field_names] if field_names else list(obj.fields)
-    missing = [n for n, f in zip(field_names or [], fields) if f is None]
+    missing = [n for n, f in zip(field_names or [], fields, strict=False) if f is None]
     if missing:
         return RecordError("INVALID_FIELD", f"No such column '{missing[0]}' on sobject of type {obj.name}")
     cols = sql.SQL(", ").join(sql.Identifier(f.column) for f in fields)
@@ -311,7 +311,7 @@ def fetch(conn, obj: SObject, record_id: str, field_names: list[str] | None = No
         return RecordError("NOT_FOUND", "The requested resource does not exist")
     if row[0]:
         return RecordError("ENTITY_IS_DELETED", "entity is deleted")
-    return {f.name: v for f, v in zip(fields, row[1:])}
+    return {f.name: v for f, v in zip(fields, row[1:], strict=True)}
 
 
 def json_value(f: Field, value):
@@ -330,7 +330,8 @@ def json_value(f: Field, value):
 
 
 def record_json(obj: SObject, api_version: str, values: dict[str, object]) -> dict:
-    out = {"attributes": {"type": obj.name, "url": f"/services/data/v{api_version}/sobjects/{obj.name}/{values.get('Id')}"}}
+    url = f"/services/data/v{api_version}/sobjects/{obj.name}/{values.get('Id')}"
+    out = {"attributes": {"type": obj.name, "url": url}}
     for name, value in values.items():
         f = obj.field(name)
         out[name] = json_value(f, value) if f else value

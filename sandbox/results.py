@@ -31,7 +31,8 @@ def create_schema(conn) -> None:
     conn.execute(
         """CREATE TABLE IF NOT EXISTS results.cursors (
                locator text PRIMARY KEY, kind text NOT NULL, table_name text NOT NULL, sobject text NOT NULL,
-               columns jsonb NOT NULL, total bigint NOT NULL, batch integer NOT NULL DEFAULT 2000, used_at timestamptz NOT NULL DEFAULT now())"""
+               columns jsonb NOT NULL, total bigint NOT NULL, batch integer NOT NULL DEFAULT 2000,
+               used_at timestamptz NOT NULL DEFAULT now())"""
     )
 
 
@@ -81,7 +82,8 @@ def materialize(conn, compiled, *, kind: str, locator: str | None = None, batch:
 
 def cursor(conn, locator: str) -> dict | None:
     row = conn.execute(
-        "UPDATE results.cursors SET used_at = now() WHERE locator = %s RETURNING table_name, sobject, columns, total, kind, batch",
+        "UPDATE results.cursors SET used_at = now() WHERE locator = %s"
+        " RETURNING table_name, sobject, columns, total, kind, batch",
         (locator,),
     ).fetchone()
     if row is None:
@@ -111,7 +113,7 @@ def _records(obj, columns: list[str], rows: list[tuple], api_version: str) -> li
     """Rows as REST JSON records, relationship columns (``Account.Name``) nested as Salesforce does."""
     out = []
     for row in rows:
-        values = dict(zip(columns, row))
+        values = dict(zip(columns, row, strict=True))
         rid = values.get("Id")
         rec = {"attributes": {"type": obj.name, "url": f"/services/data/v{api_version}/sobjects/{obj.name}/"
                               + (rid.strip() if rid else "")}}

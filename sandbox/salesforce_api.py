@@ -14,9 +14,8 @@ import re
 import secrets
 import threading
 import time
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
@@ -26,8 +25,8 @@ from starlette.routing import Route
 
 from sandbox import org, results
 from sandbox.config import API_VERSION, Settings
-from sandbox.faults import Faults, FaultError
-from sandbox.objects import OBJECTS, get_object
+from sandbox.faults import FaultError, Faults
+from sandbox.objects import BY_PREFIX, OBJECTS, get_object
 
 DAILY_API_LIMIT = 1_000_000
 
@@ -128,14 +127,6 @@ def sobject_or_404(name: str):
     if obj is None:
         raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
     return obj
-
-
-async def read_json(request: Request):
-    body = await request.body()
-    try:
-        return json.loads(body or b"null")
-    except ValueError as exc:
-        raise ApiError(400, "JSON_PARSER_ERROR", f"Unexpected character: {exc}") from None
 
 
 def json_body(request: Request):
@@ -331,7 +322,8 @@ def deleted_records(request: Request, svc: OrgService) -> Response:
             "AND NOT hard ORDER BY seq",
             (obj.name, start, end),
         ).fetchall()
-        earliest = conn.execute("SELECT min(deleted_at) FROM org.deletions WHERE object = %s", (obj.name,)).fetchone()[0]
+        earliest = conn.execute("SELECT min(deleted_at) FROM org.deletions WHERE object = %s",
+                                (obj.name,)).fetchone()[0]
     stamp = org.Field("x", "datetime")
     return JSONResponse({
         "deletedRecords": [{"id": r[0], "deletedDate": org.json_value(stamp, r[1])} for r in rows],
@@ -387,7 +379,8 @@ def _all_or_none(conn, outcomes: list[org.Outcome], all_or_none: bool) -> list[d
     if not all_or_none or all(o.success for o in outcomes):
         return [_collection_result(o) for o in outcomes]
     conn.rollback()
-    rolled = org.RecordError("ALL_OR_NONE_OPERATION_ROLLED_BACK", "Record rolled back because not all records were valid and the request was using AllOrNone header")
+    rolled = org.RecordError("ALL_OR_NONE_OPERATION_ROLLED_BACK", "Record rolled back because not all records "
+                             "were valid and the request was using AllOrNone header")
     return [
         _collection_result(o) if not o.success else {"id": None, "success": False, "errors": [rolled.as_dict()]}
         for o in outcomes
@@ -413,7 +406,7 @@ def collections(request: Request, svc: OrgService) -> Response:
         with svc.pool.connection() as conn:
             outcomes = []
             for rid in record_ids:
-                obj = OBJECTS_BY_PREFIX.get(rid[:3])
+                obj = BY_PREFIX.get(rid[:3])
                 if obj is None:
                     outcomes.append(org.Outcome(rid, False, errors=[org.RecordError("MALFORMED_ID",
                                                                                     f"malformed id {rid}")]))
@@ -446,15 +439,9 @@ def collections(request: Request, svc: OrgService) -> Response:
         return JSONResponse(_all_or_none(conn, outcomes, all_or_none))
 
 
-from sandbox.objects import BY_PREFIX as OBJECTS_BY_PREFIX  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # Admin: faults and health, for tests and the CLI.
-
-def _admin_ok(request: Request) -> bool:
-    return bearer(request) == request.app.state.svc.settings.connect_token or request.client.host == "127.0.0.1"
-
 
 def admin_faults(request: Request) -> Response:
     svc: OrgService = request.app.state.svc
@@ -539,6 +526,3 @@ def create_app(svc: OrgService, extra_routes: list[Route] | None = None) -> Call
     app.router.redirect_slashes = False
     return _Normalise(app)
 
-
-def request_id() -> str:
-    return uuid.uuid4().hex

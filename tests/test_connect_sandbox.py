@@ -72,7 +72,8 @@ def test_org_changes_reach_the_mirror_and_the_mapping_is_not_synced_until_they_d
     finally:
         api.post(f"/connections/{cid}/actions/resume")
     interval = float(sandbox.env["SANDBOX_SYNC_INTERVAL"])
-    assert wait_for(lambda: mirror_row(sandbox, rid), 3 * interval + 2) == ("Mirrored", "m@example.org", False, "SYNCED")
+    mirrored = wait_for(lambda: mirror_row(sandbox, rid), 3 * interval + 2)
+    assert mirrored == ("Mirrored", "m@example.org", False, "SYNCED")
     assert wait_for(lambda: api.mapping("Contact")["state"] == "DATA_SYNCED", 10)
 
     # A change while running reaches the mirror within a few sync intervals.

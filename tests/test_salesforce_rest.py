@@ -188,7 +188,8 @@ def test_oauth_client_credentials_and_password_grants(sandbox):
                        domain=f"localhost:{port}/services/oauth2/token#")
     assert creds.query("SELECT COUNT() FROM Account")["done"] is True
     password = Salesforce(username=env["SALESFORCE_USERNAME"], password=env["SALESFORCE_PASSWORD"],
-                          consumer_key=env["SALESFORCE_CONSUMER_KEY"], consumer_secret=env["SALESFORCE_CONSUMER_SECRET"],
+                          consumer_key=env["SALESFORCE_CONSUMER_KEY"],
+                          consumer_secret=env["SALESFORCE_CONSUMER_SECRET"],
                           domain=f"localhost:{port}/services/oauth2/token#")
     assert password.limits()["DailyApiRequests"]["Max"] > 0
     r = requests.post(f"{sandbox.instance_url}/services/oauth2/token", data={"grant_type": "password",
