@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
-	$(PY) -m pytest bench --benchmark-only -p no:randomly -s
+	$(PY) -m pytest bench --benchmark-only -s
 
 sandbox-up: $(STAMP)
 	$(PY) -m sandbox up
