@@ -213,6 +213,15 @@ def create_app(
         obj = find_mapping(request)
         return JSONResponse(errors_json(sync.write_errors(obj.name)))
 
+    def force_state(request: Request):
+        """Sandbox-only: make the API report a connection or mapping state, so consumers' error paths
+        can be tested: ``POST /__sandbox/state?state=SYSTEM_ERROR[&object=Contact]``; no state clears it."""
+        try:
+            sync.force_state(request.query_params.get("state") or None, request.query_params.get("object"))
+        except KeyError as exc:
+            raise HTTPException(404, f"no mapping for {exc}") from None
+        return JSONResponse({"connection": sync.connection_state()})
+
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
         return _error(exc.status_code, code, exc.detail)
@@ -229,6 +238,7 @@ def create_app(
         Route(f"{API}/mappings/{{mid}}", guarded(get_mapping), methods=["GET"]),
         Route(f"{API}/mappings/{{mid}}/actions/reload", guarded(reload_mapping), methods=["POST"]),
         Route(f"{API}/mappings/{{mid}}/errors", guarded(mapping_errors), methods=["GET"]),
+        Route("/__sandbox/state", guarded(force_state), methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
