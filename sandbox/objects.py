@@ -63,10 +63,15 @@ class Field:
     def pg_type(self) -> str:
         return PG_TYPES[self.type]
 
-    def describe(self) -> dict:
-        length = self.length or (255 if self.type in ("string", "email", "phone", "url", "picklist") else 0)
+    @property
+    def max_length(self) -> int:
+        """Describe's ``length``: the most characters a text value may have (0 for non-text types)."""
         if self.type in ("id", "reference"):
-            length = 18
+            return 18
+        return self.length or (255 if self.type in ("string", "email", "phone", "url", "picklist") else 0)
+
+    def describe(self) -> dict:
+        length = self.max_length
         return {
             "name": self.name,
             "label": self.label or _label(self.name),

@@ -164,7 +164,7 @@ def coerce(obj: SObject, f: Field, value):
     except (ValueError, TypeError):
         raise bad from None
     text = str(value)
-    limit = f.describe()["length"]
+    limit = f.max_length
     if limit and len(text) > limit:
         raise RecordError("STRING_TOO_LONG", f"{f.name}: data value too large: {text[:40]} (max length={limit})",
                           [f.name])

@@ -490,7 +490,8 @@ class _Normalise:
             async def replay():
                 nonlocal sent
                 if sent:
-                    return {"type": "http.disconnect"}
+                    # After the body, listen to the real connection (streaming responses watch for disconnects).
+                    return await receive()
                 sent = True
                 return {"type": "http.request", "body": scope["sandbox.body"], "more_body": False}
 

@@ -24,6 +24,7 @@ def prepare_org(org_url: str) -> None:
     with psycopg.connect(org_url) as conn:
         org.create_schema(conn)
         results.create_schema(conn)
+        bulk2.create_schema(conn)
 
 
 def _uvicorn(app, port: int, certs: tls.Certificates):
