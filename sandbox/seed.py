@@ -234,6 +234,9 @@ class _Gen:
         self.rand = self.rng.random
         self.now = now
         self.now_ms = int((now - _EPOCH).total_seconds() * 1000)
+        # SystemModstamp is the platform's own clock: even records loaded with back-dated audit fields
+        # carry the time they were written, which is what Heroku Connect's polling relies on.
+        self.loaded_at = dt.datetime.now(dt.UTC)
         self.locales = _locale_table(_pools(seed))
 
     def stamps(self, history_ms: int = _HISTORY_MS):
@@ -297,7 +300,7 @@ def _accounts(g: _Gen, first_serial: int, count: int, domains: list[str]):
         domains.append(domain)
         created, modified = g.stamps()
         yield (
-            make(first_serial + i), False, created, modified, modified, owner,
+            make(first_serial + i), False, created, modified, g.loaded_at, owner,
             name,
             pick(_ACCOUNT_TYPE),
             pick(INDUSTRIES) if rand() < 0.9 else None,
@@ -338,7 +341,7 @@ def _contacts(g: _Gen, first_serial: int, count: int, account_serial: int, domai
             start = created.date().toordinal()
             activity = dt.date.fromordinal(start + int(rand() * (today.toordinal() - start + 1)))
         yield (
-            make(first_serial + i), False, created, modified, modified, owner,
+            make(first_serial + i), False, created, modified, g.loaded_at, owner,
             make_account(account_serial + a) if a >= 0 else None,
             pick(_SALUTATION),
             first if rand() < 0.97 else None,
@@ -369,7 +372,7 @@ def _leads(g: _Gen, first_serial: int, count: int):
         created, modified = g.stamps()
         status = pick(_LEAD_STATUS)
         yield (
-            make(first_serial + i), False, created, modified, modified, owner,
+            make(first_serial + i), False, created, modified, g.loaded_at, owner,
             first if rand() < 0.95 else None,
             last,
             company,
@@ -404,7 +407,7 @@ def _cases(g: _Gen, first_serial: int, count: int, contact_serial: int, account_
         last, last_a = pick(loc.last)
         serial = first_serial + i
         yield (
-            make(serial), False, created, modified, modified, owner,
+            make(serial), False, created, modified, g.loaded_at, owner,
             f"{serial:08d}",
             make_account(account_serial + a) if a >= 0 else None,
             make_contact(contact_serial + c) if c >= 0 else None,
@@ -425,7 +428,7 @@ def _reasons(g: _Gen, first_serial: int):
     make, owner = _id_maker(PRIVACY_HOLD_REASON.key_prefix), org.DEFAULT_OWNER
     for i, (name, text) in enumerate(HOLD_REASONS):
         created, modified = g.stamps()
-        yield (make(first_serial + i), False, created, modified, modified, owner, name, text, i != 3)
+        yield (make(first_serial + i), False, created, modified, g.loaded_at, owner, name, text, i != 3)
 
 
 # Hold states, cycled so even three holds mix active and inactive: (IsActive, EndDate kind).
@@ -470,7 +473,7 @@ def _holds(g: _Gen, first_serial: int, count: int, reason_serial: int, targets: 
         else:
             end = None
         yield (
-            make(first_serial + i), False, created, modified, modified, owner,
+            make(first_serial + i), False, created, modified, g.loaded_at, owner,
             f"PH-{i + 1:06d}",
             makers[obj](serial0 + p - offsets[k]),
             make_reason(reason_serial + int(rand() * len(HOLD_REASONS))),
