@@ -1,0 +1,621 @@
+"""Retention policies: the YAML contract (DESIGN.md, "The policy file"), its model and its loader.
+
+A policy decides which Salesforce records are deleted or masked, so it is validated strictly when
+the DAG file is parsed: unknown keys are errors (a typo must not silently fall back to a default),
+the ``where`` filter is parsed (never pasted into a query), and every problem is reported as
+``<file>: <key.path>: <reason>`` so the Airflow import error points at the line to fix. Checks
+that need the org (do the fields exist, can they be masked) run against describe at run time:
+``check_against_describe``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from retention import soql_filter
+from retention.soql_filter import ID_TYPES, TEXT_TYPES
+
+REPO = Path(__file__).resolve().parents[2]
+POLICIES_DIR_ENV = "RETENTION_POLICIES_DIR"
+DAG_ID_PREFIX = "retention__"
+
+_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_POLICY_ID = re.compile(r"^[a-z0-9_]+$")
+_TABLE = re.compile(r"^[a-z][a-z0-9_]*$")
+# Airflow's presets that make sense for a retention sweep; @continuous would loop deletions back to back.
+SCHEDULE_PRESETS = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+
+
+class PolicyError(ValueError):
+    """Everything wrong with one policy file, one ``<file>: <key>: <reason>`` line per problem."""
+
+    def __init__(self, path: Path | str | None, problems: list[tuple[str | None, str]]):
+        self.path = Path(path) if path is not None else None
+        self.problems = list(problems)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        where = _display(self.path) if self.path is not None else "<policy>"
+        return [f"{where}: {key}: {reason}" if key else f"{where}: {reason}" for key, reason in self.problems]
+
+
+def _display(path: Path) -> str:
+    """Paths inside the repo read as in a pull request (include/policies/x.yaml)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+# ------------------------------------------------------------------------------------ small validators
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value):
+        raise ValueError(f"{value!r} is not a Salesforce API name (letters, digits and _, starting with a letter)")
+    return value
+
+
+def _not_id(value: str) -> str:
+    if value.lower() == "id":
+        raise ValueError("Id is always kept (as sfid) and never masked; remove it")
+    return value
+
+
+def _non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+ApiName = Annotated[str, AfterValidator(_identifier)]
+FieldName = Annotated[str, AfterValidator(_identifier), AfterValidator(_not_id)]
+Text = Annotated[str, AfterValidator(_non_blank)]
+
+
+def _case_duplicates(names: Mapping[str, Any]) -> str | None:
+    """Salesforce (and the mirror's lower-cased columns) treat Email and email as one field."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if name.lower() in seen:
+            return f"{seen[name.lower()]} and {name} name the same field"
+        seen[name.lower()] = name
+    return None
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------------------ transforms
+
+TRANSFORMS = ("keep", "email_domain", "year", "month", "truncate", "last", "hash", "null")
+_SIZED = ("truncate", "last")
+_EXPECTED_TRANSFORMS = "keep, email_domain, year, month, truncate:N, last:N, hash, null"
+
+
+class Transform(_Model):
+    """What is retained of a field. Written ``keep`` or ``truncate:40`` (canonical), or
+    ``{transform: truncate, length: 40}``; ``null`` (YAML's null too) retains the column empty."""
+
+    kind: Literal["keep", "email_domain", "year", "month", "truncate", "last", "hash", "null"]
+    n: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        if data is None:
+            return {"kind": "null"}
+        if isinstance(data, str):
+            name, sep, size = data.strip().partition(":")
+            if name not in TRANSFORMS:
+                raise ValueError(f"unknown transform {data!r} (expected {_EXPECTED_TRANSFORMS})")
+            if name in _SIZED and not sep:
+                raise ValueError(f"{name} needs a length: {name}:N, e.g. {name}:40")
+            if sep and name not in _SIZED:
+                raise ValueError(f"{name} takes no length (expected {_EXPECTED_TRANSFORMS})")
+            if sep and not size.strip().isdigit():
+                raise ValueError(f"{name}:N needs a whole number N >= 1, got {size.strip()!r}")
+            return {"kind": name, "n": int(size) if sep else None}
+        if isinstance(data, dict) and "kind" not in data:
+            unknown = set(data) - {"transform", "length"}
+            if unknown:
+                raise ValueError(f"unknown key(s) {', '.join(sorted(map(str, unknown)))} (expected transform, length)")
+            if "transform" not in data:
+                raise ValueError(f"long form needs 'transform' (one of {_EXPECTED_TRANSFORMS})")
+            name = data["transform"]
+            if name not in TRANSFORMS:
+                raise ValueError(f"unknown transform {name!r} (expected {_EXPECTED_TRANSFORMS})")
+            if name in _SIZED and "length" not in data:
+                raise ValueError(f"{name} needs a length: {{transform: {name}, length: N}}")
+            if name not in _SIZED and "length" in data:
+                raise ValueError(f"{name} takes no length")
+            length = data.get("length")
+            if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+                raise ValueError(f"{name} length must be a whole number >= 1, got {length!r}")
+            return {"kind": name, "n": data.get("length")}
+        if isinstance(data, dict):
+            return data
+        raise ValueError(f"expected a transform name ({_EXPECTED_TRANSFORMS}), got {type(data).__name__} {data!r}")
+
+    @model_validator(mode="after")
+    def _size(self) -> Transform:
+        if self.kind in _SIZED and (self.n is None or self.n < 1):
+            raise ValueError(f"{self.kind}:N needs N >= 1")
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.n}" if self.kind in _SIZED else self.kind
+
+
+# ------------------------------------------------------------------------------------- mask strategies
+
+STRATEGIES = (
+    "anonymize", "pseudonymize", "hash", "nullify", "static", "random_date", "random_number", "format_preserving",
+)
+# Options each strategy takes (retention.masking applies them); field_length applies to every strategy.
+_STRATEGY_OPTIONS = {
+    "pseudonymize": ("library",),
+    "static": ("value",),
+    "random_date": ("start", "end"),
+    "random_number": ("min", "max", "decimals"),
+}
+_REQUIRED_OPTIONS = {"static": ("value",), "random_date": ("start", "end"), "random_number": ("min", "max")}
+_ALL_OPTIONS = ("value", "start", "end", "min", "max", "decimals", "library", "field_length")
+_EXAMPLES = {
+    "static": "{strategy: static, value: REDACTED}",
+    "random_date": "{strategy: random_date, start: 1950-01-01, end: 2000-12-31}",
+    "random_number": "{strategy: random_number, min: 0, max: 100}",
+}
+
+
+class MaskStrategy(_Model):
+    """How a field is overwritten in Salesforce. Written ``nullify`` or ``{strategy: ..., <options>}``."""
+
+    strategy: Literal[
+        "anonymize", "pseudonymize", "hash", "nullify", "static", "random_date", "random_number", "format_preserving"
+    ]
+    value: Any = None
+    start: date | None = None
+    end: date | None = None
+    min: int | float | None = None
+    max: int | float | None = None
+    decimals: int | None = Field(None, ge=0)
+    library: str | None = None
+    field_length: int | None = Field(None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"strategy": data}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a strategy name or {{strategy: ..., options}}, got {type(data).__name__}")
+        name = data.get("strategy")
+        if name is None:
+            raise ValueError(f"needs 'strategy' (one of {', '.join(STRATEGIES)})")
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown mask strategy {name!r} (expected {', '.join(STRATEGIES)})")
+        allowed = (*_STRATEGY_OPTIONS.get(name, ()), "field_length")
+        for key in _ALL_OPTIONS:
+            if key in data and key not in allowed:
+                raise ValueError(f"option {key!r} does not apply to {name} ({name} takes {', '.join(allowed)})")
+        missing = [key for key in _REQUIRED_OPTIONS.get(name, ()) if data.get(key) is None]
+        if missing:
+            raise ValueError(f"{name} needs {' and '.join(missing)}: {_EXAMPLES[name]}")
+        if isinstance(data.get("value"), dict | list):
+            raise ValueError("static value must be a single string, number, boolean or date")
+        for key in ("min", "max"):
+            if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
+                raise ValueError(f"random_number {key} must be a number, got {data[key]!r}")
+        return data
+
+    @model_validator(mode="after")
+    def _ranges(self) -> MaskStrategy:
+        if self.strategy == "random_date" and self.start > self.end:
+            raise ValueError(f"random_date start {self.start} is after end {self.end}")
+        if self.strategy == "random_number" and self.min > self.max:
+            raise ValueError(f"random_number min {self.min} is greater than max {self.max}")
+        if self.library is not None:
+            from retention.masking import LIBRARIES  # only policies that pick a library pay for this import
+
+            if self.library not in LIBRARIES:
+                raise ValueError(f"unknown pseudonymize library {self.library!r} (expected {', '.join(LIBRARIES)})")
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options given in the policy, as retention.masking takes them."""
+        names = (*_STRATEGY_OPTIONS.get(self.strategy, ()), "field_length")
+        return {key: getattr(self, key) for key in names if getattr(self, key) is not None}
+
+
+# --------------------------------------------------------------------------------------------- policy
+
+
+class Select(_Model):
+    date_field: ApiName
+    older_than_days: int = Field(ge=1)
+    where: str | None = None
+    exclude_privacy_holds: bool = True
+
+    @field_validator("where")
+    @classmethod
+    def _parse_where(cls, value: str | None) -> str | None:
+        if value is not None:
+            soql_filter.parse(value)  # FilterError is a ValueError: reported at select.where
+        return value
+
+    @cached_property
+    def filter(self) -> soql_filter.Expr | None:
+        """The parsed ``where`` filter; render it with soql_filter.to_soql / to_sql, never paste the text."""
+        return soql_filter.parse(self.where) if self.where is not None else None
+
+
+class Retain(_Model):
+    table: str
+    fields: dict[FieldName, Transform]
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not _TABLE.match(value):
+            raise ValueError(f"{value!r} is not a table name (lower-case letters, digits and _, from a letter)")
+        if len(value) > 63:
+            raise ValueError(f"table name is {len(value)} characters; Postgres allows 63")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _unique(cls, value: dict[str, Transform]) -> dict[str, Transform]:
+        if problem := _case_duplicates(value):
+            raise ValueError(problem)
+        return value
+
+
+class Guards(_Model):
+    max_records_per_run: int = Field(50_000, ge=1)
+
+
+class Policy(_Model):
+    """One retention policy file. Build with ``load_policy``; ``path`` and ``source_hash`` identify the file."""
+
+    id: str
+    description: Text
+    owner: Text
+    object: ApiName
+    schedule: str | None  # required key; null means manual runs only
+    start_date: date
+    catchup: bool = False
+    select: Select
+    retain: Retain
+    action: Literal["delete", "hard_delete", "mask"]
+    mask: dict[FieldName, MaskStrategy] | None = Field(None, validate_default=True)
+    guards: Guards = Guards()
+    source: Literal["heroku_connect", "salesforce_api"] = "heroku_connect"
+
+    _path: Path | None = PrivateAttr(None)
+    _source_hash: str | None = PrivateAttr(None)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not _POLICY_ID.match(value):
+            raise ValueError(f"{value!r} must be lower-case letters, digits and underscores ([a-z0-9_]+)")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None or value in SCHEDULE_PRESETS:
+            return value
+        if value.startswith("@"):
+            raise ValueError(f"unknown preset {value!r} (expected {', '.join(SCHEDULE_PRESETS)}, a cron or null)")
+        if len(value.split()) != 5 or not _valid_cron(value):
+            raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
+        return value
+
+    @field_validator("mask")
+    @classmethod
+    def _mask(cls, value: dict[str, MaskStrategy] | None, info: ValidationInfo) -> dict[str, MaskStrategy] | None:
+        action = info.data.get("action")
+        if action is None:  # action itself is wrong; that error says enough
+            return value
+        if action == "mask" and value is None:
+            raise ValueError("action: mask needs a mask mapping (field: strategy)")
+        if action == "mask" and not value:
+            raise ValueError("must name at least one field to mask")
+        if action != "mask" and value is not None:
+            raise ValueError(f"only allowed with action: mask (action is {action})")
+        if value and (problem := _case_duplicates(value)):
+            raise ValueError(problem)
+        return value
+
+    @property
+    def dag_id(self) -> str:
+        return DAG_ID_PREFIX + self.id
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def source_hash(self) -> str:
+        """sha256 of the file's bytes: the ledger records exactly which version of the policy acted."""
+        if self._source_hash is None:  # built in code, not from a file
+            return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        return self._source_hash
+
+    def referenced_fields(self) -> set[str]:
+        """Every Salesforce field the policy reads or writes, as written (checked against describe at run time)."""
+        names = {self.select.date_field, *self.retain.fields, *(self.mask or {})}
+        if self.select.filter is not None:
+            names |= soql_filter.fields(self.select.filter)
+        return names
+
+    def cutoff(self, logical_date: datetime) -> datetime:
+        """Records whose date_field is before this instant are eligible. Naive datetimes are taken as UTC."""
+        if logical_date.tzinfo is None:
+            logical_date = logical_date.replace(tzinfo=UTC)
+        d = logical_date.astimezone(UTC)
+        plain = datetime(d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond, tzinfo=UTC)
+        return plain - timedelta(days=self.select.older_than_days)
+
+
+def _valid_cron(value: str) -> bool:
+    from croniter import croniter
+
+    return bool(croniter.is_valid(value))
+
+
+# --------------------------------------------------------------------------------- describe checks
+
+_DATE_TYPES = frozenset({"date", "datetime"})
+
+
+@dataclass(frozen=True)
+class _Applies:
+    types: frozenset[str]
+    needs: str
+
+
+_TRANSFORM_TYPES = {
+    "email_domain": _Applies(frozenset({"email", "string"}), "an email or string field"),
+    "year": _Applies(_DATE_TYPES, "a date or datetime field"),
+    "month": _Applies(_DATE_TYPES, "a date or datetime field"),
+    "truncate": _Applies(TEXT_TYPES, "a text field"),
+    "last": _Applies(TEXT_TYPES | ID_TYPES, "a text field"),
+}
+
+
+def check_against_describe(policy: Policy, describe: Mapping[str, Any]) -> list[str]:
+    """Problems between a policy and the object's Salesforce describe, one readable line each.
+
+    Pure (no I/O): the run fetches describe and refuses to start while this list is not empty.
+    """
+    by_lower = {f["name"].lower(): f for f in describe.get("fields", [])}
+    sobject = describe.get("name") or policy.object
+    problems: list[str] = []
+
+    if describe.get("name") and describe["name"].lower() != policy.object.lower():
+        problems.append(f"object: describe is for {describe['name']}, the policy is for {policy.object}")
+
+    def lookup(key: str, name: str) -> dict | None:
+        info = by_lower.get(name.lower())
+        if info is None:
+            problems.append(f"{key}: unknown field '{name}' on {sobject}")
+        return info
+
+    if info := lookup("select.date_field", policy.select.date_field):
+        if info.get("type") not in _DATE_TYPES:
+            problems.append(f"select.date_field: '{info['name']}' is {info.get('type')}, not a date or datetime")
+
+    if policy.select.filter is not None:
+        problems += [f"select.where: {p}" for p in soql_filter.check_types(policy.select.filter, describe)]
+
+    for name, transform in policy.retain.fields.items():
+        key = f"retain.fields.{name}"
+        if (info := lookup(key, name)) and (rule := _TRANSFORM_TYPES.get(transform.kind)):
+            if info.get("type") not in rule.types:
+                problems.append(f"{key}: {transform} needs {rule.needs}; '{info['name']}' is {info.get('type')}")
+
+    if policy.action in ("delete", "hard_delete") and describe.get("deletable") is False:
+        problems.append(f"action: {sobject} records are not deletable")
+    for name, strategy in (policy.mask or {}).items():
+        key = f"mask.{name}"
+        if not (info := lookup(key, name)):
+            continue
+        if not info.get("updateable", False) or info.get("calculated"):
+            problems.append(f"{key}: '{info['name']}' is not updateable, so it cannot be masked")
+            continue
+        if strategy.strategy == "nullify" and info.get("nillable") is False:
+            problems.append(f"{key}: nullify needs a nillable field; '{info['name']}' is required")
+            continue
+        # The masking module owns which strategy can produce a value each field type accepts.
+        from retention import masking
+
+        found = masking.validate_field_type(
+            strategy.strategy, info.get("type", ""), strategy.options, field_length=info.get("length") or None
+        )
+        problems += [f"{key}: {problem}" for problem in found]
+    return problems
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last one."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # unhashable key: construct_mapping reports it
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {first + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def default_policies_dir() -> Path:
+    return Path(os.environ.get(POLICIES_DIR_ENV) or REPO / "include" / "policies")
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate one policy file; raises PolicyError listing every problem found."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(path, [(None, f"cannot read file: {exc.strerror or exc}")]) from None
+    return parse_policy(data, path)
+
+
+def parse_policy(data: bytes, path: Path | str | None = None) -> Policy:
+    """Validate policy YAML given as bytes; ``path`` is used in messages and kept on the Policy."""
+    path = Path(path) if path is not None else None
+    try:
+        doc = yaml.load(data, Loader=_Loader)  # _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        reason = " ".join(p for p in (exc.context, exc.problem) if p) or str(exc)
+        raise PolicyError(path, [(where, f"invalid YAML: {reason}")]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyError(path, [(None, f"YAML error: {exc}")]) from None
+    if doc is None:
+        raise PolicyError(path, [(None, "file is empty; expected a policy (id, description, owner, object, ...)")])
+    if not isinstance(doc, dict):
+        raise PolicyError(path, [(None, f"top level must be a mapping of policy keys, got {type(doc).__name__}")])
+    try:
+        policy = Policy.model_validate(doc)
+    except ValidationError as exc:
+        raise PolicyError(path, _problems(exc)) from None
+    policy._path = path
+    policy._source_hash = hashlib.sha256(data).hexdigest()
+    return policy
+
+
+def load_policies(folder: Path | str | None = None) -> tuple[list[Policy], dict[Path, PolicyError]]:
+    """All policies in a folder (``*.yaml``, ``*.yml``, sorted; not recursive), and the error of each bad file.
+
+    A bad file never stops the others. Two files with the same id are both refused: which one the
+    DAG should follow is a decision for a reviewer, not for file name order.
+    """
+    folder = Path(folder) if folder is not None else default_policies_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"policies folder {folder} does not exist (set {POLICIES_DIR_ENV})")
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
+    )
+    policies: list[Policy] = []
+    errors: dict[Path, PolicyError] = {}
+    for path in files:
+        try:
+            policies.append(load_policy(path))
+        except PolicyError as exc:
+            errors[path] = exc
+    by_id: dict[str, list[Policy]] = {}
+    for policy in policies:
+        by_id.setdefault(policy.id, []).append(policy)
+    for policy_id, same in by_id.items():
+        if len(same) < 2:
+            continue
+        for policy in same:
+            others = ", ".join(_display(p.path) for p in same if p is not policy)
+            errors[policy.path] = PolicyError(
+                policy.path, [("id", f"duplicate id '{policy_id}', also used by {others}; ids must be unique")]
+            )
+    policies = [p for p in policies if len(by_id[p.id]) == 1]
+    return policies, dict(sorted(errors.items()))
+
+
+# ------------------------------------------------------------------------------------ error messages
+
+
+def _problems(exc: ValidationError) -> list[tuple[str | None, str]]:
+    """pydantic's errors as (dotted key path, reason), in the words of the policy file."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(part for part in err["loc"] if part != "[key]")
+        key = ".".join(str(part) for part in loc) or None
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            hint = ""
+            if allowed:
+                close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else f" (allowed: {', '.join(allowed)})"
+            reason = f"unknown key{hint}"
+        elif kind == "missing":
+            reason = "required key is missing"
+        elif kind in ("value_error", "assertion_error"):
+            reason = str(err.get("ctx", {}).get("error", msg.removeprefix("Value error, ")))
+        else:
+            reason = msg[:1].lower() + msg[1:]
+            value = err.get("input")
+            if value is None or isinstance(value, str | int | float | bool | date):
+                reason += f", got {value!r}"
+        out.append((key, reason))
+    return out
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys a model accepts at a location, to suggest the one a typo meant."""
+    model: Any = Policy
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return []
+        model = _unwrap(model.model_fields[part].annotation)
+        if get_origin(model) is dict:
+            if not parts:
+                return []
+            parts.pop(0)  # the mapping's key (a field name)
+            model = _unwrap(get_args(model)[1])
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """X | None -> X."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else annotation
+    return annotation
