@@ -300,7 +300,7 @@ def test_check_types_reports_problems(contact):
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory):
     """A private embedded Postgres (pgserver), so the rendered SQL is proven by execution, not by its text."""
-    pgserver = pytest.importorskip("pgserver")
+    import pgserver
     import psycopg
 
     server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
