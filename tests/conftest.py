@@ -36,6 +36,8 @@ os.environ.update({
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
+    # Policy DAGs retry transient failures; in tests a retry should not wait a minute.
+    "RETENTION_RETRY_DELAY_SECONDS": "1",
 })
 
 

@@ -1,0 +1,132 @@
+"""One Airflow DAG per retention policy.
+
+The public surface is ``build_dag(policy)`` and ``build_dags(folder)``; the DAG file calls the latter.
+A policy file that does not load becomes an import error of the DAG file that names the policy file,
+the key and the reason, while every other policy's DAG still loads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from airflow.sdk import DAG, Param
+
+from retention.policy import Policy, load_policies
+
+if TYPE_CHECKING:
+    from airflow.sdk.bases.operator import BaseOperator
+
+# Every task that calls Salesforce takes a slot: one API budget shared by all policies.
+SALESFORCE_POOL = "salesforce_api"
+# Transient failures (API limits, network, a busy store) are retried with backoff. The environment can
+# shorten the delay (tests, local runs); validation failures and guards never retry (AirflowFailException).
+DEFAULT_ARGS = {
+    "retries": int(os.environ.get("RETENTION_TASK_RETRIES", "2")),
+    "retry_delay": dt.timedelta(seconds=float(os.environ.get("RETENTION_RETRY_DELAY_SECONDS", "60"))),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=30),
+}
+
+
+def _doc(policy: Policy) -> str:
+    """The DAG's documentation in the UI: what the policy selects, keeps and does."""
+    sel = policy.select
+    lines = [
+        f"### {policy.description}",
+        "",
+        f"**Owner** {policy.owner} · **Object** `{policy.object}` · **Source** {policy.source} · "
+        f"**Policy file** `{policy.path.name if policy.path else '?'}` (sha256 `{policy.source_hash[:12]}`)",
+        "",
+        "**Selects** records whose `{}` is more than {} days before the run's logical date{}{}.".format(
+            sel.date_field, sel.older_than_days, f", where `{sel.where}`" if sel.where else "",
+            ", except those under an active privacy hold" if sel.exclude_privacy_holds else ""),
+        "",
+        f"**Keeps** in `cache.{policy.retain.table}` (with `Id` as `sfid`):",
+        "",
+        "| field | kept as |",
+        "| --- | --- |",
+        *(f"| `{name}` | {t} |" for name, t in policy.retain.fields.items()),
+        "",
+    ]
+    if policy.action == "mask":
+        lines += ["**Then masks** the originals in Salesforce:", "", "| field | strategy |", "| --- | --- |",
+                  *(f"| `{name}` | {m.strategy} |" for name, m in policy.mask.items()), ""]
+    else:
+        verb = "permanently deletes (hard delete)" if policy.action == "hard_delete" else "deletes"
+        lines += [f"**Then {verb}** the originals in Salesforce, once the retained copy is validated.", ""]
+    lines += [f"At most {policy.guards.max_records_per_run} records a run; more fails the run before anything "
+              "is touched. Trigger with `dry_run` for a preview that changes nothing."]
+    return "\n".join(lines)
+
+
+def build_dag(policy: Policy) -> DAG:
+    """The DAG of one policy: wait_for_connect_sync → extract → subset → load_to_cache →
+    validate_row_counts → delete_or_mask → confirm_and_report."""
+    from retention.operators.confirm_and_report import ConfirmAndReportOperator
+    from retention.operators.delete_or_mask import DeleteOrMaskOperator
+    from retention.operators.extract import ExtractOperator
+    from retention.operators.load_to_cache import LoadToCacheOperator
+    from retention.operators.subset import SubsetOperator
+    from retention.operators.validate_row_counts import ValidateRowCountsOperator
+    from retention.sensors.connect_sync import ConnectSyncSensor
+
+    with DAG(
+        dag_id=policy.dag_id,
+        description=policy.description,
+        schedule=policy.schedule,
+        start_date=dt.datetime.combine(policy.start_date, dt.time(), tzinfo=dt.UTC),
+        catchup=policy.catchup,
+        max_active_runs=1,
+        tags=["retention", policy.action, policy.object, policy.source],
+        doc_md=_doc(policy),
+        default_args={**DEFAULT_ARGS, "owner": policy.owner},
+        params={
+            "dry_run": Param(False, type="boolean", title="Dry run",
+                             description="Preview only: counts and a sample of what would be retained; "
+                                         "nothing is changed in the store or in Salesforce."),
+            "cutoff": Param(None, type=["null", "string"], title="Cutoff override",
+                            description="ISO date or datetime; records older than this are eligible. Default: "
+                                        f"the logical date minus {policy.select.older_than_days} days."),
+        },
+    ) as dag:
+        common = {"policy": policy}
+        steps: list[BaseOperator] = []
+        if policy.source == "heroku_connect":
+            steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object))
+        steps += [
+            ExtractOperator(task_id="extract", pool=SALESFORCE_POOL, **common),
+            SubsetOperator(task_id="subset", **common),
+            LoadToCacheOperator(task_id="load_to_cache", **common),
+            ValidateRowCountsOperator(task_id="validate_row_counts", pool=SALESFORCE_POOL, **common),
+            DeleteOrMaskOperator(task_id="delete_or_mask", pool=SALESFORCE_POOL, **common),
+            ConfirmAndReportOperator(task_id="confirm_and_report", pool=SALESFORCE_POOL, **common),
+        ]
+        for upstream, downstream in zip(steps, steps[1:], strict=False):
+            upstream >> downstream
+    return dag
+
+
+class PolicyLoadError(Exception):
+    """A policy file did not load; the message names the file, the key and the reason."""
+
+
+class BrokenPolicyDag(DAG):
+    """Stands in for a policy file that did not load. Airflow validates each DAG as it bags it and records
+    a failure as an import error of the DAG file, then goes on with the file's other DAGs: so the error
+    names the policy file, key and reason, and the other policies still load."""
+
+    def validate(self):
+        raise PolicyLoadError(self.doc_md or "policy file did not load")
+
+
+def build_dags(folder: Path | str | None = None) -> dict[str, DAG]:
+    """Every policy's DAG by dag id, plus a ``BrokenPolicyDag`` for each file that failed to load."""
+    policies, errors = load_policies(folder)
+    dags: dict[str, DAG] = {p.dag_id: build_dag(p) for p in policies}
+    for path, error in errors.items():
+        dag_id = f"retention__broken__{Path(path).stem.lower()}"
+        dags[dag_id] = BrokenPolicyDag(dag_id=dag_id, schedule=None, doc_md=str(error))
+    return dags

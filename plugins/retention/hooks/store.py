@@ -1,0 +1,68 @@
+"""The retention store: the Postgres database holding Connect's mirror, the cache, staging and the ledger.
+
+Every statement the pipeline runs against the store goes through this hook, so transactions and
+connection details live in one place. Connections are psycopg 3 (COPY streaming, ``psycopg.sql``).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import psycopg
+
+SQL_DIR = Path(__file__).resolve().parents[3] / "include" / "sql"
+MIRROR_SCHEMA = "salesforce"
+CACHE_SCHEMA = "cache"
+LEDGER_SCHEMA = "retention"
+STAGING_SCHEMA = "retention_staging"
+
+
+class RetentionStoreHook(PostgresHook):
+    """The store database.
+
+    :param postgres_conn_id: Airflow connection of the store (a Postgres connection).
+    """
+
+    conn_name_attr = "postgres_conn_id"
+    default_conn_name = "retention_store"
+    conn_type = "postgres"
+    hook_name = "Retention store"
+
+    def __init__(self, postgres_conn_id: str = default_conn_name, **kwargs) -> None:
+        super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
+
+    def conninfo(self) -> str:
+        conn = self.get_connection(self.postgres_conn_id)
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=conn.host or "localhost", port=conn.port or 5432, user=conn.login or None,
+            password=conn.password or None, dbname=conn.schema or None,
+            **{k: v for k, v in conn.extra_dejson.items() if k in ("sslmode", "sslrootcert", "options")},
+        )
+
+    @contextmanager
+    def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
+        """A psycopg 3 connection; commits on success, rolls back on error."""
+        import psycopg
+
+        with psycopg.connect(self.conninfo(), autocommit=autocommit) as conn:
+            yield conn
+
+    def ensure_schema(self) -> None:
+        """Apply the store DDL (idempotent): schemas, ledger, analyst role, keyed-hash function."""
+        from retention import transforms
+
+        with self.connect() as conn:
+            # One DDL run at a time: concurrent CREATE ... IF NOT EXISTS can still collide in Postgres.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('retention.ensure_schema'))")
+            for path in sorted(SQL_DIR.glob("*.sql")):
+                conn.execute(path.read_text())
+            conn.execute(transforms.hmac_ddl(LEDGER_SCHEMA))

@@ -1,0 +1,67 @@
+"""What every pipeline operator shares: the policy it runs, the run it belongs to, the hooks it uses."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException, BaseOperator
+
+from retention import pipeline
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from retention.policy import Policy
+
+
+class PolicyOperator(BaseOperator):
+    """Base of the pipeline's operators.
+
+    :param policy: the retention policy this task runs.
+    :param store_conn_id: Airflow connection of the retention store (Postgres).
+    :param salesforce_conn_id: Airflow connection of the Salesforce org.
+    """
+
+    ui_color = "#e8f1fb"
+    # Dry runs stop after extract: the later steps change the store or the org.
+    runs_in_dry_run = False
+
+    def __init__(self, *, policy: Policy, store_conn_id: str = "retention_store",
+                 salesforce_conn_id: str = "salesforce_default", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.policy = policy
+        self.store_conn_id = store_conn_id
+        self.salesforce_conn_id = salesforce_conn_id
+
+    def run(self, context: Context) -> pipeline.Run:
+        dag_run = context["dag_run"]
+        return pipeline.make_run(
+            self.policy, logical_date=context.get("logical_date"), run_after=dag_run.run_after,
+            dag_run_id=dag_run.run_id, params=context["params"], started_at=dag_run.start_date,
+        )
+
+    def store(self):
+        from retention.hooks.store import RetentionStoreHook
+
+        return RetentionStoreHook(self.store_conn_id)
+
+    def salesforce(self):
+        from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+
+        return SalesforceBulk2Hook(self.salesforce_conn_id)
+
+    def extracted(self, context: Context) -> dict:
+        return context["ti"].xcom_pull(task_ids="extract")
+
+    def execute(self, context: Context) -> Any:
+        run = self.run(context)
+        if run.dry_run and not self.runs_in_dry_run:
+            raise AirflowSkipException("dry run: nothing is changed")
+        try:
+            return self.execute_run(context, run)
+        except pipeline.RetentionError as err:
+            # A stop with a reason (guard, validation, configuration): retrying cannot change it.
+            raise AirflowFailException(str(err)) from err
+
+    def execute_run(self, context: Context, run: pipeline.Run) -> Any:
+        raise NotImplementedError

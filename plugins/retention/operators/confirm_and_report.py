@@ -1,0 +1,89 @@
+"""confirm_and_report: check in Salesforce that the acted records are deleted or masked, wait until the
+Connect mirror shows it, and write the run's evidence to the ledger."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from retention import pipeline
+from retention.operators.base import PolicyOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# SOQL ``Id IN (...)`` lists stay well under Salesforce's URI length limit at this size.
+ID_CHUNK = 200
+
+
+class ConfirmAndReportOperator(PolicyOperator):
+    """Re-query the org, wait for the mirror, append the ledger row; fail the run if any record failed.
+
+    :param mirror_timeout: seconds to wait for Heroku Connect to reflect the changes.
+    :param mirror_poll_interval: seconds between mirror checks.
+    """
+
+    def __init__(self, *, mirror_timeout: float = 15 * 60, mirror_poll_interval: float = 2.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.mirror_timeout = mirror_timeout
+        self.mirror_poll_interval = mirror_poll_interval
+
+    def execute_run(self, context: Context, run: pipeline.Run) -> dict[str, Any]:
+        store, sf, policy = self.store(), self.salesforce(), self.policy
+        ti = context["ti"]
+        extracted = self.extracted(context)
+        validated = ti.xcom_pull(task_ids="validate_row_counts") or {}
+        acted = ti.xcom_pull(task_ids="delete_or_mask") or {}
+        summary = pipeline.action_summary(store, policy, run)
+        done, failed = summary.get("done", []), summary.get("failed", [])
+        sent = pipeline.sent_values(store, run) if policy.action == "mask" else {}
+
+        not_applied = self._check_org(sf, done, sent)
+        if not_applied:
+            raise pipeline.RetentionError(
+                f"{len(not_applied)} records reported done are not {policy.action}d in Salesforce, e.g. "
+                f"{', '.join(not_applied[:5])}; their retained rows are kept")
+        deadline = time.monotonic() + self.mirror_timeout
+        while done and not pipeline.mirror_reflects(store, policy, done, sent):
+            if time.monotonic() > deadline:
+                raise pipeline.RetentionError(
+                    f"Heroku Connect's mirror did not reflect the {len(done)} {policy.action}d records within "
+                    f"{self.mirror_timeout:.0f}s; Salesforce is already changed, re-run confirm_and_report later")
+            time.sleep(self.mirror_poll_interval)
+
+        counts = {"eligible": extracted["eligible"], "held": extracted["held"] + len(acted.get("held_at_action", [])),
+                  "staged": extracted["staged"], "retained": (validated.get("counts") or {}).get("retained"),
+                  "acted": len(done), "failed": len(failed),
+                  "salesforce": (validated.get("counts") or {}).get("salesforce")}
+        status = "succeeded" if not failed else "partially_failed"
+        message = (f"{policy.id}: {len(done)} {policy.action}d, {len(failed)} failed (kept retained, see "
+                   f"cache.{policy.retain.table}._action_error), {counts['held']} held")
+        ledger_id = pipeline.write_ledger(
+            store, policy, run, counts=counts, bulk_job_ids=acted.get("bulk_job_ids", []),
+            holds_applied=sorted(set(extracted.get("held_ids", [])) | set(acted.get("held_at_action", []))),
+            validation=validated, status=status, message=message, timings={},
+        )
+        pipeline.drop_staging(store, run)
+        self.log.info("ledger row %d: %s", ledger_id, message)
+        if failed:
+            raise pipeline.RetentionError(message)
+        return {"ledger_id": ledger_id, "status": status, **counts}
+
+    def _check_org(self, sf, done: list[str], sent: dict[str, dict]) -> list[str]:
+        """Ids the org does not show as acted on (still live for deletes; values differ for masks)."""
+        policy = self.policy
+        fields = sorted({k for v in sent.values() for k in v}) if policy.action == "mask" else []
+        wrong: list[str] = []
+        for start in range(0, len(done), ID_CHUNK):
+            chunk = done[start:start + ID_CHUNK]
+            ids = ", ".join(f"'{i}'" for i in chunk if i.isalnum())
+            soql = f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} WHERE Id IN ({ids})"
+            records = sf.conn.query_all(soql)["records"]
+            if policy.action != "mask":
+                wrong += [r["Id"] for r in records]
+                continue
+            for r in records:
+                want = sent.get(r["Id"], {})
+                if any(not pipeline._same(want[f], r.get(f)) for f in want):
+                    wrong.append(r["Id"])
+        return wrong

@@ -1,0 +1,78 @@
+"""delete_or_mask: act on the originals in Salesforce through one Bulk 2.0 ingest job, only for records
+whose retained copy this run committed and validated, privacy holds checked again just before."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from retention import pipeline
+from retention.operators.base import PolicyOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class DeleteOrMaskOperator(PolicyOperator):
+    """Delete, hard-delete or mask this run's retained records; each record's outcome goes beside its row."""
+
+    def execute_run(self, context: Context, run: pipeline.Run) -> dict[str, Any]:
+        from retention.hooks.salesforce_bulk import to_csv
+        from retention.masking import to_bulk_csv_value
+
+        store, sf, policy = self.store(), self.salesforce(), self.policy
+        jobs: list[str] = []
+        totals = {"done": 0, "failed": 0}
+        # An earlier attempt's job whose outcome was never recorded: collect it, never resubmit it.
+        for job_id in pipeline.submitted_jobs(store, policy, run):
+            self.log.info("collecting the outcome of job %s submitted by an earlier attempt", job_id)
+            sf.wait(policy.object, job_id)
+            self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
+            jobs.append(job_id)
+
+        ids = pipeline.pending_ids(store, policy, run)
+        held_now = sorted(set(ids) & pipeline.active_holds(sf)) if policy.select.exclude_privacy_holds else []
+        if held_now:
+            self.log.warning("%d records came under a privacy hold since extract; they are kept and not touched",
+                             len(held_now))
+            pipeline.mark(store, policy, run, held_now, "held")
+            ids = [i for i in ids if i not in set(held_now)]
+        if ids:
+            operation = pipeline.ACTION_OPERATION[policy.action]
+            if policy.action == "mask":
+                records = self._masked(store, run, ids, context)
+                pipeline.save_sent(store, run, records)
+                fields = list(policy.mask)
+                csv_text = to_csv(["Id", *fields], ([r["Id"], *(to_bulk_csv_value(r.get(f)) for f in fields)]
+                                                    for r in records))
+            else:
+                csv_text = to_csv(["Id"], ([i] for i in ids))
+            job_id = sf.start_ingest(policy.object, operation, csv_text)
+            pipeline.mark(store, policy, run, ids, "submitted", job_id=job_id)
+            self.log.info("%s: Bulk 2.0 %s job %s submitted for %d records", run.run_key, operation, job_id, len(ids))
+            sf.wait(policy.object, job_id)
+            self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
+            jobs.append(job_id)
+        self.log.info("%s: %d done, %d failed in Salesforce, %d newly held", run.run_key, totals["done"],
+                      totals["failed"], len(held_now))
+        return {"bulk_job_ids": jobs, **totals, "held_at_action": held_now}
+
+    @staticmethod
+    def _add(totals: dict[str, int], more: dict[str, int]) -> None:
+        for k, v in more.items():
+            totals[k] = totals.get(k, 0) + v
+
+    def _masked(self, store, run: pipeline.Run, ids: list[str], context: Context) -> list[dict]:
+        from retention.masking import Masker
+        from retention.operators.subset import hash_key
+
+        policy = self.policy
+        key = hash_key()
+        if key is None:
+            self.log.warning("no masking key configured (connection 'retention_hash_key'); using a one-off key, "
+                             "so pseudonyms and hashes will differ between runs")
+            key = os.urandom(32)
+        types = self.extracted(context)["field_types"]
+        masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, types, key)
+        originals = pipeline.staged_records(store, run, ids, list(policy.mask))
+        return [{"Id": r["Id"], **masker.mask_record(r)} for r in originals]

@@ -1,0 +1,45 @@
+"""extract: check the policy against the object's describe, then stage the eligible, non-held records."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from retention import pipeline
+from retention.operators.base import PolicyOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class ExtractOperator(PolicyOperator):
+    """Stage this run's eligible records in ``retention_staging`` (dry runs: preview and roll back)."""
+
+    runs_in_dry_run = True
+
+    def execute_run(self, context: Context, run: pipeline.Run) -> dict[str, Any]:
+        from retention.policy import check_against_describe
+
+        sf = self.salesforce()
+        describe = sf.describe_object(self.policy.object)
+        problems = check_against_describe(self.policy, describe)
+        if problems:
+            raise pipeline.RetentionError(
+                f"policy {self.policy.id} does not fit {self.policy.object} in Salesforce: " + "; ".join(problems))
+        store = self.store()
+        store.ensure_schema()
+        if self.policy.source == "salesforce_api":
+            out = pipeline.extract_from_salesforce(store, sf, self.policy, run, describe)
+        else:
+            out = pipeline.extract_from_mirror(store, self.policy, run, describe)
+        out["field_types"] = {n: t for n, t in pipeline.field_types(describe).items()
+                              if n in set(pipeline.staged_fields(self.policy))}
+        out["cutoff"] = run.cutoff.isoformat()
+        out["run_key"] = run.run_key
+        self.log.info("%s: cutoff %s, %d eligible, %d held by privacy holds, %d already retained and acted on, "
+                      "%d staged", run.run_key, run.cutoff.isoformat(), out["eligible"], out["held"],
+                      out.get("done", 0), out["staged"])
+        if run.dry_run:
+            self.log.info("DRY RUN preview (nothing was changed): %d would be retained then %s; sample of the "
+                          "retained rows:\n%s", out["eligible"], self.policy.action,
+                          "\n".join(str(r) for r in out["preview"]))
+        return out

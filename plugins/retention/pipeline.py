@@ -1,0 +1,522 @@
+"""The steps of one policy run, as plain functions over the hooks (the operators only call these).
+
+A run is identified by its **run key** (policy id + logical date): every table and row it writes
+carries it, so a retry or a re-run of the same date finds its own work instead of duplicating it.
+The order of the steps carries the product's invariant: nothing is deleted or masked in Salesforce
+unless its retained copy is committed in ``cache`` and this run's validation passed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg import ClientCursor, sql
+
+from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA, MIRROR_SCHEMA, STAGING_SCHEMA
+
+if TYPE_CHECKING:
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+    from retention.policy import Policy
+
+log = logging.getLogger(__name__)
+UTC = dt.UTC
+
+# Salesforce type -> staging column type, matching Heroku Connect's mirror types so that both sources
+# stage identical tables (datetimes as UTC timestamps without time zone, as Connect stores them).
+STAGING_TYPES = {
+    "id": "varchar(18)", "reference": "varchar(18)", "date": "date", "datetime": "timestamp",
+    "boolean": "boolean", "double": "double precision", "currency": "double precision", "percent": "double precision",
+    "int": "integer", "textarea": "text",
+}
+# Cache bookkeeping columns, beside the retained fields; Salesforce field names never start with '_'.
+STATUS_COLUMNS = (
+    ("_retention_policy", "text NOT NULL"),
+    ("_retention_run", "text NOT NULL"),
+    ("_retained_at", "timestamptz NOT NULL"),
+    ("_action", "text NOT NULL"),
+    ("_action_status", "text NOT NULL"),  # pending | submitted | done | failed | held
+    ("_action_error", "text"),
+    ("_action_at", "timestamptz"),
+    ("_bulk_job_id", "text"),
+)
+ACTION_OPERATION = {"delete": "delete", "hard_delete": "hardDelete", "mask": "update"}
+# Per-record errors meaning the record is already in the state we want (e.g. a retry after the job
+# ran): the action is done, not failed.
+ALREADY_DONE = {"delete": ("ENTITY_IS_DELETED",), "hard_delete": ("ENTITY_IS_DELETED",), "mask": ()}
+
+
+class RetentionError(Exception):
+    """A run must stop: the message says why, with the numbers."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One policy run: what it decides and where its working tables are."""
+
+    policy_id: str
+    run_key: str
+    cutoff: dt.datetime
+    dag_run_id: str
+    dry_run: bool
+    started_at: dt.datetime
+
+    @property
+    def staging(self) -> sql.Identifier:
+        return sql.Identifier(STAGING_SCHEMA, self.run_key)
+
+    @property
+    def sent(self) -> sql.Identifier:
+        return sql.Identifier(STAGING_SCHEMA, self.run_key + "__sent")
+
+    @property
+    def subset(self) -> sql.Identifier:
+        return sql.Identifier(STAGING_SCHEMA, self.run_key + "__subset")
+
+
+def make_run(policy: Policy, *, logical_date: dt.datetime | None, run_after: dt.datetime, dag_run_id: str,
+             params: dict[str, Any], started_at: dt.datetime | None = None) -> Run:
+    """The run's cutoff comes from its logical date (or run_after for manual runs), or the ``cutoff`` param."""
+    anchor = (logical_date or run_after).astimezone(UTC)
+    override = params.get("cutoff")
+    if override:
+        cutoff = _parse_cutoff(str(override))
+        anchor = cutoff + dt.timedelta(days=policy.select.older_than_days)
+    else:
+        cutoff = anchor - dt.timedelta(days=policy.select.older_than_days)
+    run_key = f"{policy.id}__{anchor:%Y%m%dT%H%M%S}"
+    return Run(policy.id, run_key, cutoff, dag_run_id, bool(params.get("dry_run")), started_at or dt.datetime.now(UTC))
+
+
+def _parse_cutoff(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise RetentionError(f"param cutoff {text!r} is not an ISO date or datetime") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def staged_fields(policy: Policy) -> list[str]:
+    """Fields copied into staging: what is retained, what masking reads, and the retention clock."""
+    names = {policy.select.date_field, *policy.retain.fields, *(policy.mask or {})}
+    return sorted(names, key=str.lower)
+
+
+def field_types(describe: dict) -> dict[str, str]:
+    return {f["name"]: f["type"] for f in describe["fields"]}
+
+
+def _column(name: str) -> sql.Identifier:
+    return sql.Identifier(name.lower())
+
+
+def _cutoff_value(field_type: str, cutoff: dt.datetime):
+    return cutoff.date() if field_type == "date" else cutoff.replace(tzinfo=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# extract
+
+
+def _already_done(policy: Policy, alias: str) -> sql.Composable:
+    """Records an earlier run already retained and acted on. They are not eligible again: a masked record
+    must never overwrite its retained original."""
+    return sql.SQL("EXISTS (SELECT 1 FROM {} c WHERE c.sfid = {}.sfid AND c._action_status = 'done')").format(
+        sql.Identifier(CACHE_SCHEMA, policy.retain.table), sql.Identifier(alias)
+    )
+
+
+def _active_hold(alias: str) -> sql.Composable:
+    return sql.SQL(
+        "EXISTS (SELECT 1 FROM {} h WHERE h.recordid = {}.sfid AND h.isactive AND NOT coalesce(h.isdeleted, false)"
+        " AND (h.enddate IS NULL OR h.enddate >= (now() AT TIME ZONE 'UTC')::date))"
+    ).format(sql.Identifier(MIRROR_SCHEMA, "privacyhold"), sql.Identifier(alias))
+
+
+def ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
+    """Create ``cache.<table>`` (or add columns a changed policy now retains)."""
+    from retention import transforms
+
+    table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
+    retained = [(name, transforms.result_type(t.kind, STAGING_TYPES.get(types[name], "text")))
+                for name, t in policy.retain.fields.items()]
+    cols = [sql.SQL("sfid varchar(18) PRIMARY KEY")]
+    cols += [sql.SQL("{} {}").format(_column(n), sql.SQL(t)) for n, t in retained]
+    cols += [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in STATUS_COLUMNS]
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(cols)))
+    for name, pg_type in retained:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(table, _column(name),
+                                                                                   sql.SQL(pg_type)))
+
+
+def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: dict) -> dict:
+    """Stage the eligible, non-held records from the Connect mirror with one INSERT ... SELECT."""
+    from retention import soql_filter
+
+    types = field_types(describe)
+    date_type = types[policy.select.date_field]
+    base = [
+        sql.SQL("NOT coalesce(m.isdeleted, false)"),
+        sql.SQL("m.{} < %s").format(_column(policy.select.date_field)),
+    ]
+    params: list = [_cutoff_value(date_type, run.cutoff)]
+    if policy.select.where:
+        where_sql, where_params = soql_filter.to_sql(
+            soql_filter.parse(policy.select.where), lambda n: sql.Identifier("m", n.lower()),
+            today=run.cutoff.date(), types=types,
+        )
+        base.append(sql.SQL("({})").format(where_sql))
+        params += where_params
+    matching = sql.SQL(" AND ").join(base)
+    mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
+    hold = _active_hold("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
+    done = _already_done(policy, "m")
+    cols = sql.SQL(", ").join(sql.Identifier("m", f.lower()) for f in staged_fields(policy))
+    with store.connect() as conn:
+        ensure_cache_table(conn, policy, types)
+        eligible, held, already = conn.execute(
+            sql.SQL("SELECT count(*) FILTER (WHERE NOT {done} AND NOT {hold}), count(*) FILTER (WHERE NOT {done} "
+                    "AND {hold}), count(*) FILTER (WHERE {done}) FROM {m} m WHERE {w}")
+            .format(hold=hold, done=done, m=mirror, w=matching), params,
+        ).fetchone()
+        _guard(policy, eligible)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.staging))
+        # CREATE TABLE AS cannot take bind parameters: a client-side cursor binds them safely instead.
+        with ClientCursor(conn) as cur:
+            cur.execute(sql.SQL("CREATE TABLE {} AS SELECT m.sfid, {} FROM {} m WHERE {} AND NOT {} AND NOT {}").format(
+                run.staging, cols, mirror, matching, done, hold), params)
+            staged = cur.rowcount
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(run.staging))
+        held_ids = [r[0] for r in conn.execute(
+            sql.SQL("SELECT m.sfid FROM {} m WHERE {} AND NOT {} AND {} ORDER BY 1").format(mirror, matching, done, hold),
+            params).fetchall()] if policy.select.exclude_privacy_holds else []
+        out = {"eligible": eligible, "held": held, "done": already, "staged": staged, "held_ids": held_ids}
+        if run.dry_run:
+            out["preview"] = preview_rows(conn, policy, run)
+            conn.rollback()
+    return out
+
+
+def _guard(policy: Policy, eligible: int) -> None:
+    limit = policy.guards.max_records_per_run
+    if eligible > limit:
+        raise RetentionError(
+            f"{eligible} records are eligible, more than guards.max_records_per_run ({limit}); nothing was "
+            "touched. Raise the guard in the policy if this is expected."
+        )
+
+
+def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, count: bool = False) -> str:
+    """The policy's selection as SOQL (the where filter re-rendered from its parsed form, never pasted)."""
+    from retention import soql_filter
+
+    date_value = run.cutoff.strftime("%Y-%m-%d" if date_type == "date" else "%Y-%m-%dT%H:%M:%SZ")
+    clauses = [f"{policy.select.date_field} < {date_value}"]
+    if policy.select.where:
+        clauses.append(f"({soql_filter.to_soql(soql_filter.parse(policy.select.where))})")
+    head = "COUNT()" if count else ", ".join(["Id", *fields])
+    return f"SELECT {head} FROM {policy.object} WHERE {' AND '.join(clauses)}"
+
+
+def active_holds(sf: SalesforceBulk2Hook) -> set[str]:
+    """Record ids under an active PrivacyHold in the org now (IsActive, EndDate empty or not passed)."""
+    result = sf.conn.query_all(
+        "SELECT RecordId FROM PrivacyHold WHERE IsActive = true AND (EndDate = null OR EndDate >= TODAY)"
+    )
+    return {r["RecordId"] for r in result["records"]}
+
+
+def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,
+                            describe: dict) -> dict:
+    """Stage the eligible records from a Bulk 2.0 query, each page streamed into COPY as it arrives."""
+    types = field_types(describe)
+    fields = staged_fields(policy)
+    soql = soql_for(policy, run, fields, types[policy.select.date_field])
+    holds = active_holds(sf) if policy.select.exclude_privacy_holds else set()
+    columns = sql.SQL(", ").join([sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
+        sql.SQL("{} {}").format(_column(f), sql.SQL(STAGING_TYPES.get(types[f], "text"))) for f in fields])
+    names = sql.SQL(", ").join([sql.Identifier("sfid")] + [_column(f) for f in fields])
+    with store.connect() as conn:
+        ensure_cache_table(conn, policy, types)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.staging))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(run.staging, columns))
+        copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true, FORCE_NULL ({}))").format(
+            run.staging, names, sql.SQL(", ").join(_column(f) for f in fields))
+        for page in sf.query_pages(policy.object, soql):
+            with conn.cursor().copy(copy) as cp:
+                cp.write(page)
+        already = conn.execute(sql.SQL("DELETE FROM {} s WHERE {}").format(
+            run.staging, _already_done(policy, "s"))).rowcount
+        held_rows = conn.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s) RETURNING sfid").format(run.staging),
+                                 (sorted(holds),)).fetchall()
+        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+        _guard(policy, staged)
+        held_ids = sorted(r[0] for r in held_rows)
+        out = {"eligible": staged, "held": len(held_ids), "done": already, "staged": staged, "held_ids": held_ids}
+        if run.dry_run:
+            out["preview"] = preview_rows(conn, policy, run)
+            conn.rollback()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# subset and load_to_cache
+
+
+def subset(store: RetentionStoreHook, policy: Policy, run: Run, hash_key: bytes | None) -> int:
+    """Project and transform the retained fields into the run's subset table (inside Postgres)."""
+    from retention import transforms
+
+    with store.connect() as conn:
+        return _subset(conn, policy, run, hash_key, transforms)
+
+
+def _subset(conn, policy, run, hash_key, transforms) -> int:
+    types = dict(conn.execute(
+        "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
+        "JOIN pg_attribute a ON a.attname = c.column_name AND a.attrelid = (quote_ident(c.table_schema) || '.' || "
+        "quote_ident(c.table_name))::regclass WHERE table_schema = %s AND table_name = %s",
+        (STAGING_SCHEMA, run.run_key),
+    ).fetchall())
+    fields = list(policy.retain.fields.items())
+    if any(t.kind == "hash" for _, t in fields) and not hash_key:
+        raise RetentionError("policy retains a hashed field but no hash key is configured (Airflow connection "
+                             "'retention_hash_key' or variable 'retention_hash_key')")
+    col_defs = [sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
+        sql.SQL("{} {}").format(_column(n), sql.SQL(transforms.result_type(t.kind, types[n.lower()])))
+        for n, t in fields]
+    exprs = [sql.Identifier("s", "sfid")] + [
+        transforms.expression(t.kind, t.n, sql.Identifier("s", n.lower()), schema=LEDGER_SCHEMA) for n, t in fields]
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.subset))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(run.subset, sql.SQL(", ").join(col_defs)))
+    return conn.execute(
+        sql.SQL("INSERT INTO {} SELECT {} FROM {} s").format(run.subset, sql.SQL(", ").join(exprs), run.staging),
+        {transforms.KEY_PARAM: hash_key or b""},
+    ).rowcount
+
+
+def preview_rows(conn, policy: Policy, run: Run, limit: int = 5) -> list[dict]:
+    """A few staged records as they would be retained (dry runs), hashed fields with a throw-away key."""
+    from retention import transforms
+
+    _subset(conn, policy, run, b"dry-run-preview-key", transforms)
+    cur = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY sfid LIMIT %s").format(run.subset), (limit,))
+    names = [d.name for d in cur.description]
+    return [{k: _jsonable(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+
+
+def _jsonable(value):
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
+    """Upsert the subset into ``cache.<table>`` keyed by sfid, in one transaction (idempotent)."""
+    table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
+    cols = [_column(n) for n in policy.retain.fields]
+    names = sql.SQL(", ").join([sql.Identifier("sfid"), *cols, *(sql.Identifier(n) for n, _ in STATUS_COLUMNS)])
+    values = sql.SQL(", ").join([sql.Identifier("s", "sfid"), *(sql.Identifier("s", n.lower()) for n in policy.retain.fields),
+                                 sql.SQL("%(policy)s, %(run)s, now(), %(action)s, 'pending', NULL, NULL, NULL")])
+    # A record already acted on keeps its row untouched: its retained copy is the original.
+    updates = sql.SQL(", ").join(
+        [sql.SQL("{c} = excluded.{c}").format(c=c) for c in cols]
+        + [sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(n))
+           for n in ("_retention_policy", "_retention_run", "_retained_at", "_action", "_action_status",
+                     "_action_error", "_action_at", "_bulk_job_id")]
+    )
+    with store.connect() as conn:
+        return conn.execute(
+            sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM {subset} s ON CONFLICT (sfid) DO UPDATE SET "
+                    "{updates} WHERE {t}._action_status NOT IN ('done', 'submitted')").format(
+                t=table, names=names, values=values, subset=run.subset, updates=updates),
+            {"policy": policy.id, "run": run.run_key, "action": policy.action},
+        ).rowcount
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_row_counts
+
+
+def retained_query(policy: Policy, run: Run) -> sql.Composed:
+    """This run's retained rows: cache rows of the staged records, written by this run."""
+    return sql.SQL("SELECT c.* FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
+        sql.Identifier(CACHE_SCHEMA, policy.retain.table), run.staging, sql.Literal(run.run_key))
+
+
+def store_counts(store: RetentionStoreHook, policy: Policy, run: Run) -> tuple[int, int]:
+    """(staged, retained) as the store holds them now."""
+    with store.connect() as conn:
+        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+        retained = conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run))).fetchone()[0]
+    return staged, retained
+
+
+# ---------------------------------------------------------------------------------------------
+# delete_or_mask
+
+
+def pending_ids(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
+    with store.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s "
+                    "AND c._action_status = 'pending' ORDER BY 1").format(
+                sql.Identifier(CACHE_SCHEMA, policy.retain.table), run.staging), (run.run_key,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def submitted_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
+    """Bulk jobs an earlier attempt submitted but did not record the outcome of (a crash or timeout)."""
+    with store.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT DISTINCT _bulk_job_id FROM {} WHERE _retention_run = %s AND _action_status = 'submitted'")
+            .format(sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (run.run_key,)).fetchall()
+    return [r[0] for r in rows]
+
+
+def mark(store: RetentionStoreHook, policy: Policy, run: Run, ids: list[str], status: str, *,
+         job_id: str | None = None, error: str | None = None) -> None:
+    if not ids:
+        return
+    with store.connect() as conn:
+        conn.execute(
+            sql.SQL("UPDATE {} SET _action_status = %s, _bulk_job_id = coalesce(%s, _bulk_job_id), "
+                    "_action_error = %s, _action_at = now() WHERE sfid = ANY(%s) AND _retention_run = %s").format(
+                sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (status, job_id, error, ids, run.run_key))
+
+
+def record_outcomes(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str, outcomes) -> dict[str, int]:
+    """Write each record's outcome beside its retained row; failures stay retained and are reported."""
+    done, failed = [], []
+    for o in outcomes:
+        code = (o.error or "").split(":", 1)[0]
+        if o.success or code in ALREADY_DONE[policy.action]:
+            done.append(o.record_id)
+        else:
+            failed.append(o)
+    table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
+    with store.connect() as conn:
+        conn.execute(sql.SQL("UPDATE {} SET _action_status = 'done', _action_error = NULL, _action_at = now(), "
+                             "_bulk_job_id = %s WHERE sfid = ANY(%s)").format(table), (job_id, done))
+        with conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL("UPDATE {} SET _action_status = 'failed', _action_error = %s, _action_at = now(), "
+                        "_bulk_job_id = %s WHERE sfid = %s").format(table),
+                [(o.error, job_id, o.record_id) for o in failed])
+    return {"done": len(done), "failed": len(failed)}
+
+
+def staged_records(store: RetentionStoreHook, run: Run, ids: list[str], fields: list[str]) -> list[dict]:
+    cols = sql.SQL(", ").join([sql.Identifier("sfid"), *(_column(f) for f in fields)])
+    with store.connect() as conn:
+        rows = conn.execute(sql.SQL("SELECT {} FROM {} WHERE sfid = ANY(%s) ORDER BY sfid").format(cols, run.staging),
+                            (ids,)).fetchall()
+    return [{"Id": r[0], **dict(zip(fields, r[1:], strict=True))} for r in rows]
+
+
+def save_sent(store: RetentionStoreHook, run: Run, records: list[dict]) -> None:
+    """Keep what was sent to Salesforce, so confirm_and_report can check the org holds exactly that."""
+    with store.connect() as conn:
+        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (sfid varchar(18) PRIMARY KEY, sent jsonb NOT NULL)")
+                     .format(run.sent))
+        with conn.cursor() as cur:
+            cur.executemany(sql.SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (sfid) DO UPDATE SET sent = "
+                                    "excluded.sent").format(run.sent),
+                            [(r["Id"], json.dumps({k: v for k, v in r.items() if k != "Id"}, default=str))
+                             for r in records])
+
+
+def sent_values(store: RetentionStoreHook, run: Run) -> dict[str, dict]:
+    with store.connect() as conn:
+        exists = conn.execute("SELECT to_regclass(%s)", (f"{STAGING_SCHEMA}.{run.run_key}__sent",)).fetchone()[0]
+        if not exists:
+            return {}
+        return dict(conn.execute(sql.SQL("SELECT sfid, sent FROM {}").format(run.sent)).fetchall())
+
+
+# ---------------------------------------------------------------------------------------------
+# confirm_and_report
+
+
+def action_summary(store: RetentionStoreHook, policy: Policy, run: Run) -> dict[str, list[str]]:
+    with store.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT c._action_status, c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s")
+            .format(sql.Identifier(CACHE_SCHEMA, policy.retain.table), run.staging), (run.run_key,)).fetchall()
+    out: dict[str, list[str]] = {}
+    for status, sfid in rows:
+        out.setdefault(status, []).append(sfid)
+    return out
+
+
+def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], sent: dict[str, dict]) -> bool:
+    """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
+    mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
+    with store.connect() as conn:
+        exists = conn.execute("SELECT to_regclass(%s)", (f"{MIRROR_SCHEMA}.{policy.object.lower()}",)).fetchone()[0]
+        if not exists:
+            return True
+        if policy.action in ("delete", "hard_delete"):
+            left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE sfid = ANY(%s)").format(mirror),
+                                (ids,)).fetchone()[0]
+            return left == 0
+        fields = sorted({k for v in sent.values() for k in v}, key=str.lower)
+        cols = sql.SQL(", ").join(_column(f) for f in fields)
+        rows = conn.execute(sql.SQL("SELECT sfid, {} FROM {} WHERE sfid = ANY(%s)").format(cols, mirror),
+                            (ids,)).fetchall()
+    for row in rows:
+        want = sent.get(row[0], {})
+        for f, have in zip(fields, row[1:], strict=True):
+            if f in want and not _same(want[f], have):
+                return False
+    return len(rows) == len(ids)
+
+
+def _same(sent, have) -> bool:
+    if sent is None or have is None:
+        return sent is None and have is None
+    if isinstance(have, dt.datetime):
+        return have.strftime("%Y-%m-%dT%H:%M:%S") == str(sent)[:19]
+    if isinstance(have, (dt.date, float, int, bool)):
+        return str(have).lower() == str(sent).lower() or str(have) == str(sent)[:10]
+    return str(have) == str(sent)
+
+
+def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts: dict, bulk_job_ids: list[str],
+                 holds_applied: list[str], validation: dict | None, status: str, message: str,
+                 timings: dict) -> int:
+    with store.connect() as conn:
+        return conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (policy_id, run_key, dag_run_id, policy_hash, object, action, source, cutoff, dry_run, "
+                "eligible, held, staged, retained, acted, failed, salesforce_count, bulk_job_ids, holds_applied, "
+                "validation, status, message, started_at, timings) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+            ).format(sql.Identifier(LEDGER_SCHEMA, "runs")),
+            (policy.id, run.run_key, run.dag_run_id, policy.source_hash, policy.object, policy.action, policy.source,
+             run.cutoff, run.dry_run, counts.get("eligible"), counts.get("held"), counts.get("staged"),
+             counts.get("retained"), counts.get("acted"), counts.get("failed"), counts.get("salesforce"),
+             json.dumps(bulk_job_ids), json.dumps(holds_applied), json.dumps(validation, default=str), status,
+             message, run.started_at, json.dumps(timings)),
+        ).fetchone()[0]
+
+
+def drop_staging(store: RetentionStoreHook, run: Run) -> None:
+    with store.connect() as conn:
+        for table in (run.staging, run.subset, run.sent):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+
+
+RUN_KEY = re.compile(r"^[a-z0-9_]+__\d{8}T\d{6}$")
+
+
+def run_to_dict(run: Run) -> dict:
+    out = asdict(run)
+    out["cutoff"] = run.cutoff.isoformat()
+    out["started_at"] = run.started_at.isoformat()
+    return out

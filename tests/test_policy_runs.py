@@ -1,0 +1,168 @@
+"""Each example policy, run as a real DAG (``dag.test()``) against the sandbox: the cache holds exactly the
+eligible, non-held records with the retained fields transformed as the policy says (compared value by value
+with what the org had), the org no longer has them (or has them masked), held records are untouched, and the
+ledger row is right."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import pytest
+
+from retention import masking, transforms
+
+HASH_KEY = "test-hash-key-0123456789abcdef"
+LOGICAL_DATE = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def world(sandbox, airflow_db):
+    """Seeded org data, the Salesforce API pool and the keyed-hash secret, as airflow_settings.yaml sets them."""
+    from airflow.models import Pool
+
+    from sandbox import seed
+
+    os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
+    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
+    with sandbox.org_conn() as conn:
+        seed.seed(conn, contacts=400, seed=11)
+    return sandbox
+
+
+def policy_dags():
+    from tests.dags import policy_dags as module
+
+    return module
+
+
+def org_rows(sandbox, sql: str, params=()) -> list[dict]:
+    with sandbox.org_conn() as conn:
+        cur = conn.execute(sql, params)
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def cache_rows(sandbox, table: str) -> dict[str, dict]:
+    with sandbox.store_conn() as conn:
+        cur = conn.execute(f"SELECT * FROM cache.{table}")
+        names = [d.name for d in cur.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
+
+
+def ledger(sandbox, policy_id: str) -> list[dict]:
+    with sandbox.store_conn() as conn:
+        cur = conn.execute("SELECT * FROM retention.runs WHERE policy_id = %s ORDER BY id", (policy_id,))
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+ACTIVE_HOLDS = """SELECT recordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
+                  AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
+
+
+def hold(sf, record_id: str) -> None:
+    sf.PrivacyHold.create({"Name": f"Test hold {record_id}", "RecordId": record_id, "IsActive": True})
+
+
+@pytest.fixture(scope="module")
+def sf(world):
+    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
+
+    return SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()
+
+
+def _run(dag, **conf):
+    run = dag.test(logical_date=LOGICAL_DATE, run_conf=conf or None)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    return run, states
+
+
+def test_inactive_contacts_are_retained_then_deleted(world, sf):
+    sandbox = world
+    cutoff = LOGICAL_DATE - dt.timedelta(days=730)
+    matching = org_rows(sandbox, """SELECT * FROM org.contact WHERE NOT isdeleted AND lastmodifieddate < %s
+                                    AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id""", (cutoff,))
+    assert len(matching) > 20
+    held_by_test = matching[0]["id"]
+    hold(sf, held_by_test)
+    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    expected = {r["id"]: r for r in matching if r["id"] not in held}
+    held_matching = {r["id"] for r in matching if r["id"] in held}
+    assert held_by_test in held_matching
+
+    run, states = _run(policy_dags().retention__inactive_contacts)
+    assert run.state == "success", states
+    assert set(states.values()) == {"success"}
+
+    cache = {k: v for k, v in cache_rows(sandbox, "contact").items() if v["_retention_policy"] == "inactive_contacts"}
+    assert set(cache) == set(expected)
+    key = HASH_KEY.encode()
+    for sfid, org in expected.items():
+        row = cache[sfid]
+        assert row["lastname"] == org["lastname"]
+        assert row["email"] == transforms.apply("email_domain", None, org["email"], key=key)
+        assert row["birthdate"] == (org["birthdate"].year if org["birthdate"] else None)
+        assert row["mailingcountry"] == org["mailingcountry"]
+        assert row["_action_status"] == "done" and row["_action"] == "delete"
+    assert set(cache[next(iter(cache))]) == {"sfid", "lastname", "email", "birthdate", "mailingcountry",
+                                             "_retention_policy", "_retention_run", "_retained_at", "_action",
+                                             "_action_status", "_action_error", "_action_at", "_bulk_job_id"}
+
+    after = {r["id"]: r for r in org_rows(sandbox, "SELECT id, isdeleted FROM org.contact WHERE id = ANY(%s)",
+                                          (list(expected) + list(held_matching),))}
+    assert all(after[i]["isdeleted"] for i in expected)  # in the recycle bin
+    assert not any(after[i]["isdeleted"] for i in held_matching)  # held records untouched
+    assert held_by_test not in cache
+
+    (row,) = ledger(sandbox, "inactive_contacts")
+    assert row["status"] == "succeeded" and row["action"] == "delete" and row["object"] == "Contact"
+    assert (row["eligible"], row["staged"], row["retained"], row["acted"], row["failed"]) == (
+        len(expected), len(expected), len(expected), len(expected), 0)
+    assert row["held"] == len(held_matching) and held_by_test in row["holds_applied"]
+    assert row["cutoff"] == cutoff and len(row["bulk_job_ids"]) == 1
+    assert row["policy_hash"] and row["salesforce_count"] == len(expected)
+
+    # Re-running the same logical date changes nothing and duplicates nothing.
+    before = cache_rows(sandbox, "contact")
+    run, states = _run(policy_dags().retention__inactive_contacts)
+    assert run.state == "success", states
+    assert cache_rows(sandbox, "contact") == before
+    rerun = ledger(sandbox, "inactive_contacts")[-1]
+    assert (rerun["eligible"], rerun["acted"], rerun["failed"]) == (0, 0, 0)
+
+
+def test_stale_leads_are_retained_then_masked(world, sf):
+    sandbox = world
+    cutoff = LOGICAL_DATE - dt.timedelta(days=365)
+    matching = org_rows(sandbox, "SELECT * FROM org.lead WHERE NOT isdeleted AND createddate < %s ORDER BY id",
+                        (cutoff,))
+    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    expected = {r["id"]: r for r in matching if r["id"] not in held}
+    assert len(expected) > 20
+
+    run, states = _run(policy_dags().retention__stale_leads_mask)
+    assert run.state == "success", states
+
+    cache = {k: v for k, v in cache_rows(sandbox, "lead").items() if v["_retention_policy"] == "stale_leads_mask"}
+    assert set(cache) == set(expected)
+    key = HASH_KEY.encode()
+    now = {r["id"]: r for r in org_rows(sandbox, "SELECT * FROM org.lead WHERE id = ANY(%s)", (list(expected),))}
+    for sfid, before in expected.items():
+        row, after = cache[sfid], now[sfid]
+        # The retained copy holds the originals (transformed), never the masked values.
+        assert row["company"] == before["company"] and row["country"] == before["country"]
+        assert row["email"] == transforms.apply("email_domain", None, before["email"], key=key)
+        assert row["_action_status"] == "done"
+        # The org holds the masked values.
+        assert after["isdeleted"] is False
+        if before["firstname"]:
+            assert len(after["firstname"]) == 5 and after["firstname"] != before["firstname"]
+        assert after["lastname"] != before["lastname"] and after["lastname"] in masking.LAST_NAMES
+        if before["email"]:
+            assert after["email"] != before["email"] and masking.is_valid_email(after["email"])
+        assert after["phone"] is None
+        assert after["company"] == before["company"]  # not masked
+    (row,) = ledger(sandbox, "stale_leads_mask")
+    assert row["status"] == "succeeded" and row["acted"] == len(expected)
