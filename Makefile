@@ -9,10 +9,12 @@ STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-deps -r requirements.txt
+	# The project itself, editable: registers our Airflow provider (the Heroku Connect connection type).
+	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
 	rm -f $(VENV)/.installed-*
 	touch $@

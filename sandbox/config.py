@@ -27,6 +27,7 @@ class Settings:
     consumer_key: str = "sandbox-consumer-key"
     consumer_secret: str = "sandbox-consumer-secret"
     connect_token: str = "sandbox-heroku-token"
+    hash_key: str = "sandbox-retention-hash-key"
     connection_id: str = "5f1c6a2e-0b7d-4c1e-9a55-5a0d1e2c3b4a"
     org_id: str = "00DDn0000000001EAA"
     connect_objects: tuple[str, ...] = ("Account", "Contact", "Lead", "Case", "PrivacyHold", "PrivacyHoldReason")

@@ -73,8 +73,9 @@ def sf(world):
     return SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()
 
 
-def _run(dag, **conf):
-    run = dag.test(logical_date=LOGICAL_DATE, run_conf=conf or None)
+def _run(dag, logical_date=LOGICAL_DATE, **conf):
+    # Every param explicitly: dag.test() keeps the last run's conf in the DAG object's params.
+    run = dag.test(logical_date=logical_date, run_conf={"dry_run": False, "cutoff": None, **conf})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     return run, states
 
@@ -166,3 +167,122 @@ def test_stale_leads_are_retained_then_masked(world, sf):
         assert after["company"] == before["company"]  # not masked
     (row,) = ledger(sandbox, "stale_leads_mask")
     assert row["status"] == "succeeded" and row["acted"] == len(expected)
+
+
+def test_closed_cases_are_retained_then_hard_deleted_except_held_ones(world, sf):
+    sandbox = world
+    # Seeded cases span three years: a logical date two years ahead makes the older half eligible.
+    logical_date = LOGICAL_DATE + dt.timedelta(days=730)
+    cutoff = logical_date - dt.timedelta(days=1095)
+    matching = org_rows(sandbox, """SELECT * FROM org."case" WHERE NOT isdeleted AND isclosed AND closeddate < %s
+                                    ORDER BY id""", (cutoff,))
+    assert len(matching) > 5
+    hold(sf, matching[-1]["id"])
+    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    expected = {r["id"]: r for r in matching if r["id"] not in held}
+    held_matching = {r["id"] for r in matching if r["id"] in held}
+
+    run, states = _run(policy_dags().retention__closed_cases_hard_delete, logical_date)
+    assert run.state == "success", states
+
+    cache = cache_rows(sandbox, "closed_case")
+    assert set(cache) == set(expected)
+    for sfid, org in expected.items():
+        row = cache[sfid]
+        assert row["subject"] == (org["subject"][:40] if org["subject"] is not None else None)
+        assert row["suppliedemail"] == transforms.apply("email_domain", None, org["suppliedemail"], key=b"k")
+        assert row["status"] == org["status"]
+        assert row["closeddate"] == org["closeddate"].astimezone(dt.UTC).date().replace(day=1)
+    left = {r["id"] for r in org_rows(sandbox, 'SELECT id FROM org."case" WHERE id = ANY(%s)',
+                                      (list(expected) + list(held_matching),))}
+    assert left == held_matching  # hard-deleted records are gone, not in the recycle bin; held ones stay
+    (row,) = ledger(sandbox, "closed_cases_hard_delete")
+    assert row["action"] == "hard_delete" and row["acted"] == len(expected) and row["held"] == len(held_matching)
+
+
+def test_accounts_are_read_through_the_bulk_api_then_deleted(world, sf):
+    sandbox = world
+    logical_date = LOGICAL_DATE + dt.timedelta(days=3 * 365)  # seeded accounts are mostly recent
+    cutoff = logical_date - dt.timedelta(days=1825)
+    matching = org_rows(sandbox, "SELECT * FROM org.account WHERE NOT isdeleted AND lastmodifieddate < %s",
+                        (cutoff,))
+    expected = {r["id"]: r for r in matching}
+    assert len(expected) > 3
+
+    dag = policy_dags().retention__accounts_bulk_api
+    assert "wait_for_connect_sync" not in dag.task_ids  # reads Salesforce, not the mirror
+    run, states = _run(dag, logical_date)
+    assert run.state == "success", states
+
+    cache = cache_rows(sandbox, "account")
+    assert set(cache) == set(expected)
+    for sfid, org in expected.items():
+        row = cache[sfid]
+        assert (row["name"], row["billingcountry"], row["industry"]) == (org["name"], org["billingcountry"],
+                                                                         org["industry"])
+        assert row["annualrevenue"] == (float(org["annualrevenue"]) if org["annualrevenue"] is not None else None)
+    gone = org_rows(sandbox, "SELECT count(*) AS live FROM org.account WHERE id = ANY(%s) AND NOT isdeleted",
+                    (list(expected),))
+    assert gone[0]["live"] == 0
+    (row,) = ledger(sandbox, "accounts_bulk_api")
+    assert row["source"] == "salesforce_api" and row["eligible"] == len(expected) == row["acted"]
+
+
+def test_dry_run_changes_nothing_and_prints_a_preview(world, capsys):
+    sandbox = world
+    dag = policy_dags().retention__inactive_contacts
+    later = LOGICAL_DATE + dt.timedelta(days=400)  # a date with records still eligible
+    before_cache = cache_rows(sandbox, "contact")
+    before_org = org_rows(sandbox, "SELECT id, isdeleted, systemmodstamp FROM org.contact ORDER BY id")
+    before_ledger = ledger(sandbox, "inactive_contacts")
+    capsys.readouterr()
+
+    run, states = _run(dag, later, dry_run=True)
+    assert run.state == "success", states
+    assert states["extract"] == "success"
+    assert {states[t] for t in ("subset", "load_to_cache", "validate_row_counts", "delete_or_mask",
+                                "confirm_and_report")} == {"skipped"}
+    out = capsys.readouterr().out
+    assert "DRY RUN preview (nothing was changed)" in out and "would be retained then delete" in out
+
+    assert cache_rows(sandbox, "contact") == before_cache
+    assert org_rows(sandbox, "SELECT id, isdeleted, systemmodstamp FROM org.contact ORDER BY id") == before_org
+    assert ledger(sandbox, "inactive_contacts") == before_ledger
+    with sandbox.store_conn() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging'").fetchone()[0] == 0
+
+
+def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatch, capfd):
+    """Rows removed from staging after extract: the counts disagree, the run fails with them in its message,
+    and the org is unchanged."""
+    from retention import pipeline
+    from retention.hooks.store import RetentionStoreHook
+
+    sandbox = world
+    later = LOGICAL_DATE + dt.timedelta(days=800)
+    cutoff = later - dt.timedelta(days=730)
+    eligible_sql = """SELECT id FROM org.contact WHERE NOT isdeleted AND lastmodifieddate < %s
+                      AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id"""
+    live_before = org_rows(sandbox, eligible_sql, (cutoff,))
+    assert len(live_before) > 5
+    real_subset = pipeline.subset
+
+    def subset_after_losing_rows(store, policy, run, key):
+        with RetentionStoreHook().connect() as conn:
+            conn.execute(f'DELETE FROM retention_staging."{run.run_key}" WHERE sfid IN '
+                         f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT 2)')
+        return real_subset(store, policy, run, key)
+
+    monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)
+    capfd.readouterr()
+    run, states = _run(policy_dags().retention__inactive_contacts, later)
+    assert run.state == "failed", states
+    assert states["validate_row_counts"] == "failed"
+    assert states["delete_or_mask"] == states["confirm_and_report"] == "upstream_failed"
+    captured = capfd.readouterr()
+    out = captured.out + captured.err
+    eligible = len(live_before) - len({r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)} &
+                                      {r["id"] for r in live_before})
+    assert f"eligible {eligible}, staged {eligible - 2} (expected {eligible})" in out
+    assert "Nothing was deleted or masked." in out
+    assert org_rows(sandbox, eligible_sql, (cutoff,)) == live_before  # nothing deleted

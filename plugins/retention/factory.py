@@ -95,7 +95,10 @@ def build_dag(policy: Policy) -> DAG:
         common = {"policy": policy}
         steps: list[BaseOperator] = []
         if policy.source == "heroku_connect":
-            steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object))
+            # Holds are read from the mirror too: a hold placed in the org must be there before extract.
+            holds = ("PrivacyHold",) if policy.select.exclude_privacy_holds else ()
+            steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object,
+                                           also_wait_for=holds))
         steps += [
             ExtractOperator(task_id="extract", pool=SALESFORCE_POOL, **common),
             SubsetOperator(task_id="subset", **common),

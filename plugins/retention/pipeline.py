@@ -192,9 +192,10 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
                 run.staging, cols, mirror, matching, done, hold), params)
             staged = cur.rowcount
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(run.staging))
-        held_ids = [r[0] for r in conn.execute(
-            sql.SQL("SELECT m.sfid FROM {} m WHERE {} AND NOT {} AND {} ORDER BY 1").format(mirror, matching, done, hold),
-            params).fetchall()] if policy.select.exclude_privacy_holds else []
+        held_query = sql.SQL("SELECT m.sfid FROM {} m WHERE {} AND NOT {} AND {} ORDER BY 1").format(
+            mirror, matching, done, hold)
+        held_ids = ([r[0] for r in conn.execute(held_query, params).fetchall()]
+                    if policy.select.exclude_privacy_holds else [])
         out = {"eligible": eligible, "held": held, "done": already, "staged": staged, "held_ids": held_ids}
         if run.dry_run:
             out["preview"] = preview_rows(conn, policy, run)
@@ -321,7 +322,8 @@ def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
     table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
     cols = [_column(n) for n in policy.retain.fields]
     names = sql.SQL(", ").join([sql.Identifier("sfid"), *cols, *(sql.Identifier(n) for n, _ in STATUS_COLUMNS)])
-    values = sql.SQL(", ").join([sql.Identifier("s", "sfid"), *(sql.Identifier("s", n.lower()) for n in policy.retain.fields),
+    values = sql.SQL(", ").join([sql.Identifier("s", "sfid"),
+                                 *(sql.Identifier("s", n.lower()) for n in policy.retain.fields),
                                  sql.SQL("%(policy)s, %(run)s, now(), %(action)s, 'pending', NULL, NULL, NULL")])
     # A record already acted on keeps its row untouched: its retained copy is the original.
     updates = sql.SQL(", ").join(
@@ -353,7 +355,8 @@ def store_counts(store: RetentionStoreHook, policy: Policy, run: Run) -> tuple[i
     """(staged, retained) as the store holds them now."""
     with store.connect() as conn:
         staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
-        retained = conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run))).fetchone()[0]
+        retained = conn.execute(
+            sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run))).fetchone()[0]
     return staged, retained
 
 
@@ -433,7 +436,7 @@ def save_sent(store: RetentionStoreHook, run: Run, records: list[dict]) -> None:
 
 def sent_values(store: RetentionStoreHook, run: Run) -> dict[str, dict]:
     with store.connect() as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (f"{STAGING_SCHEMA}.{run.run_key}__sent",)).fetchone()[0]
+        exists = conn.execute("SELECT to_regclass(%s)", (run.sent.as_string(conn),)).fetchone()[0]
         if not exists:
             return {}
         return dict(conn.execute(sql.SQL("SELECT sfid, sent FROM {}").format(run.sent)).fetchall())
@@ -458,7 +461,7 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], s
     """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
     with store.connect() as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (f"{MIRROR_SCHEMA}.{policy.object.lower()}",)).fetchone()[0]
+        exists = conn.execute("SELECT to_regclass(%s)", (mirror.as_string(conn),)).fetchone()[0]
         if not exists:
             return True
         if policy.action in ("delete", "hard_delete"):

@@ -48,22 +48,24 @@ def check_sync(heroku_connect_conn_id: str, store_conn_id: str, schema: str, obj
 
 
 class ConnectSyncSensor(BaseSensorOperator):
-    """Passes once the Connect mirror of ``object_name`` is current.
+    """Passes once the Connect mirror of ``object_name`` (and of ``also_wait_for``) is current.
 
     :param object_name: the Salesforce object whose mapping must be synced.
+    :param also_wait_for: further objects whose mirror the run reads (e.g. PrivacyHold for hold checks).
     :param heroku_connect_conn_id: Airflow connection of the Heroku Connect API.
     :param store_conn_id: Airflow connection of the store (where the mirror schema lives).
     :param mirror_schema: Connect's schema in the store.
     :param deferrable: wait in the triggerer instead of holding or rescheduling a worker slot.
     """
 
-    template_fields = ("object_name",)
+    template_fields = ("object_name", "also_wait_for")
     ui_color = "#79589f"
 
     def __init__(
         self,
         *,
         object_name: str,
+        also_wait_for: tuple[str, ...] = (),
         heroku_connect_conn_id: str = HerokuConnectHook.default_conn_name,
         store_conn_id: str = "retention_store",
         mirror_schema: str = "salesforce",
@@ -75,6 +77,7 @@ class ConnectSyncSensor(BaseSensorOperator):
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.object_name = object_name
+        self.also_wait_for = tuple(also_wait_for)
         self.heroku_connect_conn_id = heroku_connect_conn_id
         self.store_conn_id = store_conn_id
         self.mirror_schema = mirror_schema
@@ -82,10 +85,12 @@ class ConnectSyncSensor(BaseSensorOperator):
         self._last = "no check made yet"
 
     def poke(self, context: Context) -> bool:
-        synced, self._last = check_sync(self.heroku_connect_conn_id, self.store_conn_id, self.mirror_schema,
-                                        self.object_name)
-        self.log.info("Heroku Connect %s: %s", "synced" if synced else "behind", self._last)
-        return synced
+        for name in (self.object_name, *self.also_wait_for):
+            synced, self._last = check_sync(self.heroku_connect_conn_id, self.store_conn_id, self.mirror_schema, name)
+            self.log.info("Heroku Connect %s: %s", "synced" if synced else "behind", self._last)
+            if not synced:
+                return False
+        return True
 
     def execute(self, context: Context) -> Any:
         if self.deferrable:
@@ -93,7 +98,7 @@ class ConnectSyncSensor(BaseSensorOperator):
 
             self.defer(
                 trigger=ConnectSyncTrigger(
-                    object_name=self.object_name,
+                    object_names=[self.object_name, *self.also_wait_for],
                     heroku_connect_conn_id=self.heroku_connect_conn_id,
                     store_conn_id=self.store_conn_id,
                     mirror_schema=self.mirror_schema,

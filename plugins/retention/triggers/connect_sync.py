@@ -13,10 +13,10 @@ class ConnectSyncTrigger(BaseTrigger):
     """Fires ``{"status": "synced"}`` once the mirror is current, or ``{"status": "error"}`` when Connect
     reports a state that waiting cannot fix. The timeout is the deferral's own."""
 
-    def __init__(self, *, object_name: str, heroku_connect_conn_id: str, store_conn_id: str, mirror_schema: str,
-                 poke_interval: float) -> None:
+    def __init__(self, *, object_names: list[str], heroku_connect_conn_id: str, store_conn_id: str,
+                 mirror_schema: str, poke_interval: float) -> None:
         super().__init__()
-        self.object_name = object_name
+        self.object_names = list(object_names)
         self.heroku_connect_conn_id = heroku_connect_conn_id
         self.store_conn_id = store_conn_id
         self.mirror_schema = mirror_schema
@@ -26,7 +26,7 @@ class ConnectSyncTrigger(BaseTrigger):
         return (
             "retention.triggers.connect_sync.ConnectSyncTrigger",
             {
-                "object_name": self.object_name,
+                "object_names": self.object_names,
                 "heroku_connect_conn_id": self.heroku_connect_conn_id,
                 "store_conn_id": self.store_conn_id,
                 "mirror_schema": self.mirror_schema,
@@ -41,9 +41,12 @@ class ConnectSyncTrigger(BaseTrigger):
 
         while True:
             try:
-                synced, explanation = await asyncio.to_thread(
-                    check_sync, self.heroku_connect_conn_id, self.store_conn_id, self.mirror_schema, self.object_name
-                )
+                for name in self.object_names:
+                    synced, explanation = await asyncio.to_thread(
+                        check_sync, self.heroku_connect_conn_id, self.store_conn_id, self.mirror_schema, name
+                    )
+                    if not synced:
+                        break
             except AirflowFailException as exc:
                 yield TriggerEvent({"status": "error", "message": str(exc)})
                 return

@@ -1,0 +1,78 @@
+"""The DAG factory: one DAG per policy with the documented shape; a broken policy file is an import
+error naming the file, the key and the reason, and the other policies still load; parsing stays cheap."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DAG_FILE = REPO / "dags" / "retention_policies.py"
+EXAMPLES = sorted((REPO / "include" / "policies").glob("*.yaml"))
+PIPELINE = ["extract", "subset", "load_to_cache", "validate_row_counts", "delete_or_mask", "confirm_and_report"]
+
+
+def bag(folder: Path, monkeypatch):
+    """A DagBag of the DAG file over ``folder``'s policies (bagging records import errors in the metadata DB)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("RETENTION_POLICIES_DIR", str(folder))
+    return DagBag(dag_folder=str(DAG_FILE), safe_mode=True)
+
+
+def test_every_example_policy_is_a_dag_with_the_pipeline_shape(airflow_db, monkeypatch):
+    from retention.policy import load_policy
+
+    dags = bag(REPO / "include" / "policies", monkeypatch)
+    assert not dags.import_errors
+    assert len(EXAMPLES) == 4 and len(dags.dag_ids) == 4
+    for path in EXAMPLES:
+        policy = load_policy(path)
+        dag = dags.get_dag(policy.dag_id)
+        order = (["wait_for_connect_sync"] if policy.source == "heroku_connect" else []) + PIPELINE
+        assert [t.task_id for t in dag.topological_sort()] == order
+        assert dag.max_active_runs == 1 and dag.catchup == policy.catchup
+        assert {"retention", policy.action, policy.object} <= set(dag.tags)
+        assert set(dag.params) == {"dry_run", "cutoff"} and dag.params["dry_run"] is False
+        assert policy.description in dag.doc_md and policy.retain.table in dag.doc_md
+        for task in dag.tasks:
+            assert task.owner == policy.owner and task.retries == 2
+        for task_id in ("extract", "validate_row_counts", "delete_or_mask", "confirm_and_report"):
+            assert dag.get_task(task_id).pool == "salesforce_api"
+
+
+def test_a_broken_policy_is_an_import_error_naming_file_key_and_reason(airflow_db, tmp_path, monkeypatch):
+    shutil.copy(REPO / "include" / "policies" / "inactive_contacts.yaml", tmp_path)
+    text = (REPO / "include" / "policies" / "stale_leads_mask.yaml").read_text()
+    (tmp_path / "broken_leads.yaml").write_text(text.replace("Email: email_domain", "Email: domain_only"))
+    dags = bag(tmp_path, monkeypatch)
+    assert "retention__inactive_contacts" in dags.dag_ids
+    assert "retention__stale_leads_mask" not in dags.dag_ids
+    (error,) = dags.import_errors.values()
+    assert "broken_leads.yaml" in error and "retain.fields.Email" in error and "unknown transform" in error
+
+
+def test_parsing_the_dag_file_imports_no_heavy_libraries(tmp_path):
+    probe = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        "heavy = [m for m in ('great_expectations', 'simple_salesforce', 'pandas', 'psycopg') if m in sys.modules]; "
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(DAG_FILE)], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": f"{REPO / 'plugins'}:{REPO}", "PATH": "/usr/bin:/bin",
+                              "AIRFLOW_HOME": str(tmp_path)})
+    heavy = [m for m in out.stdout.strip().split(",") if m]
+    assert "great_expectations" not in heavy and "simple_salesforce" not in heavy, heavy
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_each_example_fits_its_object_in_the_sandbox(path):
+    from retention.policy import check_against_describe, load_policy
+    from sandbox.objects import get_object
+
+    policy = load_policy(path)
+    assert check_against_describe(policy, get_object(policy.object).describe("59.0")) == []
