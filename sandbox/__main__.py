@@ -253,7 +253,6 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         # The sandbox's keyed-hash secret (airflow_settings.yaml reads RETENTION_HASH_KEY); a real
         # deployment keeps its own in a secrets backend.
         "RETENTION_HASH_KEY": s.hash_key,
-        "AIRFLOW_CONN_RETENTION_HASH_KEY": json.dumps({"conn_type": "generic", "password": s.hash_key}),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url("airflow", driver="postgresql+psycopg2"),
         "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce_conn),
         "AIRFLOW_CONN_RETENTION_STORE": json.dumps(store_conn),

@@ -107,7 +107,8 @@ def start(folder: Path, port: int) -> Postgres:
     out = _pg([_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "postgres.log"),
                "-w", "-t", "60", "start"], folder)
     if out.returncode != 0:
-        log = (folder / "postgres.log").read_text(errors="replace")[-2000:]
+        log_file = folder / "postgres.log"
+        log = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else "(no server log written)"
         raise RuntimeError(f"Postgres did not start on port {port}:\n{out.stdout}{out.stderr}\n{log}")
     return base
 

@@ -399,7 +399,7 @@ def _cases(g: _Gen, first_serial: int, count: int, contact_serial: int, account_
         loc = pick(locales)
         c = int(rand() * n_contacts) if n_contacts and rand() < 0.95 else -1
         a = account_of[c] if c >= 0 else (int(rand() * n_accounts) if n_accounts and rand() < 0.7 else -1)
-        created, modified = g.stamps(_HISTORY_MS // 2)
+        created, modified = g.stamps()
         status, origin = pick(_CASE_STATUS), pick(_ORIGIN)
         closed = status == "Closed"
         supplied = origin != "Phone" and rand() < 0.6

@@ -87,9 +87,15 @@ class Sandbox:
             requests.delete(url, verify=self.ca, timeout=10)
 
 
+def shared_tmp(prefix: str) -> Path:
+    """A folder the embedded Postgres can reach when run as root: it runs as the unprivileged user
+    'pgserver', and pytest keeps its own temporary folders private (mode 0700)."""
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def sandbox(tmp_path_factory) -> Sandbox:
-    home = tmp_path_factory.mktemp("sandbox")
+def sandbox() -> Sandbox:
+    home = shared_tmp("retention-sandbox-")
     env = {
         **os.environ,
         "SANDBOX_HOME": str(home),
@@ -114,6 +120,7 @@ def sandbox(tmp_path_factory) -> Sandbox:
     os.environ.update(saved)
     down = run_cli(["down"], env)
     assert down.returncode == 0, down.stderr
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from sandbox import postgres
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, shared_tmp
 
 
 def _alive(pid: int) -> bool:
@@ -26,6 +29,14 @@ def _env(home: Path) -> dict[str, str]:
     return {**os.environ, "SANDBOX_HOME": str(home), "SANDBOX_PG_PORT": str(free_port()),
             "SANDBOX_SF_PORT": str(free_port()), "SANDBOX_CONNECT_PORT": str(free_port()),
             "SANDBOX_SYNC_INTERVAL": "0.3"}
+
+
+@pytest.fixture
+def tmp_path():
+    """Postgres runs as an unprivileged user: keep its folders outside pytest's private tmp tree."""
+    folder = shared_tmp("retention-cli-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_up_env_seed_status_down(tmp_path):

@@ -28,7 +28,8 @@ def world(sandbox, airflow_db):
     Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
     with sandbox.org_conn() as conn:
         seed.seed(conn, contacts=400, seed=11)
-    return sandbox
+    yield sandbox
+    del os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"]
 
 
 def policy_dags():
