@@ -42,6 +42,14 @@ def _wait_synced(env: dict[str, str], timeout: float) -> dict[str, dict]:
         time.sleep(0.5)
 
 
+def _reset_store(url: str) -> None:
+    """A demo starts from an empty retention store (the org is re-seeded with the same ids each time)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS cache, retention, retention_staging CASCADE")
+
+
 def airflow_env(env: dict[str, str]) -> dict[str, str]:
     """Airflow on the sandbox: metadata in its Postgres, our dags folder, no examples, quiet logs."""
     return {
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         state = cli.read_state(settings)
         env = cli.env_vars(settings, state["base_url"])
         os.environ.update(env)
+        _reset_store(env["RETENTION_STORE_URL"])
         print(f"\nSeeding the org ({args.contacts} contacts and related records)...")
         cli.cmd_seed(settings, SimpleNamespace(reset=True, contacts=args.contacts, seed=42))
         print("Waiting for Heroku Connect to mirror the org...")
