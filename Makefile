@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint bench sandbox-up sandbox-down install lock
+.PHONY: demo test lint bench airflow sandbox-up sandbox-down install lock
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Airflow's UI on the sandbox, every policy visible (foreground; Ctrl-C stops it).
+airflow: $(STAMP)
+	$(PY) -m sandbox.standalone
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,0 +1,49 @@
+"""``make airflow``: Airflow standalone (API server with the UI, scheduler, dag processor, triggerer) on
+the sandbox, with every retention policy visible as a DAG.
+
+Starts the sandbox if it is not running, points Airflow at its Postgres (metadata in the ``airflow``
+database), applies airflow_settings.yaml (connections, the ``salesforce_api`` pool), and runs
+``airflow standalone`` in the foreground until Ctrl-C. The admin password is printed by Airflow and
+kept in ``.airflow/simple_auth_manager_passwords.json.generated``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sandbox import __main__ as cli
+from sandbox.config import Settings
+from sandbox.demo import airflow_env
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    state = cli.read_state(settings)
+    if not (state and cli._pid_alive(state["pid"])) and cli.cmd_up(settings, None) != 0:
+        return 1
+    state = cli.read_state(settings)
+    env = {**os.environ, **cli.env_vars(settings, state["base_url"])}
+    env.update(airflow_env(env))
+    env.pop("RETENTION_RETRY_DELAY_SECONDS", None)
+    bin_dir = str(Path(sys.executable).parent)
+    # standalone starts its children as `airflow <command>` from PATH.
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    airflow = str(Path(bin_dir) / "airflow")
+    apply_settings = [sys.executable, "-m", "retention.settings_loader", "airflow_settings.yaml"]
+    for step in ([airflow, "db", "migrate"], apply_settings):
+        done = subprocess.run(step, env=env)
+        if done.returncode != 0:
+            return done.returncode
+    print("\nStarting Airflow standalone on http://localhost:8080 (Ctrl-C stops it; the sandbox keeps running "
+          "until 'python -m sandbox down')\n", flush=True)
+    try:
+        return subprocess.run([airflow, "standalone"], env=env).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
