@@ -10,6 +10,7 @@ kept in ``.airflow/simple_auth_manager_passwords.json.generated``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,9 +40,18 @@ def main() -> int:
             return done.returncode
     print("\nStarting Airflow standalone on http://localhost:8080 (Ctrl-C stops it; the sandbox keeps running "
           "until 'python -m sandbox down')\n", flush=True)
+    # Its own process group: on Ctrl-C or SIGTERM the whole group (scheduler, API server, workers) stops,
+    # where signalling standalone alone would leave its children running.
+    proc = subprocess.Popen([airflow, "standalone"], env=env, start_new_session=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
-        return subprocess.run([airflow, "standalone"], env=env).returncode
+        return proc.wait()
     except KeyboardInterrupt:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
         return 0
 
 
