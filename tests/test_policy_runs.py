@@ -287,3 +287,14 @@ def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatc
     assert f"eligible {eligible}, staged {eligible - 2} (expected {eligible})" in out
     assert "Nothing was deleted or masked." in out
     assert org_rows(sandbox, eligible_sql, (cutoff,)) == live_before  # nothing deleted
+
+
+def test_analysts_read_the_cache_and_nothing_else(world):
+    import psycopg
+
+    with world.store_conn() as conn:
+        conn.execute("SET ROLE retention_analyst")
+        assert conn.execute("SELECT count(*) FROM cache.contact").fetchone()[0] > 0
+        for table in ("retention.runs", "salesforce.contact"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(f"SELECT 1 FROM {table} LIMIT 1")
