@@ -13,6 +13,9 @@ import pytest
 
 CONTACTS = int(os.environ.get("BENCH_CONTACTS", "1000000"))
 SIDE_BY_SIDE = int(os.environ.get("BENCH_SIDE_BY_SIDE", "100000"))
+# simple-salesforce sleeps ``wait`` seconds before its first job poll (5 by default); the product's own
+# Bulk 2.0 hook polls every 0.5 s, so that is what is measured here.
+BULK_WAIT = 0.5
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -58,7 +61,7 @@ def test_seed_one_million_contacts(benchmark, sandbox):
 def test_bulk2_query_all_contacts(benchmark, sandbox, sf):
     def run():
         return _rows(sf.bulk2.Contact.query("SELECT Id, FirstName, LastName, Email, Birthdate, LastModifiedDate "
-                                            "FROM Contact"))
+                                            "FROM Contact", wait=BULK_WAIT))
 
     assert benchmark.pedantic(run, rounds=1, iterations=1) == CONTACTS
     benchmark.extra_info["records"] = CONTACTS
@@ -75,5 +78,6 @@ def test_rest_query_paging(benchmark, sandbox, sf):
 
 @pytest.mark.benchmark(group="rest-vs-bulk2")
 def test_bulk2_query(benchmark, sandbox, sf):
-    got = benchmark.pedantic(lambda: _rows(sf.bulk2.Contact.query(SOQL.format(n=SIDE_BY_SIDE))), rounds=3)
+    got = benchmark.pedantic(lambda: _rows(sf.bulk2.Contact.query(SOQL.format(n=SIDE_BY_SIDE), wait=BULK_WAIT)),
+                             rounds=3)
     assert got == SIDE_BY_SIDE

@@ -93,6 +93,47 @@ def shared_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
+class ConnectApi:
+    """The sandbox's Heroku Connect API v3, as a test drives it (over HTTPS, with the token)."""
+
+    def __init__(self, sandbox: Sandbox):
+        env = sandbox.env
+        self.base = env["HEROKU_CONNECT_API_URL"]
+        self.cid = env["HEROKU_CONNECT_CONNECTION_ID"]
+        self.headers = {"Authorization": f"Bearer {env['HEROKU_CONNECT_TOKEN']}"}
+        self.ca = sandbox.ca
+
+    def get(self, path: str, **params):
+        import requests
+
+        r = requests.get(f"{self.base}{path}", params=params, headers=self.headers, verify=self.ca, timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, url: str, **params):
+        import requests
+
+        r = requests.post(url if url.startswith("https:") else f"{self.base}{url}", params=params,
+                          headers=self.headers, verify=self.ca, timeout=30)
+        assert r.status_code in (200, 202), r.text
+        return r
+
+    def mapping(self, object_name: str) -> dict:
+        conn = self.get(f"/connections/{self.cid}", deep="true")
+        (found,) = [m for m in conn["mappings"] if m["object_name"] == object_name]
+        return found
+
+    def pause(self):
+        self.post(f"/connections/{self.cid}/actions/pause")
+
+    def resume(self):
+        self.post(f"/connections/{self.cid}/actions/resume")
+
+    def force(self, state: str | None):
+        """Make the API report a connection state (None: the real one again)."""
+        self.post(self.base.removesuffix("/api/v3") + "/__sandbox/state", **({"state": state} if state else {}))
+
+
 @pytest.fixture(scope="session")
 def sandbox() -> Sandbox:
     home = shared_tmp("retention-sandbox-")
@@ -134,3 +175,11 @@ def airflow_db(sandbox) -> Path:
 
     settings.dispose_orm()  # before the sandbox's Postgres stops under it
     shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sf(sandbox):
+    """simple-salesforce as the Airflow SalesforceHook builds it from the exported connection."""
+    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
+
+    return SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()

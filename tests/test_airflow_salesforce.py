@@ -3,15 +3,6 @@ Airflow's metadata in the sandbox's Postgres and the connection coming from the 
 
 from __future__ import annotations
 
-import pytest
-
-
-@pytest.fixture(scope="module")
-def sf(sandbox):
-    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
-
-    return SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()
-
 
 def _contacts(sf, last_name: str, count: int) -> list[str]:
     records = [{"attributes": {"type": "Contact"}, "LastName": last_name} for _ in range(count)]

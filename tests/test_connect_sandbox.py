@@ -5,39 +5,9 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import requests
 
-
-@pytest.fixture(scope="module")
-def sf(sandbox):
-    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
-
-    return SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()
-
-
-class ConnectApi:
-    def __init__(self, sandbox):
-        env = sandbox.env
-        self.base = env["HEROKU_CONNECT_API_URL"]
-        self.cid = env["HEROKU_CONNECT_CONNECTION_ID"]
-        self.headers = {"Authorization": f"Bearer {env['HEROKU_CONNECT_TOKEN']}"}
-        self.ca = sandbox.ca
-
-    def get(self, path: str, **params):
-        r = requests.get(f"{self.base}{path}", params=params, headers=self.headers, verify=self.ca, timeout=30)
-        r.raise_for_status()
-        return r.json()
-
-    def post(self, path: str):
-        r = requests.post(f"{self.base}{path}", headers=self.headers, verify=self.ca, timeout=30)
-        assert r.status_code == 202, r.text
-        return r
-
-    def mapping(self, object_name: str) -> dict:
-        conn = self.get(f"/connections/{self.cid}", deep="true")
-        (found,) = [m for m in conn["mappings"] if m["object_name"] == object_name]
-        return found
+from tests.conftest import ConnectApi
 
 
 def mirror_row(sandbox, sfid: str) -> tuple | None:
@@ -59,18 +29,17 @@ def wait_for(predicate, timeout: float):
 
 def test_org_changes_reach_the_mirror_and_the_mapping_is_not_synced_until_they_do(sandbox, sf):
     api = ConnectApi(sandbox)
-    cid = api.cid
     assert wait_for(lambda: api.mapping("Contact")["state"] == "DATA_SYNCED", 60)
 
     # Hold the sync loop still, so "not yet mirrored" can be observed without racing it.
-    api.post(f"/connections/{cid}/actions/pause")
+    api.pause()
     try:
         rid = sf.Contact.create({"LastName": "Mirrored", "Email": "m@example.org"})["id"]
         behind = api.mapping("Contact")
         assert behind["state"] != "DATA_SYNCED" and behind["counts"]["pending"] >= 1
         assert mirror_row(sandbox, rid) is None
     finally:
-        api.post(f"/connections/{cid}/actions/resume")
+        api.resume()
     interval = float(sandbox.env["SANDBOX_SYNC_INTERVAL"])
     mirrored = wait_for(lambda: mirror_row(sandbox, rid), 3 * interval + 2)
     assert mirrored == ("Mirrored", "m@example.org", False, "SYNCED")

@@ -6,42 +6,13 @@ import threading
 import time
 
 import pytest
-import requests
 
-
-@pytest.fixture(scope="module")
-def sf(sandbox):
-    from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
-
-    return SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()
-
-
-class Connect:
-    def __init__(self, sandbox):
-        env = sandbox.env
-        self.base = env["HEROKU_CONNECT_API_URL"]
-        self.cid = env["HEROKU_CONNECT_CONNECTION_ID"]
-        self.headers = {"Authorization": f"Bearer {env['HEROKU_CONNECT_TOKEN']}"}
-        self.ca = sandbox.ca
-
-    def _post(self, url: str, **params):
-        r = requests.post(url, params=params, headers=self.headers, verify=self.ca, timeout=30)
-        assert r.status_code in (200, 202), r.text
-
-    def pause(self):
-        self._post(f"{self.base}/connections/{self.cid}/actions/pause")
-
-    def resume(self):
-        self._post(f"{self.base}/connections/{self.cid}/actions/resume")
-
-    def force(self, state: str | None):
-        root = self.base.removesuffix("/api/v3")
-        self._post(f"{root}/__sandbox/state", **({"state": state} if state else {}))
+from tests.conftest import ConnectApi
 
 
 @pytest.fixture
 def connect(sandbox):
-    api = Connect(sandbox)
+    api = ConnectApi(sandbox)
     yield api
     api.force(None)
     api.resume()
