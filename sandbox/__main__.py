@@ -290,7 +290,8 @@ def parser() -> argparse.ArgumentParser:
     seed.add_argument("--reset", action="store_true", help="empty the org first")
     faults = sub.add_parser("faults", help="list, set or clear injected faults")
     faults.add_argument("action", choices=("list", "set", "clear"))
-    faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry")
+    faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry | "
+                        "hard_delete_denied")
     faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
     faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
     faults.add_argument("--status", type=int, help="500 or 503 for server_error")

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import bulk2, ids, ingest, org, results, soql
+from sandbox import bulk2, faults, ids, ingest, org, results, soql
 from sandbox.bulk2 import ensure_schema, load_job, set_state, stamp
 from sandbox.objects import SObject, get_object
 from sandbox.salesforce_api import ApiError, OrgService
@@ -157,6 +157,9 @@ def create_job(request: Request, svc: OrgService) -> Response:
     obj = get_object(body.get("object") or "")
     if obj is None:
         raise AsyncError(400, "InvalidJob", f"Unable to find object: {body.get('object')}")
+    if operation == "hardDelete" and svc.faults.take("hard_delete_denied"):
+        # The user lacks "Bulk API Hard Delete" (see faults.py for the sources and the assumed status).
+        raise AsyncError(400, faults.HARD_DELETE_DENIED_CODE_V1, faults.HARD_DELETE_DENIED_MESSAGE)
     if (body.get("contentType") or "JSON") != "JSON":
         raise AsyncError(400, "InvalidJob", f"Unsupported content type: {body.get('contentType')} (the sandbox "
                          "speaks JSON only)")

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from sandbox import ids, ingest, org, results, soql
+from sandbox import faults, ids, ingest, org, results, soql
 from sandbox.objects import Field, get_object
 from sandbox.salesforce_api import ApiError, OrgService, json_body, rest_call
 
@@ -435,6 +435,10 @@ def create_ingest_job(request: Request, svc: OrgService) -> Response:
     obj = get_object(body.get("object") or "")
     if obj is None:
         raise ApiError(400, "INVALIDJOB", f"InvalidJob : Unable to find object: {body.get('object')}")
+    if operation == "hardDelete" and svc.faults.take("hard_delete_denied"):
+        # The user lacks "Bulk API Hard Delete" (see faults.py for the sources and the assumed status).
+        raise ApiError(400, faults.HARD_DELETE_DENIED_CODE_V2,
+                       f"{faults.HARD_DELETE_DENIED_CODE_V1} : {faults.HARD_DELETE_DENIED_MESSAGE}")
     if (body.get("contentType") or "CSV") != "CSV":
         raise ApiError(400, "INVALIDJOB", f"InvalidJob : Invalid content type: {body.get('contentType')}")
     delimiter, line_ending = _format(body)

@@ -8,9 +8,13 @@ Each kind imitates what Salesforce sends, so client retry and failure paths can 
 - ``record_failures``: a ``rate`` fraction of ingest rows fail with ``code`` (default
   ``UNABLE_TO_LOCK_ROW``), drawn from a seeded generator so a run is repeatable;
 - ``session_expiry``: every issued session is invalidated at once (401 ``INVALID_SESSION_ID`` until
-  the client logs in again).
+  the client logs in again);
+- ``hard_delete_denied``: the API user loses the "Bulk API Hard Delete" permission: creating a
+  ``hardDelete`` job (Bulk 2.0 or 1.0) is refused with ``FEATURENOTENABLED`` / ``FeatureNotEnabled``
+  (``hardDelete operation requires special user profile permission, ...``); other operations work.
 
-``count`` limits a fault to the next N requests (or N rows for ``record_failures``).
+``count`` limits a fault to the next N requests (or N rows for ``record_failures``, or N refused
+``hardDelete`` job creations for ``hard_delete_denied``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry")
+KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry", "hard_delete_denied")
 
 TRANSIENT_RECORD_CODES = ("UNABLE_TO_LOCK_ROW", "API_TEMPORARILY_UNAVAILABLE")
 
@@ -108,3 +112,16 @@ class Faults:
             "API_TEMPORARILY_UNAVAILABLE": "API temporarily unavailable",
         }
         return fault.code, messages.get(fault.code, "injected failure")
+
+
+# What Salesforce answers when a user without the "Bulk API Hard Delete" permission creates a hardDelete
+# job. Salesforce's API docs do not show this response; these are what clients report and check for: the
+# message verbatim (Data Loader: "FeatureNotEnabled : hardDelete operation requires special user profile
+# permission, please contact your system administrator"; jsforce's Bulk 1.0 error carries exceptionCode
+# "FeatureNotEnabled"), and the Salesforce CLI (salesforcecli/plugin-data, `data delete bulk --hard-delete`)
+# recognises the Bulk 2.0 refusal by errorCode "FEATURENOTENABLED". The HTTP status is our assumption:
+# 400, like Bulk 2.0's other job-creation refusals.
+HARD_DELETE_DENIED_CODE_V2 = "FEATURENOTENABLED"
+HARD_DELETE_DENIED_CODE_V1 = "FeatureNotEnabled"
+HARD_DELETE_DENIED_MESSAGE = ("hardDelete operation requires special user profile permission, please contact your "
+                              "system administrator")

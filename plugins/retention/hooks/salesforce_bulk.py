@@ -29,6 +29,30 @@ class BulkJobError(Exception):
     """A Bulk 2.0 job ended ``Failed`` or ``Aborted`` as a whole."""
 
 
+class HardDeleteNotPermitted(Exception):
+    """The org refused to create a ``hardDelete`` job: the API user lacks the "Bulk API Hard Delete"
+    permission (Salesforce answers ``FEATURENOTENABLED``: "hardDelete operation requires special user
+    profile permission, please contact your system administrator"). Nothing was submitted."""
+
+
+# How Salesforce refuses a hardDelete job to a user without the permission.
+_HARD_DELETE_REFUSED_CODE = "FEATURENOTENABLED"
+_HARD_DELETE_REFUSED_TEXT = "hardDelete operation requires special user profile permission"
+
+
+def _hard_delete_refused(err: Exception) -> bool:
+    content = getattr(err, "content", None)
+    items = content if isinstance(content, list) else [content]
+    for item in items:
+        if isinstance(item, dict):
+            code, message = str(item.get("errorCode", "")), str(item.get("message", ""))
+        else:
+            code, message = "", str(item or "")
+        if code.upper() == _HARD_DELETE_REFUSED_CODE or _HARD_DELETE_REFUSED_TEXT in message:
+            return True
+    return False
+
+
 @dataclass(frozen=True)
 class RecordOutcome:
     record_id: str
@@ -70,9 +94,21 @@ class SalesforceBulk2Hook(SalesforceHook):
                 break
 
     def start_ingest(self, object_name: str, operation: str, csv_text: str) -> str:
-        """Create an ingest job, upload ``csv_text`` and close it; returns the job id at once."""
+        """Create an ingest job, upload ``csv_text`` and close it; returns the job id at once.
+
+        :raises HardDeleteNotPermitted: a ``hardDelete`` job was refused for lack of permission.
+        """
+        from simple_salesforce.exceptions import SalesforceError
+
         client = self._client(object_name)
-        job = client.create_job(operation)
+        try:
+            job = client.create_job(operation)
+        except SalesforceError as err:
+            if operation == "hardDelete" and _hard_delete_refused(err):
+                raise HardDeleteNotPermitted(
+                    f"Salesforce refused a hardDelete job on {object_name}: the user lacks the \"Bulk API Hard "
+                    "Delete\" permission") from err
+            raise
         try:
             client.upload_job_data(job["id"], csv_text)
             client.close_job(job["id"])

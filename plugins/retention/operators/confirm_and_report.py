@@ -58,6 +58,9 @@ class ConfirmAndReportOperator(PolicyOperator):
         status = "succeeded" if not failed else "partially_failed"
         message = (f"{policy.id}: {len(done)} {policy.action}d, {len(failed)} failed (kept retained, see "
                    f"cache.{policy.retain.table}._action_error), {counts['held']} held")
+        if acted.get("hard_delete_fallback"):
+            message += ("; hard delete not permitted for this user: fell back to delete (records are in the "
+                        "recycle bin)")
         ledger_id = pipeline.write_ledger(
             store, policy, run, counts=counts, bulk_job_ids=acted.get("bulk_job_ids", []),
             holds_applied=sorted(set(extracted.get("held_ids", [])) | set(acted.get("held_at_action", []))),

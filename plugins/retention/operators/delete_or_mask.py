@@ -17,18 +17,20 @@ class DeleteOrMaskOperator(PolicyOperator):
     """Delete, hard-delete or mask this run's retained records; each record's outcome goes beside its row."""
 
     def execute_run(self, context: Context, run: pipeline.Run) -> dict[str, Any]:
-        from retention.hooks.salesforce_bulk import to_csv
+        from retention.hooks.salesforce_bulk import HardDeleteNotPermitted, to_csv
         from retention.masking import to_bulk_csv_value
 
         store, sf, policy = self.store(), self.salesforce(), self.policy
         jobs: list[str] = []
+        operations: list[str] = []  # what each job really did (a hardDelete may have fallen back to delete)
         totals = {"done": 0, "failed": 0}
         # An earlier attempt's job whose outcome was never recorded: collect it, never resubmit it.
         for job_id in pipeline.submitted_jobs(store, policy, run):
             self.log.info("collecting the outcome of job %s submitted by an earlier attempt", job_id)
-            sf.wait(policy.object, job_id)
+            info = sf.wait(policy.object, job_id)
             self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
             jobs.append(job_id)
+            operations.append(info.get("operation") or pipeline.ACTION_OPERATION[policy.action])
 
         ids = pipeline.pending_ids(store, policy, run)
         held_now = sorted(set(ids) & pipeline.active_holds(sf)) if policy.select.exclude_privacy_holds else []
@@ -47,15 +49,25 @@ class DeleteOrMaskOperator(PolicyOperator):
                                                     for r in records))
             else:
                 csv_text = to_csv(["Id"], ([i] for i in ids))
-            job_id = sf.start_ingest(policy.object, operation, csv_text)
+            try:
+                job_id = sf.start_ingest(policy.object, operation, csv_text)
+            except HardDeleteNotPermitted:
+                self.log.warning("hard delete not permitted for this user; falling back to delete (records go to "
+                                 "the recycle bin)")
+                operation = "delete"
+                job_id = sf.start_ingest(policy.object, operation, csv_text)
             pipeline.mark(store, policy, run, ids, "submitted", job_id=job_id)
             self.log.info("%s: Bulk 2.0 %s job %s submitted for %d records", run.run_key, operation, job_id, len(ids))
             sf.wait(policy.object, job_id)
             self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
             jobs.append(job_id)
+            operations.append(operation)
         self.log.info("%s: %d done, %d failed in Salesforce, %d newly held", run.run_key, totals["done"],
                       totals["failed"], len(held_now))
-        return {"bulk_job_ids": jobs, **totals, "held_at_action": held_now}
+        used = sorted(set(operations))
+        return {"bulk_job_ids": jobs, **totals, "held_at_action": held_now,
+                "operation_used": ",".join(used) or None,
+                "hard_delete_fallback": policy.action == "hard_delete" and "delete" in used}
 
     @staticmethod
     def _add(totals: dict[str, int], more: dict[str, int]) -> None:
