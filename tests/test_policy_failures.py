@@ -22,11 +22,13 @@ TODAY = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=
 # Logical dates distinct from the other modules' runs (each date is a separate retention decision).
 CONTACTS_PARTIAL = TODAY - dt.timedelta(days=300)
 CONTACTS_CRASH = TODAY - dt.timedelta(days=120)
+CONTACTS_CRASH_BEFORE_UPLOAD = TODAY - dt.timedelta(days=30)
 CASES_DENIED = TODAY + dt.timedelta(days=900)
 ACCOUNTS_RATE_LIMITED = TODAY + dt.timedelta(days=3 * 365 + 100)
 RUN_KEYS = [f"{policy}__{date:%Y%m%dT%H%M%S}" for policy, date in (
     ("inactive_contacts", CONTACTS_PARTIAL), ("inactive_contacts", CONTACTS_CRASH),
-    ("closed_cases_hard_delete", CASES_DENIED), ("accounts_bulk_api", ACCOUNTS_RATE_LIMITED))]
+    ("closed_cases_hard_delete", CASES_DENIED), ("accounts_bulk_api", ACCOUNTS_RATE_LIMITED),
+    ("inactive_contacts", CONTACTS_CRASH_BEFORE_UPLOAD))]
 
 ACTIVE_HOLDS = """SELECT recordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
                   AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
@@ -177,8 +179,10 @@ class _FaultAfterSubmission(threading.Thread):
     submitted. With the ``slow`` fault also on, every API call waits before the faults are read, so the first
     status poll that follows the close is reliably the first call the new fault hits."""
 
-    def __init__(self, sandbox, object_name: str, since: dt.datetime, kind: str, **options):
+    def __init__(self, sandbox, object_name: str, since: dt.datetime, kind: str, *, when: str = "state <> 'Open'",
+                 **options):
         super().__init__(daemon=True)
+        self.when = when
         self.sandbox, self.object_name, self.since = sandbox, object_name, since
         self.kind, self.options = kind, options
         self.armed_for: str | None = None
@@ -188,7 +192,7 @@ class _FaultAfterSubmission(threading.Thread):
         with self.sandbox.org_conn() as conn:
             while not self.stop.is_set():
                 row = conn.execute("SELECT trim(id) FROM bulk.jobs WHERE kind = 'ingest' AND object = %s AND "
-                                   "created_at >= %s AND state <> 'Open' LIMIT 1",
+                                   f"created_at >= %s AND {self.when} LIMIT 1",
                                    (self.object_name, self.since)).fetchone()
                 if row:
                     r = requests.post(f"{self.sandbox.instance_url}/__sandbox/faults", verify=self.sandbox.ca,
@@ -232,6 +236,36 @@ def test_a_crash_after_the_job_was_submitted_is_retried_by_collecting_that_job(w
     (row,) = ledger(sandbox, run_key)
     assert row["status"] == "succeeded" and row["bulk_job_ids"] == [job["id"]]
     assert (row["eligible"], row["retained"], row["acted"], row["failed"]) == (len(expected),) * 3 + (0,)
+
+
+def test_a_crash_between_creating_the_job_and_sending_its_records_resends_them_once(world):
+    """The job id is recorded before the upload: a retry finds the job that never got its records (here its
+    upload hit a 503 and it was aborted), releases the records and sends them in one new job."""
+    sandbox = world
+    run_key = RUN_KEYS[4]
+    expected = eligible(sandbox, ELIGIBLE_CONTACTS, CONTACTS_CRASH_BEFORE_UPLOAD - dt.timedelta(days=730))
+    assert len(expected) > 3
+    since = org_now(sandbox)
+    watcher = _FaultAfterSubmission(sandbox, "Contact", since, "server_error", when="state = 'Open'", status=503,
+                                    count=1)
+    with sandbox.fault("slow", seconds=0.3):
+        watcher.start()
+        try:
+            run, states, tis = _run(policy_dags().retention__inactive_contacts, CONTACTS_CRASH_BEFORE_UPLOAD)
+        finally:
+            watcher.stop.set()
+            watcher.join(10)
+    assert run.state == "success", states
+    assert watcher.armed_for is not None and tis["delete_or_mask"].try_number == 2
+    first, second = ingest_jobs(sandbox, "Contact", since)
+    assert first["id"] == watcher.armed_for and first["state"] == "Aborted"
+    assert job_record_ids(sandbox, first["id"]) == []  # the aborted job never received a record
+    assert second["state"] == "JobComplete" and sorted(job_record_ids(sandbox, second["id"])) == sorted(expected)
+    rows = {k: v for k, v in cache_rows(sandbox, "contact").items() if v["_retention_run"] == run_key}
+    assert set(rows) == set(expected)
+    assert all(r["_action_status"] == "done" and r["_bulk_job_id"] == second["id"] for r in rows.values())
+    (row,) = ledger(sandbox, run_key)
+    assert row["status"] == "succeeded" and row["bulk_job_ids"] == [second["id"]]
 
 
 def test_hard_delete_without_the_permission_falls_back_to_delete_with_a_warning(world, capfd):

@@ -40,7 +40,7 @@ STATUS_COLUMNS = (
     ("_retention_run", "text NOT NULL"),
     ("_retained_at", "timestamptz NOT NULL"),
     ("_action", "text NOT NULL"),
-    ("_action_status", "text NOT NULL"),  # pending | submitted | done | failed | held
+    ("_action_status", "text NOT NULL"),  # pending | submitting | submitted | done | failed | held
     ("_action_error", "text"),
     ("_action_at", "timestamptz"),
     ("_bulk_job_id", "text"),
@@ -335,7 +335,7 @@ def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
     with store.connect() as conn:
         return conn.execute(
             sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM {subset} s ON CONFLICT (sfid) DO UPDATE SET "
-                    "{updates} WHERE {t}._action_status NOT IN ('done', 'submitted')").format(
+                    "{updates} WHERE {t}._action_status NOT IN ('done', 'submitting', 'submitted')").format(
                 t=table, names=names, values=values, subset=run.subset, updates=updates),
             {"policy": policy.id, "run": run.run_key, "action": policy.action},
         ).rowcount
@@ -373,13 +373,23 @@ def pending_ids(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str
     return [r[0] for r in rows]
 
 
-def submitted_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
-    """Bulk jobs an earlier attempt submitted but did not record the outcome of (a crash or timeout)."""
+def unfinished_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[tuple[str, str]]:
+    """(job id, status) of Bulk jobs an earlier attempt created (``submitting``) or closed (``submitted``)
+    without recording their outcome: a crash or a timeout between the steps."""
     with store.connect() as conn:
         rows = conn.execute(
-            sql.SQL("SELECT DISTINCT _bulk_job_id FROM {} WHERE _retention_run = %s AND _action_status = 'submitted'")
+            sql.SQL("SELECT DISTINCT _bulk_job_id, _action_status FROM {} WHERE _retention_run = %s "
+                    "AND _action_status IN ('submitting', 'submitted')")
             .format(sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (run.run_key,)).fetchall()
-    return [r[0] for r in rows]
+    return [(r[0], r[1]) for r in rows]
+
+
+def release_job(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str) -> None:
+    """The records of a job that never received them are pending again."""
+    with store.connect() as conn:
+        conn.execute(sql.SQL("UPDATE {} SET _action_status = 'pending', _bulk_job_id = NULL WHERE _bulk_job_id = %s "
+                             "AND _retention_run = %s AND _action_status = 'submitting'")
+                     .format(sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (job_id, run.run_key))
 
 
 def mark(store: RetentionStoreHook, policy: Policy, run: Run, ids: list[str], status: str, *,

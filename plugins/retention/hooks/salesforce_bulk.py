@@ -93,8 +93,8 @@ class SalesforceBulk2Hook(SalesforceHook):
             if not locator:
                 break
 
-    def start_ingest(self, object_name: str, operation: str, csv_text: str) -> str:
-        """Create an ingest job, upload ``csv_text`` and close it; returns the job id at once.
+    def create_ingest(self, object_name: str, operation: str) -> str:
+        """Create an (Open) ingest job and return its id, so the caller can record it before uploading.
 
         :raises HardDeleteNotPermitted: a ``hardDelete`` job was refused for lack of permission.
         """
@@ -109,13 +109,23 @@ class SalesforceBulk2Hook(SalesforceHook):
                     f"Salesforce refused a hardDelete job on {object_name}: the user lacks the \"Bulk API Hard "
                     "Delete\" permission") from err
             raise
-        try:
-            client.upload_job_data(job["id"], csv_text)
-            client.close_job(job["id"])
-        except Exception:
-            client.abort_job(job["id"], False)
-            raise
         return job["id"]
+
+    def upload_and_close(self, object_name: str, job_id: str, csv_text: str) -> None:
+        """Upload the job's CSV and close it (Salesforce starts processing); abort it if that fails."""
+        client = self._client(object_name)
+        try:
+            client.upload_job_data(job_id, csv_text)
+            client.close_job(job_id)
+        except Exception:
+            client.abort_job(job_id, False)
+            raise
+
+    def job_state(self, object_name: str, job_id: str) -> str:
+        return self._client(object_name).get_job(job_id, False)["state"]
+
+    def abort(self, object_name: str, job_id: str) -> None:
+        self._client(object_name).abort_job(job_id, False)
 
     def wait(self, object_name: str, job_id: str, *, is_query: bool = False,
              timeout: float = INGEST_TIMEOUT_SECONDS) -> dict:

@@ -24,8 +24,16 @@ class DeleteOrMaskOperator(PolicyOperator):
         jobs: list[str] = []
         operations: list[str] = []  # what each job really did (a hardDelete may have fallen back to delete)
         totals = {"done": 0, "failed": 0}
-        # An earlier attempt's job whose outcome was never recorded: collect it, never resubmit it.
-        for job_id in pipeline.submitted_jobs(store, policy, run):
+        # Jobs an earlier attempt left behind. One still Open never got its records (the attempt died
+        # before closing it): abort it and let its records go out again below. Any other was submitted:
+        # collect its outcome, never submit those records a second time.
+        for job_id, status in pipeline.unfinished_jobs(store, policy, run):
+            if status == "submitting" and sf.job_state(policy.object, job_id) in ("Open", "Aborted", "Failed"):
+                self.log.info("job %s of an earlier attempt was never closed; aborting it and resubmitting", job_id)
+                if sf.job_state(policy.object, job_id) == "Open":
+                    sf.abort(policy.object, job_id)
+                pipeline.release_job(store, policy, run, job_id)
+                continue
             self.log.info("collecting the outcome of job %s submitted by an earlier attempt", job_id)
             info = sf.wait(policy.object, job_id)
             self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
@@ -50,12 +58,16 @@ class DeleteOrMaskOperator(PolicyOperator):
             else:
                 csv_text = to_csv(["Id"], ([i] for i in ids))
             try:
-                job_id = sf.start_ingest(policy.object, operation, csv_text)
+                job_id = sf.create_ingest(policy.object, operation)
             except HardDeleteNotPermitted:
                 self.log.warning("hard delete not permitted for this user; falling back to delete (records go to "
                                  "the recycle bin)")
                 operation = "delete"
-                job_id = sf.start_ingest(policy.object, operation, csv_text)
+                job_id = sf.create_ingest(policy.object, operation)
+            # The job id is committed beside the records before they are sent, so a retry after a crash at
+            # any point below finds the job instead of sending the records again.
+            pipeline.mark(store, policy, run, ids, "submitting", job_id=job_id)
+            sf.upload_and_close(policy.object, job_id, csv_text)
             pipeline.mark(store, policy, run, ids, "submitted", job_id=job_id)
             self.log.info("%s: Bulk 2.0 %s job %s submitted for %d records", run.run_key, operation, job_id, len(ids))
             sf.wait(policy.object, job_id)
