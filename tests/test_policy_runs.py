@@ -298,3 +298,39 @@ def test_analysts_read_the_cache_and_nothing_else(world):
         for table in ("retention.runs", "salesforce.contact"):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(f"SELECT 1 FROM {table} LIMIT 1")
+
+
+def test_the_pipeline_never_writes_to_the_connect_schema(world, sf):
+    """Invariant 4: a plain write into the mirror would be pushed to Salesforce by Heroku Connect; our runs
+    leave nothing in its trigger log."""
+    with world.store_conn() as conn:
+        before = conn.execute("SELECT coalesce(max(id), 0) FROM salesforce._trigger_log").fetchone()[0]
+    later = LOGICAL_DATE + dt.timedelta(days=200)
+    run, states = _run(policy_dags().retention__stale_leads_mask, later)
+    assert run.state == "success", states
+    with world.store_conn() as conn:
+        logged = conn.execute("SELECT table_name, action FROM salesforce._trigger_log WHERE id > %s",
+                              (before,)).fetchall()
+    assert logged == []
+
+
+def test_secrets_stay_out_of_logs_xcom_and_the_ledger(world, capfd):
+    """Invariant 5: the Salesforce password, the Heroku token and the hash key appear nowhere we write."""
+    import psycopg
+
+    secrets = [HASH_KEY, world.env["SALESFORCE_PASSWORD"], world.env["HEROKU_CONNECT_TOKEN"]]
+    capfd.readouterr()
+    later = LOGICAL_DATE + dt.timedelta(days=500)
+    run, states = _run(policy_dags().retention__inactive_contacts, later)
+    assert run.state == "success", states
+    captured = capfd.readouterr()
+    logs = captured.out + captured.err
+    assert "retention__inactive_contacts" in logs  # the run's logs were captured
+    with psycopg.connect(world.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "")) as conn:
+        xcom = " ".join(str(r[0]) for r in conn.execute(
+            "SELECT value FROM xcom WHERE dag_id = 'retention__inactive_contacts'").fetchall())
+    assert xcom
+    with world.store_conn() as conn:
+        ledger_text = " ".join(str(r) for r in conn.execute("SELECT * FROM retention.runs").fetchall())
+    for secret in secrets:
+        assert secret not in logs and secret not in xcom and secret not in ledger_text
