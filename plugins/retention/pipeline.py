@@ -11,8 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from psycopg import ClientCursor, sql
@@ -271,18 +270,16 @@ def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, 
 
 def subset(store: RetentionStoreHook, policy: Policy, run: Run, hash_key: bytes | None) -> int:
     """Project and transform the retained fields into the run's subset table (inside Postgres)."""
+    with store.connect() as conn:
+        return _subset(conn, policy, run, hash_key)
+
+
+def _subset(conn, policy: Policy, run: Run, hash_key: bytes | None) -> int:
     from retention import transforms
 
-    with store.connect() as conn:
-        return _subset(conn, policy, run, hash_key, transforms)
-
-
-def _subset(conn, policy, run, hash_key, transforms) -> int:
     types = dict(conn.execute(
-        "SELECT column_name, format_type(atttypid, atttypmod) FROM information_schema.columns c "
-        "JOIN pg_attribute a ON a.attname = c.column_name AND a.attrelid = (quote_ident(c.table_schema) || '.' || "
-        "quote_ident(c.table_name))::regclass WHERE table_schema = %s AND table_name = %s",
-        (STAGING_SCHEMA, run.run_key),
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (run.staging.as_string(conn),),
     ).fetchall())
     fields = list(policy.retain.fields.items())
     if any(t.kind == "hash" for _, t in fields) and not hash_key:
@@ -303,9 +300,7 @@ def _subset(conn, policy, run, hash_key, transforms) -> int:
 
 def preview_rows(conn, policy: Policy, run: Run, limit: int = 5) -> list[dict]:
     """A few staged records as they would be retained (dry runs), hashed fields with a throw-away key."""
-    from retention import transforms
-
-    _subset(conn, policy, run, b"dry-run-preview-key", transforms)
+    _subset(conn, policy, run, b"dry-run-preview-key")
     cur = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY sfid LIMIT %s").format(run.subset), (limit,))
     names = [d.name for d in cur.description]
     return [{k: _jsonable(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
@@ -485,12 +480,12 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], s
     for row in rows:
         want = sent.get(row[0], {})
         for f, have in zip(fields, row[1:], strict=True):
-            if f in want and not _same(want[f], have):
+            if f in want and not same_value(want[f], have):
                 return False
     return len(rows) == len(ids)
 
 
-def _same(sent, have) -> bool:
+def same_value(sent, have) -> bool:
     if sent is None or have is None:
         return sent is None and have is None
     if isinstance(have, dt.datetime):
@@ -523,13 +518,3 @@ def drop_staging(store: RetentionStoreHook, run: Run) -> None:
     with store.connect() as conn:
         for table in (run.staging, run.subset, run.sent):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-
-
-RUN_KEY = re.compile(r"^[a-z0-9_]+__\d{8}T\d{6}$")
-
-
-def run_to_dict(run: Run) -> dict:
-    out = asdict(run)
-    out["cutoff"] = run.cutoff.isoformat()
-    out["started_at"] = run.started_at.isoformat()
-    return out

@@ -87,6 +87,6 @@ class ConfirmAndReportOperator(PolicyOperator):
                 continue
             for r in records:
                 want = sent.get(r["Id"], {})
-                if any(not pipeline._same(want[f], r.get(f)) for f in want):
+                if any(not pipeline.same_value(want[f], r.get(f)) for f in want):
                     wrong.append(r["Id"])
         return wrong
