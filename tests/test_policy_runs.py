@@ -286,6 +286,8 @@ def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatc
                                       {r["id"] for r in live_before})
     assert f"eligible {eligible}, staged {eligible - 2} (expected {eligible})" in out
     assert "Nothing was deleted or masked." in out
+    docs = out.split("Data Docs: ", 1)[1].split()[0].rstrip(".\"'")
+    assert docs.endswith("index.html") and os.path.exists(docs)  # the validation report, linked from the log
     assert org_rows(sandbox, eligible_sql, (cutoff,)) == live_before  # nothing deleted
 
 

@@ -3,6 +3,8 @@ and not null in the store, and Salesforce's own count agrees. Failure stops the 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from retention import pipeline
@@ -10,6 +12,14 @@ from retention.operators.base import PolicyOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+def data_docs_dir(policy_id: str) -> Path:
+    """Where this policy's Great Expectations Data Docs go: ``$RETENTION_DATA_DOCS_DIR/<policy>`` (default
+    ``$AIRFLOW_HOME/data_docs``); one folder per policy, since GX rewrites its project file on every run."""
+    from airflow.configuration import AIRFLOW_HOME
+
+    return Path(os.environ.get("RETENTION_DATA_DOCS_DIR", Path(AIRFLOW_HOME) / "data_docs")) / policy_id
 
 
 class ValidateRowCountsOperator(PolicyOperator):
@@ -31,9 +41,11 @@ class ValidateRowCountsOperator(PolicyOperator):
         result = validate_retained(
             store.get_uri(), query=pipeline.retained_query(self.policy, run), schema=CACHE_SCHEMA,
             table=self.policy.retain.table, run_column="_retention_run", run_value=run.run_key, counts=counts,
-            policy_id=self.policy.id, run_label=run.run_key,
+            policy_id=self.policy.id, run_label=run.run_key, docs_dir=data_docs_dir(self.policy.id),
         )
-        self.log.info(result.message)
+        docs = result.details.get("data_docs")
+        self.log.info("%s; Data Docs: %s", result.message, docs)
         if not result.success:
-            raise pipeline.RetentionError(result.message + ". Nothing was deleted or masked.")
-        return {"message": result.message, "counts": result.details.get("counts"), "salesforce_total": in_org}
+            raise pipeline.RetentionError(f"{result.message}. Nothing was deleted or masked. Data Docs: {docs}")
+        return {"message": result.message, "counts": result.details.get("counts"), "salesforce_total": in_org,
+                "data_docs": docs}
