@@ -22,7 +22,12 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	$(PY) -m sandbox.demo
 
-test: $(STAMP)
+# The UI test drives Debian's Chromium (Playwright never downloads a browser here).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

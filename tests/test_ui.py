@@ -1,0 +1,159 @@
+"""The Airflow UI, in headless Chromium (Debian's, driven by Playwright): log into ``airflow standalone``
+running the project's own DAG file, see every policy DAG, trigger a dry run from the trigger form and see
+it succeed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import REPO, free_port, shared_tmp
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DAG = "retention__accounts_bulk_api"
+POLICY_DAGS = ["retention__accounts_bulk_api", "retention__closed_cases_hard_delete", "retention__inactive_contacts",
+               "retention__stale_leads_mask"]
+
+
+@pytest.fixture(scope="module")
+def standalone(sandbox):
+    """``airflow standalone`` on its own metadata database (a live scheduler must not see the DAG runs that
+    other tests make with dag.test()), with the repository's dags folder and the sandbox's connections."""
+    import psycopg
+
+    base = sandbox.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[0]
+    with psycopg.connect(base.replace("+psycopg2", "") + "/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS airflow_ui WITH (FORCE)")
+        conn.execute("CREATE DATABASE airflow_ui")
+    home = shared_tmp("retention-ui-")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update({k: v for k, v in sandbox.env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX",
+                                                                      "SALESFORCE", "RETENTION", "HEROKU"))})
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base + "/airflow_ui",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+    })
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    for step in ([airflow, "db", "migrate"],
+                 [sys.executable, "-m", "retention.settings_loader", str(REPO / "airflow_settings.yaml")]):
+        done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = open(home / "standalone.log", "wb")
+    proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        assert proc.poll() is None, (home / "standalone.log").read_text()[-3000:]
+        time.sleep(1)
+    passwords = home / "simple_auth_manager_passwords.json.generated"
+    while not passwords.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    yield {"url": url, "password": json.loads(passwords.read_text())["admin"], "home": home}
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _api(standalone, method: str, path: str, **kwargs):
+    token = requests.post(f"{standalone['url']}/auth/token", json={"username": "admin",
+                          "password": standalone["password"]}, timeout=10).json()["access_token"]
+    return requests.request(method, f"{standalone['url']}/api/v2{path}", headers={"Authorization": f"Bearer {token}"},
+                            timeout=30, **kwargs)
+
+
+def test_the_ui_lists_every_policy_and_runs_a_dry_run_from_the_trigger_form(standalone, sandbox):
+    from playwright.sync_api import expect, sync_playwright
+
+    # The dag processor parses the DAG file a few seconds after start.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        listed = _api(standalone, "GET", "/dags", params={"dag_id_pattern": "retention__"}).json()
+        if listed.get("total_entries", 0) >= len(POLICY_DAGS):
+            break
+        time.sleep(2)
+    shots = Path(os.environ.get("RETENTION_UI_SHOTS", standalone["home"]))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(standalone["url"])
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(standalone["password"])
+            page.get_by_role("button", name="Sign in").click()
+
+            page.goto(f"{standalone['url']}/dags?search=retention__")
+            for dag_id in POLICY_DAGS:
+                expect(page.get_by_text(dag_id, exact=True).first).to_be_visible(timeout=60_000)
+
+            # A manual-only policy (schedule: null): unpausing it starts no scheduled run of its own.
+            page.goto(f"{standalone['url']}/dags/{DAG}")
+            for task_id in ("extract", "validate_row_counts", "delete_or_mask", "confirm_and_report"):
+                expect(page.get_by_role("link", name=task_id, exact=True)).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Dag Docs").click()  # the policy rendered as the DAG's doc
+            expect(page.get_by_text("Accounts not modified for five years").first).to_be_visible()
+            page.keyboard.press("Escape")
+            # Unpause (the switch in the DAG's heading): runs of a paused DAG stay queued.
+            page.get_by_role("heading").locator('[data-scope="switch"][data-part="control"]').first.click()
+            page.get_by_role("button", name="Trigger Dag").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog).to_be_visible()
+            page.screenshot(path=str(shots / "trigger-form.png"))
+            dialog.locator('[data-scope="switch"][data-part="control"]').first.click()  # the dry_run param
+            expect(dialog.get_by_role("checkbox").first).to_be_checked()
+            page.screenshot(path=str(shots / "trigger-form-ticked.png"))
+            dialog.get_by_role("button", name="Trigger").last.click()
+        except Exception:
+            page.screenshot(path=str(shots / "failure.png"))
+            raise
+        finally:
+            browser.close()
+
+    deadline = time.monotonic() + 240
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = _api(standalone, "GET", f"/dags/{DAG}/dagRuns").json()["dag_runs"]
+        if runs and all(r["state"] in ("success", "failed") for r in runs):
+            break
+        time.sleep(2)
+    (run,) = runs  # the one run triggered from the form
+    assert run["state"] == "success" and run["run_type"] == "manual", run
+    assert run["conf"]["dry_run"] is True
+    tis = _api(standalone, "GET", f"/dags/{DAG}/dagRuns/{run['dag_run_id']}/taskInstances")
+    states = {t["task_id"]: t["state"] for t in tis.json()["task_instances"]}
+    assert states["extract"] == "success"
+    assert {states[t] for t in ("subset", "load_to_cache", "delete_or_mask", "confirm_and_report")} == {"skipped"}
+    with sandbox.store_conn() as conn:  # the dry run wrote nothing to the ledger
+        assert conn.execute("SELECT count(*) FROM retention.runs WHERE dag_run_id = %s",
+                            (run["dag_run_id"],)).fetchone()[0] == 0
