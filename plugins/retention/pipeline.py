@@ -498,8 +498,12 @@ def same_value(sent, have) -> bool:
 def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts: dict, bulk_job_ids: list[str],
                  holds_applied: list[str], validation: dict | None, status: str, message: str,
                  timings: dict) -> int:
+    """Append the run's evidence to the ledger and chain it to the row before (tamper evidence)."""
+    from retention import evidence
+
     with store.connect() as conn:
-        return conn.execute(
+        evidence.lock(conn)
+        row_id = conn.execute(
             sql.SQL(
                 "INSERT INTO {} (policy_id, run_key, dag_run_id, policy_hash, object, action, source, cutoff, dry_run, "
                 "eligible, held, staged, retained, acted, failed, salesforce_count, bulk_job_ids, holds_applied, "
@@ -512,6 +516,8 @@ def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts:
              json.dumps(bulk_job_ids), json.dumps(holds_applied), json.dumps(validation, default=str), status,
              message, run.started_at, json.dumps(timings)),
         ).fetchone()[0]
+        evidence.seal_last_row(conn, row_id)
+        return row_id
 
 
 def drop_staging(store: RetentionStoreHook, run: Run) -> None:
