@@ -17,7 +17,8 @@ import time
 import pytest
 import requests
 
-HASH_KEY = "test-hash-key-0123456789abcdef"  # as tests/test_policy_runs.py, which compares hashed values
+from tests.policy_support import ACTIVE_HOLDS, HASH_KEY, cache_rows, org_rows, policy_dags, store_rows
+
 TODAY = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 # Logical dates distinct from the other modules' runs (each date is a separate retention decision).
 CONTACTS_PARTIAL = TODAY - dt.timedelta(days=300)
@@ -30,8 +31,6 @@ RUN_KEYS = [f"{policy}__{date:%Y%m%dT%H%M%S}" for policy, date in (
     ("closed_cases_hard_delete", CASES_DENIED), ("accounts_bulk_api", ACCOUNTS_RATE_LIMITED),
     ("inactive_contacts", CONTACTS_CRASH_BEFORE_UPLOAD))]
 
-ACTIVE_HOLDS = """SELECT recordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
-                  AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
 ELIGIBLE_CONTACTS = """SELECT id FROM org.contact WHERE NOT isdeleted AND lastmodifieddate < %s
                        AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id"""
 
@@ -61,31 +60,8 @@ def world(sandbox, airflow_db):
             conn.execute(f'DROP TABLE retention_staging."{table}"')
 
 
-def policy_dags():
-    from tests.dags import policy_dags as module
-
-    return module
-
-
-def org_rows(sandbox, query: str, params=()) -> list[dict]:
-    with sandbox.org_conn() as conn:
-        cur = conn.execute(query, params)
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def cache_rows(sandbox, table: str) -> dict[str, dict]:
-    with sandbox.store_conn() as conn:
-        cur = conn.execute(f"SELECT * FROM cache.{table}")
-        names = [d.name for d in cur.description]
-        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
-
-
 def ledger(sandbox, run_key: str) -> list[dict]:
-    with sandbox.store_conn() as conn:
-        cur = conn.execute("SELECT * FROM retention.runs WHERE run_key = %s ORDER BY id", (run_key,))
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+    return store_rows(sandbox, "SELECT * FROM retention.runs WHERE run_key = %s ORDER BY id", (run_key,))
 
 
 def org_now(sandbox) -> dt.datetime:

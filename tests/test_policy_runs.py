@@ -12,8 +12,8 @@ import os
 import pytest
 
 from retention import masking, transforms
+from tests.policy_support import ACTIVE_HOLDS, HASH_KEY, cache_rows, org_rows, policy_dags, store_rows
 
-HASH_KEY = "test-hash-key-0123456789abcdef"
 LOGICAL_DATE = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 
 
@@ -32,35 +32,8 @@ def world(sandbox, airflow_db):
     del os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"]
 
 
-def policy_dags():
-    from tests.dags import policy_dags as module
-
-    return module
-
-
-def org_rows(sandbox, sql: str, params=()) -> list[dict]:
-    with sandbox.org_conn() as conn:
-        cur = conn.execute(sql, params)
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-def cache_rows(sandbox, table: str) -> dict[str, dict]:
-    with sandbox.store_conn() as conn:
-        cur = conn.execute(f"SELECT * FROM cache.{table}")
-        names = [d.name for d in cur.description]
-        return {row[0]: dict(zip(names, row, strict=True)) for row in cur.fetchall()}
-
-
 def ledger(sandbox, policy_id: str) -> list[dict]:
-    with sandbox.store_conn() as conn:
-        cur = conn.execute("SELECT * FROM retention.runs WHERE policy_id = %s ORDER BY id", (policy_id,))
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-
-ACTIVE_HOLDS = """SELECT recordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
-                  AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
+    return store_rows(sandbox, "SELECT * FROM retention.runs WHERE policy_id = %s ORDER BY id", (policy_id,))
 
 
 def hold(sf, record_id: str) -> None:
