@@ -424,3 +424,19 @@ def test_check_against_describe_refuses_delete_when_not_deletable():
     p = parse_policy(VALID.encode())
     undeletable = {**describe("Contact"), "deletable": False}
     assert check_against_describe(p, undeletable) == ["action: Contact records are not deletable"]
+
+
+def test_alerts_key_is_validated_with_file_key_and_reason(tmp_path):
+    from retention.policy import PolicyError, load_policy
+
+    base = (EXAMPLES / "inactive_contacts.yaml").read_text()
+    good = tmp_path / "good.yaml"
+    good.write_text(base + "alerts:\n  email: [privacy@example.com]\n  slack_webhook_conn_id: slack_retention\n")
+    alerts = load_policy(good).alerts
+    assert alerts.email == ["privacy@example.com"] and alerts.when == ["validation_failed", "task_failed"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base + "alerts:\n  email: [not-an-address]\n  when: [sometimes]\n")
+    with pytest.raises(PolicyError) as err:
+        load_policy(bad)
+    text = str(err.value)
+    assert "bad.yaml: alerts.email: " in text and "not-an-address" in text and "alerts.when" in text

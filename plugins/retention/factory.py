@@ -65,6 +65,7 @@ def _doc(policy: Policy) -> str:
 def build_dag(policy: Policy) -> DAG:
     """The DAG of one policy: wait_for_connect_sync → extract → subset → load_to_cache →
     validate_row_counts → delete_or_mask → confirm_and_report."""
+    from retention.alerts import RetentionAlertNotifier, settings_for
     from retention.operators.confirm_and_report import ConfirmAndReportOperator
     from retention.operators.delete_or_mask import DeleteOrMaskOperator
     from retention.operators.extract import ExtractOperator
@@ -72,6 +73,9 @@ def build_dag(policy: Policy) -> DAG:
     from retention.operators.subset import SubsetOperator
     from retention.operators.validate_row_counts import ValidateRowCountsOperator
     from retention.sensors.connect_sync import ConnectSyncSensor
+
+    alerts = settings_for(policy)
+    on_failure = [RetentionAlertNotifier(policy_id=policy.id, alerts=alerts)] if alerts else []
 
     with DAG(
         dag_id=policy.dag_id,
@@ -82,7 +86,7 @@ def build_dag(policy: Policy) -> DAG:
         max_active_runs=1,
         tags=["retention", policy.action, policy.object, policy.source],
         doc_md=_doc(policy),
-        default_args={**DEFAULT_ARGS, "owner": policy.owner},
+        default_args={**DEFAULT_ARGS, "owner": policy.owner, "on_failure_callback": on_failure},
         params={
             "dry_run": Param(False, type="boolean", title="Dry run",
                              description="Preview only: counts and a sample of what would be retained; "

@@ -296,6 +296,27 @@ class Retain(_Model):
         return value
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class Alerts(_Model):
+    """Who hears about a failed run: e-mail through Airflow's SMTP connection, and/or a Slack webhook."""
+
+    email: list[str] = []
+    slack_webhook_conn_id: str | None = None
+    smtp_conn_id: str = "smtp_default"
+    # Not "on": YAML reads a bare `on` key as the boolean true.
+    when: list[Literal["validation_failed", "task_failed"]] = ["validation_failed", "task_failed"]
+
+    @field_validator("email")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _EMAIL.match(v)]
+        if bad:
+            raise ValueError(f"not an e-mail address: {', '.join(bad)}")
+        return value
+
+
 class Guards(_Model):
     max_records_per_run: int = Field(50_000, ge=1)
 
@@ -315,6 +336,7 @@ class Policy(_Model):
     action: Literal["delete", "hard_delete", "mask"]
     mask: dict[FieldName, MaskStrategy] | None = Field(None, validate_default=True)
     guards: Guards = Guards()
+    alerts: Alerts | None = None
     source: Literal["heroku_connect", "salesforce_api"] = "heroku_connect"
 
     _path: Path | None = PrivateAttr(None)

@@ -1,0 +1,120 @@
+"""Alerts: a forced validation failure delivers an e-mail to a real local SMTP server (aiosmtpd) and a post
+to a local Slack-style webhook receiver, each naming the policy, the counts that disagreed and the run."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from retention import alerts
+from tests.conftest import REPO, free_port
+
+LOGICAL_DATE = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) + dt.timedelta(days=1500)
+
+
+@pytest.fixture
+def smtp_server():
+    from aiosmtpd.controller import Controller
+
+    received: list = []
+
+    class Handler:
+        async def handle_DATA(self, server, session, envelope):
+            received.append((envelope.rcpt_tos, message_from_bytes(envelope.content)))
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname="127.0.0.1", port=free_port())
+    controller.start()
+    yield controller.port, received
+    controller.stop()
+
+
+@pytest.fixture
+def webhook():
+    posts: list = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/retention", posts
+    server.shutdown()
+
+
+def test_message_names_policy_run_task_counts_and_link():
+    subject, body = alerts.message("inactive_contacts", "retention__inactive_contacts", "manual__2026-01-01",
+                                   "validate_row_counts", "eligible 5, staged 3 (expected 5)")
+    assert subject == "[retention] inactive_contacts: validation failed (run manual__2026-01-01)"
+    assert "staged 3 (expected 5)" in body and "Task: validate_row_counts" in body
+    assert "/dags/retention__inactive_contacts/runs/manual__2026-01-01" in body
+    subject, _ = alerts.message("p", "retention__p", "r", "delete_or_mask", "boom")
+    assert subject == "[retention] p: task delete_or_mask failed (run r)"
+
+
+def test_a_validation_failure_is_mailed_and_posted(sandbox, airflow_db, smtp_server, webhook, monkeypatch):
+    from airflow.models import Pool
+
+    from retention import pipeline
+    from retention.factory import build_dag
+    from retention.hooks.store import RetentionStoreHook
+    from retention.policy import Alerts, load_policy
+
+    smtp_port, mails = smtp_server
+    webhook_url, posts = webhook
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "retention@localhost"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": webhook_url}))
+    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
+    from sandbox import seed
+
+    with sandbox.org_conn() as conn:
+        seed.seed(conn, contacts=100, seed=31)
+    policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml").model_copy(update={
+        "alerts": Alerts(email=["privacy-team@example.com"], smtp_conn_id="smtp_alerts",
+                         slack_webhook_conn_id="slack_alerts")})
+    dag = build_dag(policy)
+
+    real_subset = pipeline.subset
+
+    def subset_after_losing_rows(store, policy, run, key):
+        with RetentionStoreHook().connect() as conn:
+            conn.execute(f'DELETE FROM retention_staging."{run.run_key}" WHERE sfid IN '
+                         f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT 2)')
+        return real_subset(store, policy, run, key)
+
+    monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)
+    try:
+        run = dag.test(logical_date=LOGICAL_DATE, run_conf={"dry_run": False, "cutoff": None})
+    finally:  # the failed run's working tables stay for inspection in production; tests clean up
+        with sandbox.store_conn() as conn:
+            for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' "
+                                         "AND tablename LIKE %s", (f"inactive_contacts__{LOGICAL_DATE:%Y%m%d}%",)):
+                conn.execute(f'DROP TABLE retention_staging."{table}"')
+            conn.execute("DELETE FROM cache.contact WHERE _retention_run LIKE %s",
+                         (f"inactive_contacts__{LOGICAL_DATE:%Y%m%d}%",))
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["validate_row_counts"] == "failed", states
+
+    (recipients, mail), = mails
+    assert recipients == ["privacy-team@example.com"]
+    assert mail["Subject"].startswith("[retention] inactive_contacts: validation failed (run ")
+    text = mail.get_payload()[0].get_payload(decode=True).decode()
+    assert "Task: validate_row_counts" in text and "(expected " in text and "staged " in text
+    assert f"/dags/retention__inactive_contacts/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}" in text
+
+    (post,) = posts
+    assert "inactive_contacts: validation failed" in post["text"] and "(expected " in post["text"]
