@@ -38,7 +38,7 @@ ELIGIBLE_CONTACTS = """SELECT id FROM org.contact WHERE NOT isdeleted AND lastmo
 @pytest.fixture(scope="module")
 def world(sandbox, airflow_db):
     """Seeded org data (added to whatever the session already holds), the API pool and the hash key; afterwards
-    this module's store rows and staging tables are removed."""
+    this module's cache rows and staging tables are removed (its ledger rows stay: the ledger is append-only)."""
     from airflow.models import Pool
 
     from sandbox import seed
@@ -50,8 +50,6 @@ def world(sandbox, airflow_db):
     yield sandbox
     requests.delete(f"{sandbox.instance_url}/__sandbox/faults", verify=sandbox.ca, timeout=10)
     with sandbox.store_conn() as conn:
-        if conn.execute("SELECT to_regclass('retention.runs')").fetchone()[0]:
-            conn.execute("DELETE FROM retention.runs WHERE run_key = ANY(%s)", (RUN_KEYS,))
         for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'cache'").fetchall():
             conn.execute(f'DELETE FROM cache."{table}" WHERE _retention_run = ANY(%s)', (RUN_KEYS,))
         for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' "
