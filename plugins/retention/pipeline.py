@@ -81,7 +81,9 @@ class Run:
 def make_run(policy: Policy, *, logical_date: dt.datetime | None, run_after: dt.datetime, dag_run_id: str,
              params: dict[str, Any], started_at: dt.datetime | None = None) -> Run:
     """The run's cutoff comes from its logical date (or run_after for manual runs), or the ``cutoff`` param."""
-    anchor = (logical_date or run_after).astimezone(UTC)
+    # A plain aware UTC datetime: pendulum drops the zone on subtraction, and a naive cutoff would be read
+    # in the store session's time zone.
+    anchor = dt.datetime.fromtimestamp((logical_date or run_after).timestamp(), UTC)
     override = params.get("cutoff")
     if override:
         cutoff = _parse_cutoff(str(override))
