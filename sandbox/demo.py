@@ -56,6 +56,7 @@ def airflow_env(env: dict[str, str]) -> dict[str, str]:
         "AIRFLOW_HOME": str(REPO / ".airflow"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "RETENTION_RETRY_DELAY_SECONDS": "5",
     }

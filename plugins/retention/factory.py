@@ -62,6 +62,13 @@ def _doc(policy: Policy) -> str:
     return "\n".join(lines)
 
 
+def _timetable(policy: Policy):
+    """The policy's schedule as an explicit timetable (UTC), never a string left to Airflow's defaults."""
+    from retention.timetables import timetable_for
+
+    return timetable_for(policy.schedule)
+
+
 def build_dag(policy: Policy) -> DAG:
     """The DAG of one policy: wait_for_connect_sync → extract → subset → load_to_cache →
     validate_row_counts → delete_or_mask → confirm_and_report."""
@@ -80,7 +87,7 @@ def build_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id=policy.dag_id,
         description=policy.description,
-        schedule=policy.schedule,
+        schedule=_timetable(policy),
         start_date=dt.datetime.combine(policy.start_date, dt.time(), tzinfo=dt.UTC),
         catchup=policy.catchup,
         max_active_runs=1,

@@ -17,7 +17,7 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -317,6 +317,118 @@ class Alerts(_Model):
         return value
 
 
+FREQUENCIES = ("once", "daily", "weekly", "monthly", "yearly")
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+           "november", "december")
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # the most each month ever has
+_FREQUENCY_KEYS = ("frequency", "at", "weekday", "month", "day")
+_HH_MM = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class Frequency(_Model):
+    """Privacy Center's schedule frequencies, times in UTC (retention.timetables turns them into timetables).
+
+    ``{frequency: once, at: 2026-03-01T02:00:00Z}``, ``{frequency: daily, at: "03:00"}``, ``weekly`` with
+    ``weekday``, ``monthly`` with ``day`` (a day the month lacks falls back to its last day), ``yearly``
+    with ``month`` and ``day`` (29 February falls back to the 28th in other years).
+    """
+
+    frequency: Literal["once", "daily", "weekly", "monthly", "yearly"]
+    at: datetime | time | None = Field(None, validate_default=True)
+    weekday: str | None = Field(None, validate_default=True)
+    month: int | None = Field(None, validate_default=True)
+    day: int | None = Field(None, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [str(k) for k in data if k not in _FREQUENCY_KEYS]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], _FREQUENCY_KEYS, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"expected {', '.join(_FREQUENCY_KEYS)}"
+                raise ValueError(f"unknown key(s) {', '.join(unknown)} ({hint})")
+        return data
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _at(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("frequency")
+        if kind is None:  # frequency itself is wrong; that error says enough
+            return None
+        if kind == "once":
+            example = "at: 2026-03-01T02:00:00Z"
+            if value is None:
+                raise ValueError(f"once needs the date and time of the run: {example}")
+            if isinstance(value, str):
+                try:
+                    value = datetime.fromisoformat(value)
+                except ValueError:
+                    raise ValueError(f"{value!r} is not a date and time: {example}") from None
+            if not isinstance(value, datetime):
+                raise ValueError(f"once needs a date and time, got {value!r}: {example}")
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        example = 'at: "03:00"'
+        if value is None:
+            raise ValueError(f"{kind} needs the time of the run, HH:MM in UTC: {example}")
+        if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 13:00 as 780 (base 60)
+            raise ValueError(f"quote the time ({example}): unquoted, YAML reads {value // 60}:{value % 60:02} "
+                             f"as the number {value}")
+        match = _HH_MM.match(value) if isinstance(value, str) else None
+        if not match:
+            raise ValueError(f"{value!r} is not a time of day; expected HH:MM (00:00-23:59, UTC): {example}")
+        return time(int(match[1]), int(match[2]))
+
+    @field_validator("weekday", mode="before")
+    @classmethod
+    def _weekday(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("frequency")
+        if kind != "weekly":
+            if value is not None and kind is not None:
+                raise ValueError(f"only for frequency: weekly (frequency is {kind})")
+            return None
+        if value is None:
+            raise ValueError(f"weekly needs a weekday ({', '.join(_WEEKDAYS)})")
+        if not isinstance(value, str) or value.strip().lower() not in _WEEKDAYS:
+            raise ValueError(f"{value!r} is not a weekday (expected {', '.join(_WEEKDAYS)})")
+        return value.strip().lower()
+
+    @field_validator("month", mode="before")
+    @classmethod
+    def _month(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("frequency")
+        if kind != "yearly":
+            if value is not None and kind is not None:
+                raise ValueError(f"only for frequency: yearly (frequency is {kind})")
+            return None
+        if value is None:
+            raise ValueError("yearly needs a month (1-12 or its name) and a day")
+        if isinstance(value, str) and value.strip().lower() in _MONTHS:
+            return _MONTHS.index(value.strip().lower()) + 1
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:
+            raise ValueError(f"{value!r} is not a month (1-12, or january ... december)")
+        return value
+
+    @field_validator("day", mode="before")
+    @classmethod
+    def _day(cls, value: Any, info: ValidationInfo) -> Any:
+        kind = info.data.get("frequency")
+        if kind not in ("monthly", "yearly"):
+            if value is not None and kind is not None:
+                raise ValueError(f"only for frequency: monthly or yearly (frequency is {kind})")
+            return None
+        if value is None:
+            raise ValueError(f"{kind} needs a day of the month (1-31)")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 31:
+            raise ValueError(f"{value!r} is not a day of the month (1-31)")
+        month = info.data.get("month")
+        if kind == "yearly" and month is not None and value > _MONTH_DAYS[month - 1]:
+            raise ValueError(f"{_MONTHS[month - 1].capitalize()} has no day {value} "
+                             f"(at most {_MONTH_DAYS[month - 1]})")
+        return value
+
+
 class Guards(_Model):
     max_records_per_run: int = Field(50_000, ge=1)
 
@@ -328,7 +440,7 @@ class Policy(_Model):
     description: Text
     owner: Text
     object: ApiName
-    schedule: str | None  # required key; null means manual runs only
+    schedule: str | Frequency | None  # required key; null means manual runs only
     start_date: date
     catchup: bool = False
     select: Select
@@ -349,10 +461,20 @@ class Policy(_Model):
             raise ValueError(f"{value!r} must be lower-case letters, digits and underscores ([a-z0-9_]+)")
         return value
 
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_form(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # a frequency: its errors are reported at schedule.<key>
+            return Frequency.model_validate(value)
+        if value is not None and not isinstance(value, str | Frequency):
+            raise ValueError(f"expected a cron string, a preset ({', '.join(SCHEDULE_PRESETS)}), "
+                             f"{{frequency: ...}} or null, got {type(value).__name__} {value!r}")
+        return value
+
     @field_validator("schedule")
     @classmethod
-    def _schedule(cls, value: str | None) -> str | None:
-        if value is None or value in SCHEDULE_PRESETS:
+    def _schedule(cls, value: str | Frequency | None) -> str | Frequency | None:
+        if value is None or isinstance(value, Frequency) or value in SCHEDULE_PRESETS:
             return value
         if value.startswith("@"):
             raise ValueError(f"unknown preset {value!r} (expected {', '.join(SCHEDULE_PRESETS)}, a cron or null)")
