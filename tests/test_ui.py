@@ -113,6 +113,9 @@ def test_the_ui_lists_every_policy_and_runs_a_dry_run_from_the_trigger_form(stan
             page.get_by_label("Username").fill("admin")
             page.get_by_label("Password").fill(standalone["password"])
             page.get_by_role("button", name="Sign in").click()
+            # Let the login's own redirect finish: a goto issued while it is in flight aborts one of the two.
+            page.wait_for_url(lambda url: "/auth/" not in url, timeout=60_000)
+            page.wait_for_load_state()
 
             page.goto(f"{standalone['url']}/dags?search=retention__")
             for dag_id in POLICY_DAGS:
