@@ -258,6 +258,8 @@ def test_source_hash_and_path(tmp_path):
         (VALID.replace("older_than_days: 730", "older_than_days: soon"), "got 'soon'"),
         (VALID.replace("start_date: 2025-01-01", "start_date: someday"), "start_date: input should be a valid date"),
         (VALID + "guards:\n  max_records_per_run: 0\n", "guards.max_records_per_run: input should be greater"),
+        (VALID.replace("action: delete", "  keep_days: 0\naction: delete"), "retain.keep_days: input should be great"),
+        (VALID.replace("action: delete", "  keep_days: ever\naction: delete"), "retain.keep_days: input should be a"),
         (VALID + "source: rest\n", "source: input should be 'heroku_connect' or 'salesforce_api', got 'rest'"),
         (
             VALID.replace("'Partner Referral'", "'Partner' AND A = 1 OR B = 2"),

@@ -19,10 +19,16 @@ VALIDATION_TASK = "validate_row_counts"
 
 
 def settings_for(policy: Policy) -> Alerts | None:
-    from retention.policy import Alerts
 
     if policy.alerts is not None:
         return policy.alerts
+    return global_settings()
+
+
+def global_settings() -> Alerts | None:
+    """Alerts for every policy (and the store purge) from the environment, when a policy sets none."""
+    from retention.policy import Alerts
+
     emails = [e.strip() for e in os.environ.get("RETENTION_ALERT_EMAILS", "").split(",") if e.strip()]
     slack = os.environ.get("RETENTION_ALERT_SLACK_CONN_ID") or None
     return Alerts(email=emails, slack_webhook_conn_id=slack) if emails or slack else None

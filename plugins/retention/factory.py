@@ -123,6 +123,49 @@ def build_dag(policy: Policy) -> DAG:
     return dag
 
 
+PURGE_DAG_ID = "retention_store_purge"
+
+
+def build_purge_dag(policies: list[Policy]) -> DAG:
+    """The maintenance DAG: mirror the org's privacy holds into the store, then purge each policy's cache
+    rows past ``retain.keep_days`` (one task per policy that sets it), daily at 03:00 UTC."""
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    from retention.alerts import RetentionAlertNotifier, global_settings
+    from retention.operators.purge import MirrorHoldsOperator, PurgeCacheOperator
+
+    keeping = [p for p in policies if p.retain.keep_days is not None]
+    alerts = global_settings()
+    on_failure = [RetentionAlertNotifier(policy_id="store purge", alerts=alerts)] if alerts else []
+    doc = "\n".join([
+        "### Store purge",
+        "",
+        "Deletes retained copies older than their policy's `retain.keep_days` from `cache`, never a copy of a "
+        "record under an active privacy hold (the org's holds are mirrored into `retention.privacy_holds` "
+        "first) and never one whose delete or mask has not finished. Each purge is a row in the ledger; the "
+        "purged ids are in `retention.purged_records`.",
+        "",
+        "| policy | table | keep_days |",
+        "| --- | --- | --- |",
+        *(f"| {p.id} | `cache.{p.retain.table}` | {p.retain.keep_days} |" for p in keeping),
+    ])
+    with DAG(
+        dag_id=PURGE_DAG_ID,
+        description="Purge retained copies past their policy's keep_days (held ones stay)",
+        schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC"),
+        start_date=dt.datetime.combine(min(p.start_date for p in keeping), dt.time(), tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        tags=["retention", "maintenance"],
+        doc_md=doc,
+        default_args={**DEFAULT_ARGS, "owner": "retention", "on_failure_callback": on_failure},
+    ) as dag:
+        holds = MirrorHoldsOperator(task_id="mirror_holds", pool=SALESFORCE_POOL)
+        for policy in keeping:
+            holds >> PurgeCacheOperator(task_id=f"purge__{policy.id}", policy=policy)
+    return dag
+
+
 class PolicyLoadError(Exception):
     """A policy file did not load; the message names the file, the key and the reason."""
 
@@ -137,9 +180,12 @@ class BrokenPolicyDag(DAG):
 
 
 def build_dags(folder: Path | str | None = None) -> dict[str, DAG]:
-    """Every policy's DAG by dag id, plus a ``BrokenPolicyDag`` for each file that failed to load."""
+    """Every policy's DAG by dag id, the store purge DAG when a policy sets ``retain.keep_days``, and a
+    ``BrokenPolicyDag`` for each file that failed to load."""
     policies, errors = load_policies(folder)
     dags: dict[str, DAG] = {p.dag_id: build_dag(p) for p in policies}
+    if any(p.retain.keep_days is not None for p in policies):
+        dags[PURGE_DAG_ID] = build_purge_dag(policies)
     for path, error in errors.items():
         dag_id = f"retention__broken__{Path(path).stem.lower()}"
         dags[dag_id] = BrokenPolicyDag(dag_id=dag_id, schedule=None, doc_md=str(error))

@@ -125,14 +125,16 @@ def _cutoff_value(field_type: str, cutoff: dt.datetime):
 
 
 def _already_done(policy: Policy, alias: str) -> sql.Composable:
-    """Records an earlier run already retained and acted on. They are not eligible again: a masked record
-    must never overwrite its retained original."""
-    return sql.SQL("EXISTS (SELECT 1 FROM {} c WHERE c.sfid = {}.sfid AND c._action_status = 'done')").format(
-        sql.Identifier(CACHE_SCHEMA, policy.retain.table), sql.Identifier(alias)
-    )
+    """Records an earlier run already retained and acted on (in the cache, or since purged from it). They
+    are not eligible again: a masked record must never overwrite its retained original."""
+    return sql.SQL(
+        "(EXISTS (SELECT 1 FROM {cache} c WHERE c.sfid = {a}.sfid AND c._action_status = 'done') OR EXISTS "
+        "(SELECT 1 FROM {purged} p WHERE p.policy_id = {policy} AND p.sfid = {a}.sfid AND p.action_status = 'done'))"
+    ).format(cache=sql.Identifier(CACHE_SCHEMA, policy.retain.table), a=sql.Identifier(alias),
+             purged=sql.Identifier(LEDGER_SCHEMA, "purged_records"), policy=sql.Literal(policy.id))
 
 
-def _active_hold(alias: str) -> sql.Composable:
+def held_in_mirror(alias: str) -> sql.Composable:
     return sql.SQL(
         "EXISTS (SELECT 1 FROM {} h WHERE h.recordid = {}.sfid AND h.isactive AND NOT coalesce(h.isdeleted, false)"
         " AND (h.enddate IS NULL OR h.enddate >= (now() AT TIME ZONE 'UTC')::date))"
@@ -175,7 +177,7 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
         params += where_params
     matching = sql.SQL(" AND ").join(base)
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
-    hold = _active_hold("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
+    hold = held_in_mirror("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
     done = _already_done(policy, "m")
     cols = sql.SQL(", ").join(sql.Identifier("m", f.lower()) for f in staged_fields(policy))
     with store.connect() as conn:

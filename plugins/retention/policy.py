@@ -278,6 +278,9 @@ class Select(_Model):
 class Retain(_Model):
     table: str
     fields: dict[FieldName, Transform]
+    # How long the retained copy is kept; the store purge DAG deletes older cache rows (never held ones).
+    # Unset: kept until removed by hand.
+    keep_days: int | None = Field(default=None, ge=1)
 
     @field_validator("table")
     @classmethod

@@ -1,0 +1,144 @@
+"""Store purge: retained copies older than a policy's ``retain.keep_days`` leave the cache, held ones never.
+
+The holds are mirrored into the store from Salesforce first (``mirror_holds``), so a hold on a record
+that is already deleted in the org still protects its retained copy. A purge runs in one transaction:
+the cache rows go, the ids go to ``retention.purged_records`` and the ledger gets a chained row saying
+what was purged, or nothing happens at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA, MIRROR_SCHEMA
+
+if TYPE_CHECKING:
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+    from retention.policy import Policy
+
+UTC = dt.UTC
+# Rows whose action finished. Rows of a run in progress (pending, submitting, submitted) are never purged:
+# their copy is what makes the coming delete or mask safe.
+PURGEABLE = ("done", "failed", "held")
+# A purge refuses holds mirrored longer ago than this: a hold placed since would not be seen.
+MAX_HOLDS_AGE = dt.timedelta(hours=1)
+
+
+class PurgeError(Exception):
+    """The purge must not run; the message says why."""
+
+
+def mirror_holds(store: RetentionStoreHook, sf: SalesforceBulk2Hook) -> int:
+    """Replace the store's copy of the org's privacy holds (all of them, active or not) in one transaction."""
+    holds = sf.conn.query_all("SELECT Id, RecordId, IsActive, StartDate, EndDate FROM PrivacyHold")["records"]
+    with store.connect() as conn:
+        conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")))
+        with conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL("INSERT INTO {} (hold_id, record_id, is_active, start_date, end_date) "
+                        "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")),
+                [(h["Id"], h["RecordId"], bool(h["IsActive"]), h.get("StartDate"), h.get("EndDate")) for h in holds])
+        conn.execute(sql.SQL("INSERT INTO {} (mirrored_at, holds) VALUES (now(), %s) ON CONFLICT (singleton) "
+                             "DO UPDATE SET mirrored_at = excluded.mirrored_at, holds = excluded.holds")
+                     .format(sql.Identifier(LEDGER_SCHEMA, "holds_mirror")), (len(holds),))
+    return len(holds)
+
+
+def _held(conn, alias: str) -> sql.Composable:
+    """An active hold on the row's record, in the store's mirror of holds or in Connect's, if it has one."""
+    active = ("{h}.is_active AND ({h}.end_date IS NULL OR {h}.end_date >= (now() AT TIME ZONE 'UTC')::date)")
+    held = sql.SQL("EXISTS (SELECT 1 FROM {} h WHERE h.record_id = {}.sfid AND " + active.format(h="h") + ")").format(
+        sql.Identifier(LEDGER_SCHEMA, "privacy_holds"), sql.Identifier(alias))
+    connect = sql.Identifier(MIRROR_SCHEMA, "privacyhold")
+    if conn.execute("SELECT to_regclass(%s)", (connect.as_string(conn),)).fetchone()[0]:
+        from retention.pipeline import held_in_mirror
+
+        held = sql.SQL("({} OR {})").format(held, held_in_mirror(alias))
+    return held
+
+
+@dataclass(frozen=True)
+class PurgeResult:
+    ledger_id: int
+    purge_before: dt.datetime
+    purged: int
+    held_ids: list[str]
+    unfinished: int
+    remaining: int
+    purged_ids_sha256: str
+
+
+def purge_before(policy: Policy, as_of: dt.datetime) -> dt.datetime:
+    """Cache rows retained before this instant are past ``keep_days`` on the day ``as_of``."""
+    anchor = dt.datetime.fromtimestamp(as_of.timestamp(), UTC)
+    return anchor - dt.timedelta(days=policy.retain.keep_days)
+
+
+def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_run_id: str,
+          started_at: dt.datetime, now: dt.datetime | None = None) -> PurgeResult:
+    """Delete the policy's cache rows retained before ``as_of - keep_days`` that are not held and whose
+    action finished; record them and a ledger row, all in one transaction."""
+    from retention import evidence
+
+    if policy.retain.keep_days is None:
+        raise PurgeError(f"policy {policy.id} has no retain.keep_days: its retained copies are never purged")
+    before = purge_before(policy, as_of)
+    table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
+    with store.connect() as conn:
+        mirrored = conn.execute(sql.SQL("SELECT mirrored_at FROM {}").format(
+            sql.Identifier(LEDGER_SCHEMA, "holds_mirror"))).fetchone()
+        now = now or conn.execute("SELECT now()").fetchone()[0]
+        if mirrored is None or now - mirrored[0] > MAX_HOLDS_AGE:
+            raise PurgeError(f"privacy holds were last mirrored {mirrored[0] if mirrored else 'never'}; refusing to "
+                             f"purge cache.{policy.retain.table} without a fresh copy (mirror_holds runs first)")
+        # A policy that has not retained anything yet has no table: nothing to purge (still recorded).
+        exists = conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()[0] is not None
+        past = sql.SQL("c._retention_policy = %(policy)s AND c._retained_at < %(before)s")
+        args = {"policy": policy.id, "before": before, "purgeable": list(PURGEABLE)}
+        held = _held(conn, "c")
+        held_ids = [r[0] for r in conn.execute(
+            sql.SQL("SELECT c.sfid FROM {} c WHERE {} AND {} ORDER BY 1").format(table, past, held), args).fetchall()
+        ] if exists else []
+        unfinished = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} c WHERE {} AND NOT (c._action_status = ANY(%(purgeable)s))").format(
+                table, past), args).fetchone()[0] if exists else 0
+        # The ledger row first (its id ties the purged ids to it), the counts once the rows are gone.
+        evidence.lock(conn)
+        runs = sql.Identifier(LEDGER_SCHEMA, "runs")
+        purged_records = sql.Identifier(LEDGER_SCHEMA, "purged_records")
+        ledger_id = conn.execute(
+            sql.SQL("INSERT INTO {} (policy_id, run_key, dag_run_id, policy_hash, object, action, source, cutoff, "
+                    "status, started_at) VALUES (%s, %s, %s, %s, %s, 'purge', 'store', %s, 'succeeded', %s) "
+                    "RETURNING id").format(runs),
+            (policy.id, f"{policy.id}__purge__{as_of.astimezone(UTC):%Y%m%dT%H%M%S}", dag_run_id, policy.source_hash,
+             policy.object, before, started_at)).fetchone()[0]
+        purged = conn.execute(
+            sql.SQL("WITH gone AS (DELETE FROM {} c WHERE {} AND c._action_status = ANY(%(purgeable)s) AND NOT {} "
+                    "RETURNING c.sfid, c._action_status, c._retained_at) INSERT INTO {} (ledger_id, policy_id, sfid, "
+                    "action_status, retained_at) SELECT %(ledger)s, %(policy)s, sfid, _action_status, _retained_at "
+                    "FROM gone").format(table, past, held, purged_records), {**args, "ledger": ledger_id}
+        ).rowcount if exists else 0
+        digest = conn.execute(
+            sql.SQL("SELECT encode(sha256(convert_to(coalesce(string_agg(sfid, E'\\n' ORDER BY sfid), ''), 'UTF8')), "
+                    "'hex') FROM {} WHERE ledger_id = %s").format(purged_records), (ledger_id,)).fetchone()[0]
+        remaining = conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE c._retention_policy = %s").format(table),
+                                 (policy.id,)).fetchone()[0] if exists else 0
+        message = (f"purged {purged} rows of cache.{policy.retain.table} retained before {before.isoformat()} "
+                   f"(keep_days {policy.retain.keep_days}); kept {len(held_ids)} under privacy hold"
+                   + (f" and {unfinished} whose action has not finished" if unfinished else ""))
+        conn.execute(
+            sql.SQL("UPDATE {} SET eligible = %s, held = %s, retained = %s, acted = %s, failed = 0, "
+                    "holds_applied = %s, validation = %s, message = %s, finished_at = now() WHERE id = %s")
+            .format(runs),
+            (purged + len(held_ids) + unfinished, len(held_ids), remaining, purged, json.dumps(held_ids),
+             json.dumps({"table": f"cache.{policy.retain.table}", "keep_days": policy.retain.keep_days,
+                         "purged_ids_sha256": digest, "unfinished": unfinished,
+                         "holds_mirrored_at": mirrored[0].isoformat()}), message, ledger_id))
+        evidence.seal_last_row(conn, ledger_id)
+    return PurgeResult(ledger_id, before, purged, held_ids, unfinished, remaining, digest)
