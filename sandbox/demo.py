@@ -88,13 +88,15 @@ def run_policies(env: dict[str, str], log: Path) -> list[dict]:
                              capture_output=True, text=True, env={**os.environ})
     if migrate.returncode != 0:
         raise SystemExit(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}")
-    from retention.factory import build_dags
+    from retention.factory import PURGE_DAG_ID, build_dags
     from retention.settings_loader import apply_settings, load_settings
 
     apply_settings(load_settings(REPO / "airflow_settings.yaml"))
     logical_date = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0)
     rows = []
-    for dag_id, dag in build_dags().items():
+    dags = build_dags()
+    purge_dag = dags.pop(PURGE_DAG_ID, None)
+    for dag_id, dag in dags.items():
         print(f"  running {dag_id} ...", flush=True)
         started = time.monotonic()
         with _output_to(log):
@@ -110,6 +112,14 @@ def run_policies(env: dict[str, str], log: Path) -> list[dict]:
                 "SELECT eligible, held, retained, acted, failed, action, status FROM retention.runs "
                 "WHERE policy_id = %s ORDER BY id DESC LIMIT 1", (row["policy"],)).fetchone()
             row["ledger"] = found
+    if purge_dag is not None:
+        print(f"  running {PURGE_DAG_ID} ...", flush=True)
+        with _output_to(log):
+            run = purge_dag.test(logical_date=logical_date)
+        with psycopg.connect(env["RETENTION_STORE_URL"]) as conn:
+            purged = conn.execute("SELECT policy_id, message FROM retention.runs WHERE dag_run_id = %s "
+                                  "AND action = 'purge' ORDER BY policy_id", (run.run_id,)).fetchall()
+        rows.append({"purge": PURGE_DAG_ID, "state": str(run.state), "messages": purged})
     return rows
 
 
@@ -117,6 +127,11 @@ def print_summary(rows: list[dict]) -> None:
     print(f"\n{'policy':<26}{'eligible':>9}{'held':>6}{'retained':>10}  {'acted':<16}{'failed':>7}  "
           f"{'validation':<11}{'time':>6}")
     for row in rows:
+        if "purge" in row:
+            print(f"\n{row['purge']}: run {row['state']}")
+            for policy_id, message in row["messages"]:
+                print(f"  {policy_id:<24}{message}")
+            continue
         ledger = row["ledger"]
         validation = {"success": "passed", "failed": "FAILED", "upstream_failed": "-", "skipped": "-"}.get(
             str(row["states"].get("validate_row_counts")), "-")

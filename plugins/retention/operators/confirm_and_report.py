@@ -12,6 +12,8 @@ from retention.operators.base import PolicyOperator
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+# What the action did, as the ledger's message and the errors say it.
+DONE_VERB = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked"}
 # SOQL ``Id IN (...)`` lists stay well under Salesforce's URI length limit at this size.
 ID_CHUNK = 200
 
@@ -41,14 +43,15 @@ class ConfirmAndReportOperator(PolicyOperator):
         not_applied = self._check_org(sf, done, sent)
         if not_applied:
             raise pipeline.RetentionError(
-                f"{len(not_applied)} records reported done are not {policy.action}d in Salesforce, e.g. "
+                f"{len(not_applied)} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
                 f"{', '.join(not_applied[:5])}; their retained rows are kept")
         deadline = time.monotonic() + self.mirror_timeout
         while done and not pipeline.mirror_reflects(store, policy, done, sent):
             if time.monotonic() > deadline:
                 raise pipeline.RetentionError(
-                    f"Heroku Connect's mirror did not reflect the {len(done)} {policy.action}d records within "
-                    f"{self.mirror_timeout:.0f}s; Salesforce is already changed, re-run confirm_and_report later")
+                    f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records "
+                    f"within {self.mirror_timeout:.0f}s; Salesforce is already changed, re-run confirm_and_report "
+                    "later")
             time.sleep(self.mirror_poll_interval)
 
         counts = {"eligible": extracted["eligible"], "held": extracted["held"] + len(acted.get("held_at_action", [])),
@@ -56,7 +59,7 @@ class ConfirmAndReportOperator(PolicyOperator):
                   "acted": len(done), "failed": len(failed),
                   "salesforce": (validated.get("counts") or {}).get("salesforce")}
         status = "succeeded" if not failed else "partially_failed"
-        message = (f"{policy.id}: {len(done)} {policy.action}d, {len(failed)} failed (kept retained, see "
+        message = (f"{policy.id}: {len(done)} {DONE_VERB[policy.action]}, {len(failed)} failed (kept retained, see "
                    f"cache.{policy.retain.table}._action_error), {counts['held']} held")
         if acted.get("hard_delete_fallback"):
             message += ("; hard delete not permitted for this user: fell back to delete (records are in the "
