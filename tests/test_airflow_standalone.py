@@ -1,9 +1,15 @@
-"""The Airflow UI, in headless Chromium (Debian's, driven by Playwright): log into ``airflow standalone``
-running the project's own DAG file, see every policy DAG, trigger a dry run from the trigger form and see
-it succeed."""
+"""Against a running ``airflow standalone`` (scheduler, dag processor, API server and UI) on the project's own
+DAG file:
+
+- the UI, in headless Chromium (Debian's, driven by Playwright): log in, see every policy DAG, trigger a dry
+  run from the trigger form and see it succeed;
+- ``airflow backfill create`` over three past days: three runs, each with its own day's cutoff, leaving the
+  cache and the org as three separate daily runs would; reprocessing the same days changes nothing.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -22,6 +28,28 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DAG = "retention__accounts_bulk_api"
 POLICY_DAGS = ["retention__accounts_bulk_api", "retention__closed_cases_hard_delete", "retention__inactive_contacts",
                "retention__stale_leads_mask"]
+BACKFILL_DAG = "retention__backfill_contacts"
+# A daily policy for the backfill test, beside the examples. Its time of day is set twelve hours from now, so
+# unpausing it (backfill runs need an unpaused DAG) never meets a scheduled run of its own during the test.
+BACKFILL_POLICY = """\
+id: backfill_contacts
+description: Contacts of the backfill test untouched for 30 days
+owner: tests
+object: Contact
+schedule: "{minute} {hour} * * *"
+start_date: 2025-01-01
+select:
+  date_field: LastModifiedDate
+  older_than_days: 30
+  where: "Title = 'Backfill test'"
+retain:
+  table: contact_backfill
+  fields:
+    LastName: keep
+    Email: email_domain
+action: delete
+source: salesforce_api
+"""
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +63,12 @@ def standalone(sandbox):
         conn.execute("DROP DATABASE IF EXISTS airflow_ui WITH (FORCE)")
         conn.execute("CREATE DATABASE airflow_ui")
     home = shared_tmp("retention-ui-")
+    policies = home / "policies"
+    policies.mkdir()
+    for path in (REPO / "include" / "policies").glob("*.yaml"):
+        shutil.copy(path, policies)
+    at = dt.datetime.now(dt.UTC) - dt.timedelta(hours=12)
+    (policies / "backfill_contacts.yaml").write_text(BACKFILL_POLICY.format(minute=at.minute, hour=at.hour))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({k: v for k, v in sandbox.env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX",
@@ -43,6 +77,7 @@ def standalone(sandbox):
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base + "/airflow_ui",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "RETENTION_POLICIES_DIR": str(policies),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__API__PORT": str(port),
@@ -75,7 +110,8 @@ def standalone(sandbox):
     passwords = home / "simple_auth_manager_passwords.json.generated"
     while not passwords.exists() and time.monotonic() < deadline:
         time.sleep(0.5)
-    yield {"url": url, "password": json.loads(passwords.read_text())["admin"], "home": home}
+    yield {"url": url, "password": json.loads(passwords.read_text())["admin"], "home": home, "env": env,
+           "daily_at": (at.hour, at.minute)}
     os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=40)
@@ -161,3 +197,98 @@ def test_the_ui_lists_every_policy_and_runs_a_dry_run_from_the_trigger_form(stan
     with sandbox.store_conn() as conn:  # the dry run wrote nothing to the ledger
         assert conn.execute("SELECT count(*) FROM retention.runs WHERE dag_run_id = %s",
                             (run["dag_run_id"],)).fetchone()[0] == 0
+
+
+def _airflow(standalone, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=standalone["env"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _wait_for_runs(standalone, dag_id: str, count: int, timeout: float = 420) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    runs: list[dict] = []
+    while time.monotonic() < deadline:
+        runs = _api(standalone, "GET", f"/dags/{dag_id}/dagRuns", params={"order_by": "logical_date"}).json()[
+            "dag_runs"]
+        if len(runs) >= count and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        time.sleep(3)
+    raise AssertionError(f"{dag_id}: runs not finished in {timeout}s: {runs}")
+
+
+def _wait_for_backfills(standalone, dag_id: str, timeout: float = 120) -> None:
+    """The scheduler marks a backfill completed a loop after its last run; only then may another start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backfills = _api(standalone, "GET", "/backfills", params={"dag_id": dag_id}).json()["backfills"]
+        if all(b["completed_at"] for b in backfills):
+            return
+        time.sleep(2)
+    raise AssertionError(f"{dag_id}: backfill not completed in {timeout}s: {backfills}")
+
+
+def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone, sandbox, sf):
+    hour, minute = standalone["daily_at"]
+    now = dt.datetime.now(dt.UTC)
+    last = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if last > now:
+        last -= dt.timedelta(days=1)
+    days = [last - dt.timedelta(days=2), last - dt.timedelta(days=1), last]
+    cutoffs = [d - dt.timedelta(days=30) for d in days]
+    # Contacts last modified inside each day's window (the first, second and third run's), one after the
+    # third cutoff (no run's), and one under a privacy hold (never touched).
+    dates = {"first": cutoffs[0] - dt.timedelta(hours=1), "second": cutoffs[0] + dt.timedelta(hours=1),
+             "third": cutoffs[1] + dt.timedelta(hours=1), "none": cutoffs[2] + dt.timedelta(hours=1),
+             "held": cutoffs[0] - dt.timedelta(hours=2)}
+    ids = {name: sf.Contact.create({"LastName": f"Backfill {name}", "Title": "Backfill test",
+                                    "Email": f"{name}@backfill.example"})["id"] for name in dates}
+    with sandbox.org_conn() as conn:
+        for name, when in dates.items():  # the API cannot set LastModifiedDate; the org's database can
+            conn.execute("UPDATE org.contact SET lastmodifieddate = %s, systemmodstamp = %s WHERE id = %s",
+                         (when, when, ids[name]))
+    sf.PrivacyHold.create({"Name": "Backfill hold", "RecordId": ids["held"], "IsActive": True})
+
+    deadline = time.monotonic() + 120  # the dag processor parses the new policy's DAG
+    while _api(standalone, "GET", f"/dags/{BACKFILL_DAG}").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(2)
+    dry = _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", days[0].isoformat(),
+                   "--to-date", days[-1].isoformat(), "--dry-run")
+    assert all(f"{d:%Y-%m-%d %H:%M:%S}" in dry.stdout for d in days), dry.stdout
+    # The backfill first: unpausing a DAG whose catchup is off schedules its latest day at once, unless a run
+    # of that day exists already (the backfill's). The backfill's runs start once the DAG is unpaused.
+    _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", days[0].isoformat(),
+             "--to-date", days[-1].isoformat(), "--max-active-runs", "1")
+    _airflow(standalone, "dags", "unpause", BACKFILL_DAG)
+    runs = _wait_for_runs(standalone, BACKFILL_DAG, 3)
+    assert [r["run_type"] for r in runs] == ["backfill"] * 3
+    assert [r["state"] for r in runs] == ["success"] * 3, runs
+    assert [dt.datetime.fromisoformat(r["logical_date"]) for r in runs] == days
+
+    run_keys = [f"backfill_contacts__{d:%Y%m%dT%H%M%S}" for d in days]
+    with sandbox.store_conn() as conn:
+        ledger = conn.execute("SELECT run_key, cutoff, eligible, held, acted, status FROM retention.runs WHERE "
+                              "policy_id = 'backfill_contacts' ORDER BY id").fetchall()
+        cache = dict(conn.execute("SELECT sfid, _retention_run FROM cache.contact_backfill WHERE _action_status = "
+                                  "'done'").fetchall())
+    # One ledger row per day, each with its own cutoff and the one record that became eligible that day.
+    assert ledger == [(k, c, 1, 1, 1, "succeeded") for k, c in zip(run_keys, cutoffs, strict=True)]
+    assert cache == {ids["first"]: run_keys[0], ids["second"]: run_keys[1], ids["third"]: run_keys[2]}
+    with sandbox.org_conn() as conn:
+        deleted = dict(conn.execute("SELECT id, isdeleted FROM org.contact WHERE id = ANY(%s)",
+                                    (list(ids.values()),)).fetchall())
+    assert {n for n, i in ids.items() if deleted[i]} == {"first", "second", "third"}
+
+    # Reprocessing the same days is safe: three more runs, nothing eligible, nothing changed.
+    _wait_for_backfills(standalone, BACKFILL_DAG)
+    _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", days[0].isoformat(),
+             "--to-date", days[-1].isoformat(), "--max-active-runs", "1", "--reprocess-behavior", "completed")
+    _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+    runs = _wait_for_runs(standalone, BACKFILL_DAG, 3)
+    assert [r["state"] for r in runs] == ["success"] * 3, runs
+    with sandbox.store_conn() as conn:
+        again = conn.execute("SELECT run_key, eligible, acted FROM retention.runs WHERE policy_id = "
+                             "'backfill_contacts' ORDER BY id").fetchall()[3:]
+        assert dict(conn.execute("SELECT sfid, _retention_run FROM cache.contact_backfill").fetchall()) == cache
+    assert again == [(k, 0, 0) for k in run_keys]
