@@ -56,9 +56,13 @@ def webhook():
 
 def test_message_names_policy_run_task_counts_and_link():
     subject, body = alerts.message("inactive_contacts", "retention__inactive_contacts", "manual__2026-01-01",
-                                   "validate_row_counts", "eligible 5, staged 3 (expected 5)")
+                                   "validate_row_counts", "eligible 5, staged 3 (expected 5)",
+                                   {"counts": ["staged 3 != eligible 5", "retained 3 != eligible 5"],
+                                    "data_docs": "/docs/index.html"})
     assert subject == "[retention] inactive_contacts: validation failed (run manual__2026-01-01)"
     assert "staged 3 (expected 5)" in body and "Task: validate_row_counts" in body
+    assert "Counts that disagreed: staged 3 != eligible 5; retained 3 != eligible 5" in body.splitlines()
+    assert "Validation report (Data Docs): /docs/index.html" in body.splitlines()
     assert "/dags/retention__inactive_contacts/runs/manual__2026-01-01" in body
     subject, _ = alerts.message("p", "retention__p", "r", "delete_or_mask", "boom")
     assert subject == "[retention] p: task delete_or_mask failed (run r)"
@@ -114,7 +118,10 @@ def test_a_validation_failure_is_mailed_and_posted(sandbox, airflow_db, smtp_ser
     assert mail["Subject"].startswith("[retention] inactive_contacts: validation failed (run ")
     text = mail.get_payload()[0].get_payload(decode=True).decode()
     assert "Task: validate_row_counts" in text and "(expected " in text and "staged " in text
+    assert "Counts that disagreed: staged " in text and "retained " in text
+    assert "Validation report (Data Docs): " in text and "index.html" in text
     assert f"/dags/retention__inactive_contacts/runs/{run.run_id.replace(':', '%3A').replace('+', '%2B')}" in text
 
     (post,) = posts
     assert "inactive_contacts: validation failed" in post["text"] and "(expected " in post["text"]
+    assert "Counts that disagreed: staged " in post["text"]

@@ -58,6 +58,17 @@ def test_a_broken_policy_is_an_import_error_naming_file_key_and_reason(airflow_d
     assert "broken_leads.yaml" in error and "retain.fields.Email" in error and "unknown transform" in error
 
 
+def test_broken_global_alert_settings_are_an_import_error_and_the_policies_still_load(airflow_db, monkeypatch):
+    monkeypatch.setenv("RETENTION_ALERT_EMAILS", "privacy-team@example.com, privacy team")
+    dags = bag(REPO / "include" / "policies", monkeypatch)
+    assert {"retention__inactive_contacts", "retention__stale_leads_mask", "retention_store_purge"} <= set(
+        dags.dag_ids)
+    (error,) = dags.import_errors.values()
+    assert "RETENTION_ALERT_EMAILS: not an e-mail address: privacy team" in error
+    # Policies without their own alerts: key get none until it is fixed (they are not silently half-set).
+    assert dags.get_dag("retention__inactive_contacts").default_args["on_failure_callback"] == []
+
+
 def test_parsing_the_dag_file_imports_no_heavy_libraries(tmp_path):
     probe = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "

@@ -18,20 +18,34 @@ if TYPE_CHECKING:
 VALIDATION_TASK = "validate_row_counts"
 
 
-def settings_for(policy: Policy) -> Alerts | None:
+class AlertSettingsError(ValueError):
+    """The global alert settings in the environment are not valid; the message names the variable."""
 
+
+def settings_for(policy: Policy) -> Alerts | None:
+    """The policy's own ``alerts:``, else the global ones (none while those are broken: build_dags reports
+    that as an import error rather than failing every policy's DAG)."""
     if policy.alerts is not None:
         return policy.alerts
-    return global_settings()
+    try:
+        return global_settings()
+    except AlertSettingsError:
+        return None
 
 
 def global_settings() -> Alerts | None:
     """Alerts for every policy (and the store purge) from the environment, when a policy sets none."""
+    from pydantic import ValidationError
+
     from retention.policy import Alerts
 
     emails = [e.strip() for e in os.environ.get("RETENTION_ALERT_EMAILS", "").split(",") if e.strip()]
     slack = os.environ.get("RETENTION_ALERT_SLACK_CONN_ID") or None
-    return Alerts(email=emails, slack_webhook_conn_id=slack) if emails or slack else None
+    try:
+        return Alerts(email=emails, slack_webhook_conn_id=slack) if emails or slack else None
+    except ValidationError as err:
+        reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
+        raise AlertSettingsError(f"RETENTION_ALERT_EMAILS: {reasons}") from None
 
 
 def run_url(dag_id: str, run_id: str) -> str:
@@ -43,15 +57,20 @@ def run_url(dag_id: str, run_id: str) -> str:
     return f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
-def message(policy_id: str, dag_id: str, run_id: str, task_id: str, error: str) -> tuple[str, str]:
-    """(subject, body) naming the policy, the run, the task, what went wrong and where to look."""
+def message(policy_id: str, dag_id: str, run_id: str, task_id: str, error: str,
+            details: dict | None = None) -> tuple[str, str]:
+    """(subject, body) naming the policy, the run, the task, what went wrong, the counts that disagreed
+    and where to look."""
+    details = details or {}
     kind = "validation failed" if task_id == VALIDATION_TASK else f"task {task_id} failed"
     subject = f"[retention] {policy_id}: {kind} (run {run_id})"
     body = "\n".join([
         f"Retention policy {policy_id}: {kind}.",
         f"Run: {run_id} of DAG {dag_id}",
         f"Task: {task_id}",
+        *([f"Counts that disagreed: {'; '.join(details['counts'])}"] if details.get("counts") else []),
         f"What happened: {error}",
+        *([f"Validation report (Data Docs): {details['data_docs']}"] if details.get("data_docs") else []),
         "Nothing is deleted or masked in Salesforce once validation fails; records a failed delete or mask "
         "did not reach stay retained and are retried by the next run.",
         f"Run in Airflow: {run_url(dag_id, run_id)}",
@@ -78,8 +97,10 @@ class RetentionAlertNotifier(BaseNotifier):
         kind = "validation_failed" if ti.task_id == VALIDATION_TASK else "task_failed"
         if kind not in self.alerts.when:
             return
-        error = str(context.get("exception") or "see the task log")
-        subject, body = message(self.policy_id, ti.dag_id, context["run_id"], ti.task_id, error)
+        exception = context.get("exception")
+        error = str(exception or "see the task log")
+        subject, body = message(self.policy_id, ti.dag_id, context["run_id"], ti.task_id, error,
+                                _details(exception))
         if self.alerts.email:
             from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -91,3 +112,12 @@ class RetentionAlertNotifier(BaseNotifier):
 
             SlackWebhookNotifier(slack_webhook_conn_id=self.alerts.slack_webhook_conn_id,
                                  text=f"*{subject}*\n{body}").notify(context)
+
+
+def _details(exception: BaseException | None) -> dict:
+    """The numbers a RetentionError carries, also when the operator re-raised it (``raise ... from``)."""
+    while exception is not None:
+        if isinstance(getattr(exception, "details", None), dict):
+            return exception.details
+        exception = exception.__cause__
+    return {}

@@ -51,7 +51,11 @@ ALREADY_DONE = {"delete": ("ENTITY_IS_DELETED",), "hard_delete": ("ENTITY_IS_DEL
 
 
 class RetentionError(Exception):
-    """A run must stop: the message says why, with the numbers."""
+    """A run must stop: the message says why, with the numbers; ``details`` carries them for alerts."""
+
+    def __init__(self, message: str, *, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,18 @@ _FREQUENCY_KEYS = ("frequency", "at", "weekday", "month", "day")
 _HH_MM = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
 
 
+def _only_for(frequency: str, value: Any, info: ValidationInfo, missing: str) -> Any:
+    """A key that belongs to one frequency: refused with another (None when absent), required with its own."""
+    kind = info.data.get("frequency")
+    if kind != frequency:
+        if value is not None and kind is not None:
+            raise ValueError(f"only for frequency: {frequency} (frequency is {kind})")
+        return None
+    if value is None:
+        raise ValueError(missing)
+    return value
+
+
 class Frequency(_Model):
     """Privacy Center's schedule frequencies, times in UTC (retention.timetables turns them into timetables).
 
@@ -386,13 +398,9 @@ class Frequency(_Model):
     @field_validator("weekday", mode="before")
     @classmethod
     def _weekday(cls, value: Any, info: ValidationInfo) -> Any:
-        kind = info.data.get("frequency")
-        if kind != "weekly":
-            if value is not None and kind is not None:
-                raise ValueError(f"only for frequency: weekly (frequency is {kind})")
-            return None
+        value = _only_for("weekly", value, info, f"weekly needs a weekday ({', '.join(_WEEKDAYS)})")
         if value is None:
-            raise ValueError(f"weekly needs a weekday ({', '.join(_WEEKDAYS)})")
+            return None
         if not isinstance(value, str) or value.strip().lower() not in _WEEKDAYS:
             raise ValueError(f"{value!r} is not a weekday (expected {', '.join(_WEEKDAYS)})")
         return value.strip().lower()
@@ -400,13 +408,9 @@ class Frequency(_Model):
     @field_validator("month", mode="before")
     @classmethod
     def _month(cls, value: Any, info: ValidationInfo) -> Any:
-        kind = info.data.get("frequency")
-        if kind != "yearly":
-            if value is not None and kind is not None:
-                raise ValueError(f"only for frequency: yearly (frequency is {kind})")
-            return None
+        value = _only_for("yearly", value, info, "yearly needs a month (1-12 or its name) and a day")
         if value is None:
-            raise ValueError("yearly needs a month (1-12 or its name) and a day")
+            return None
         if isinstance(value, str) and value.strip().lower() in _MONTHS:
             return _MONTHS.index(value.strip().lower()) + 1
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 12:

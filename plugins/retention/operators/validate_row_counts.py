@@ -46,6 +46,9 @@ class ValidateRowCountsOperator(PolicyOperator):
         docs = result.details.get("data_docs")
         self.log.info("%s; Data Docs: %s", result.message, docs)
         if not result.success:
-            raise pipeline.RetentionError(f"{result.message}. Nothing was deleted or masked. Data Docs: {docs}")
+            from retention.validation import count_mismatches
+
+            raise pipeline.RetentionError(f"{result.message}. Nothing was deleted or masked. Data Docs: {docs}",
+                                          details={"counts": count_mismatches(counts), "data_docs": docs})
         return {"message": result.message, "counts": result.details.get("counts"), "salesforce_total": in_org,
                 "data_docs": docs}
