@@ -84,6 +84,30 @@ def test_a_removed_row_breaks_the_link_of_the_next_one(sandbox, ledger_rows):
     assert cli(sandbox, "verify").returncode == 0
 
 
+def test_rows_removed_from_the_end_are_caught_with_the_head_noted_earlier(sandbox, ledger_rows):
+    noted = cli(sandbox, "verify")
+    head = noted.stdout.split("head ", 1)[1].split()[0]
+    with sandbox.store_conn() as conn:
+        assert conn.execute("SELECT row_hash FROM retention.runs ORDER BY id DESC LIMIT 1").fetchone()[0] == head
+        saved = conn.execute("SELECT * FROM retention.runs ORDER BY id DESC LIMIT 1")
+        cols = [d.name for d in saved.description]
+        row = saved.fetchone()
+        conn.execute("DELETE FROM retention.runs WHERE id = %s", (row[cols.index("id")],))
+        try:
+            plain = cli(sandbox, "verify")
+            anchored = cli(sandbox, "verify", "--head", head)
+        finally:
+            from psycopg.types.json import Jsonb
+
+            values = [Jsonb(v) if isinstance(v, (list, dict)) else v for v in row]
+            conn.execute(f"INSERT INTO retention.runs ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+                         values)
+    assert plain.returncode == 0  # the chain alone still holds: the newest row left no successor to break
+    assert anchored.returncode == 1
+    assert f"the row with hash {head} (an earlier head) is not in the ledger" in anchored.stdout
+    assert cli(sandbox, "verify", "--head", head).returncode == 0
+
+
 def test_export_writes_json_and_csv_for_an_auditor(sandbox, ledger_rows, tmp_path):
     out = cli(sandbox, "export", "--policy", POLICY_ID, "--since", "2026-01-01", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr

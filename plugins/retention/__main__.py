@@ -1,4 +1,4 @@
-"""Command line: ``python -m retention evidence verify`` and
+"""Command line: ``python -m retention evidence verify [--head HASH]`` and
 ``python -m retention evidence export --policy ID --since DATE [--out DIR]``.
 
 The store is found from ``--store-url``, else ``RETENTION_STORE_URL``, else the Airflow connection
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     evidence = sub.add_parser("evidence", help="verify or export the run ledger")
     actions = evidence.add_subparsers(dest="action", required=True)
-    actions.add_parser("verify", help="check the ledger's hash chain; names the first broken row")
+    ver = actions.add_parser("verify", help="check the ledger's hash chain; names the first broken row")
+    ver.add_argument("--head", help="a head hash noted from an earlier verify; it must still be in the ledger")
     exp = actions.add_parser("export", help="write a JSON and a CSV report of a policy's runs")
     exp.add_argument("--policy", required=True)
     exp.add_argument("--since", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with psycopg.connect(store_url(args.store_url)) as conn:
         if args.action == "verify":
-            result = evidence.verify(conn)
+            result = evidence.verify(conn, head=args.head)
             print(result.describe())
             return 0 if result.ok else 1
         json_path, csv_path = evidence.export(conn, args.policy, args.since, args.out)

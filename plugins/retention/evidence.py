@@ -69,17 +69,25 @@ class Verification:
     rows: int
     broken_id: int | None = None
     reason: str = ""
+    head: str | None = None  # the newest row's hash
 
     def describe(self) -> str:
         if self.ok:
-            return f"ledger intact: {self.rows} rows"
+            return (f"ledger intact: {self.rows} rows; head {self.head or '-'} (keep it: a later "
+                    "`verify --head` with it detects rows removed from the end)")
+        if self.broken_id is None:
+            return f"ledger broken: {self.reason}"
         return f"ledger broken at row {self.broken_id}: {self.reason}"
 
 
-def verify(conn) -> Verification:
-    """Recompute the chain over every row; the first row that does not match is named."""
+def verify(conn, head: str | None = None) -> Verification:
+    """Recompute the chain over every row; the first row that does not match is named.
+
+    A chain cannot show that its newest rows were removed; ``head``, a row hash an auditor noted from an
+    earlier verify, must still be in it."""
     prev_hash = None
     rows = _rows(conn)
+    seen = set()
     for row in rows:
         label = f"row {row['id']} (policy {row['policy_id']}, run {row['run_key']})"
         if row["prev_hash"] != prev_hash:
@@ -89,7 +97,12 @@ def verify(conn) -> Verification:
         if row["row_hash"] != row_hash(row, prev_hash):
             return Verification(False, len(rows), row["id"], f"{label} was changed after it was written")
         prev_hash = row["row_hash"]
-    return Verification(True, len(rows))
+        seen.add(prev_hash)
+    if head is not None and head not in seen:
+        return Verification(False, len(rows), None,
+                            f"the row with hash {head} (an earlier head) is not in the ledger: rows were removed "
+                            "from its end, or the chain was rewritten", prev_hash)
+    return Verification(True, len(rows), head=prev_hash)
 
 
 EXPORT_FIELDS = (
