@@ -8,7 +8,7 @@ Connect schema is trigger-logged while the sync loop's own writes are not.
 from __future__ import annotations
 
 import datetime as dt
-import socket
+import shutil
 import threading
 import time
 
@@ -23,6 +23,7 @@ from sandbox.connect import ConnectSync, SyncError
 from sandbox.connect_api import create_app, mapping_id
 from sandbox.objects import ACCOUNT, CONTACT
 from sandbox.tls import ensure_certificates
+from tests.conftest import free_port, shared_tmp
 
 TOKEN = "test-connect-token"
 CONNECTION_ID = "5f1c6a2e-0b7d-4c1e-9a55-5a0d1e2c3b4a"
@@ -30,15 +31,9 @@ ORG_ID = "00DDn0000000001EAA"
 UTC = dt.UTC
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("connect_pg")
+def pg():
+    folder = shared_tmp("retention-connect-pg-")
     server = postgres.start(folder, free_port())
     try:
         postgres.ensure_databases(server, ("retention_store", "sandbox_org"))
@@ -47,6 +42,7 @@ def pg(tmp_path_factory):
         yield server
     finally:
         postgres.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
+import shutil
 import subprocess
 import sys
 
@@ -15,22 +15,17 @@ import pytest
 from sandbox import ids, org, postgres
 from sandbox import seed as seeding
 from sandbox.objects import BY_PREFIX, LEAD_SOURCES, OBJECTS
+from tests.conftest import free_port, shared_tmp
 
 NOW = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
 CONTACTS = 2000
 SEED = 7
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def conn(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("seed-pg")
-    server = postgres.start(folder, _free_port())
+def conn():
+    folder = shared_tmp("retention-seed-pg-")
+    server = postgres.start(folder, free_port())
     try:
         postgres.ensure_databases(server)
         with psycopg.connect(server.url("sandbox_org"), autocommit=True) as c:
@@ -38,6 +33,7 @@ def conn(tmp_path_factory):
             yield c
     finally:
         postgres.stop(folder)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _snapshot(conn) -> dict[str, list[tuple]]:
