@@ -8,6 +8,7 @@ import json
 import threading
 from email import message_from_bytes
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import quote
 
 import pytest
 
@@ -125,3 +126,11 @@ def test_a_validation_failure_is_mailed_and_posted(sandbox, airflow_db, smtp_ser
     (post,) = posts
     assert "inactive_contacts: validation failed" in post["text"] and "(expected " in post["text"]
     assert "Counts that disagreed: staged " in post["text"]
+    header, facts, happened, docs, actions = post["blocks"]
+    assert header["text"]["text"] == "inactive_contacts: validation failed"
+    fields = [f["text"] for f in facts["fields"]]
+    assert "*Policy*\ninactive_contacts" in fields and f"*Run*\n{run.run_id}" in fields
+    assert any(f.startswith("*Counts that disagreed*\nstaged ") for f in fields)
+    assert "(expected " in happened["text"]["text"] and "index.html" in docs["elements"][0]["text"]
+    (button,) = actions["elements"]
+    assert button["url"].endswith(f"/dags/retention__inactive_contacts/runs/{quote(run.run_id, safe='')}")

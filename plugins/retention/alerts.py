@@ -78,6 +78,32 @@ def message(policy_id: str, dag_id: str, run_id: str, task_id: str, error: str,
     return subject, body
 
 
+def slack_blocks(policy_id: str, dag_id: str, run_id: str, task_id: str, error: str,
+                 details: dict | None = None) -> list[dict]:
+    """The same alert as Slack Block Kit: a header, the facts as fields, and a button to the run."""
+    details = details or {}
+    kind = "validation failed" if task_id == VALIDATION_TASK else f"task {task_id} failed"
+
+    def text(value: str, limit: int = 2900) -> str:  # Slack refuses a section text over 3000 characters
+        return value if len(value) <= limit else value[: limit - 1] + "…"
+
+    fields = [f"*Policy*\n{policy_id}", f"*Task*\n{task_id}", f"*Run*\n{run_id}", f"*DAG*\n{dag_id}"]
+    if details.get("counts"):
+        fields.append("*Counts that disagreed*\n" + "\n".join(details["counts"]))
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text", "text": text(f"{policy_id}: {kind}", 150)}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": text(f, 1900)} for f in fields]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": text(f"*What happened*\n{error}")}},
+    ]
+    if details.get("data_docs"):
+        blocks.append({"type": "context", "elements": [
+            {"type": "mrkdwn", "text": text(f"Validation report (Data Docs): `{details['data_docs']}`")}]})
+    blocks.append({"type": "actions", "elements": [
+        {"type": "button", "text": {"type": "plain_text", "text": "Open the run in Airflow"},
+         "url": run_url(dag_id, run_id)}]})
+    return blocks
+
+
 class RetentionAlertNotifier(BaseNotifier):
     """On a task failure, send the policy's alert by e-mail and/or to Slack through the providers' notifiers.
 
@@ -99,8 +125,8 @@ class RetentionAlertNotifier(BaseNotifier):
             return
         exception = context.get("exception")
         error = str(exception or "see the task log")
-        subject, body = message(self.policy_id, ti.dag_id, context["run_id"], ti.task_id, error,
-                                _details(exception))
+        facts = (self.policy_id, ti.dag_id, context["run_id"], ti.task_id, error, _details(exception))
+        subject, body = message(*facts)
         if self.alerts.email:
             from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -110,8 +136,9 @@ class RetentionAlertNotifier(BaseNotifier):
         if self.alerts.slack_webhook_conn_id:
             from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
+            # text: what notifications and clients without blocks show; blocks: the message in the channel.
             SlackWebhookNotifier(slack_webhook_conn_id=self.alerts.slack_webhook_conn_id,
-                                 text=f"*{subject}*\n{body}").notify(context)
+                                 text=f"*{subject}*\n{body}", blocks=slack_blocks(*facts)).notify(context)
 
 
 def _details(exception: BaseException | None) -> dict:
