@@ -29,6 +29,7 @@ from typing import Any
 
 from psycopg import sql
 
+from sandbox import ids
 from sandbox.objects import Field, SObject, get_object
 
 SCHEMA = "org"
@@ -622,7 +623,12 @@ class _Compiler:
         if field.type in TEXT_TYPES:
             lhs, rhs = sql.SQL("lower({})").format(expr), sql.SQL("lower({}::text)").format(self.bind(value.value))
         elif field.type in ID_TYPES:
-            lhs, rhs = sql.SQL("left({}, 15)").format(expr), self.bind(id15(value.value))
+            key = id15(str(value.value))
+            if len(key) == 15 and all(ch in ids.BASE62 for ch in key):
+                # Stored IDs are canonical 18-character ones: compare with that, so the column's index serves.
+                lhs, rhs = expr, sql.SQL("{}::bpchar").format(self.bind(ids.to18(key)))
+            else:
+                lhs, rhs = sql.SQL("left({}, 15)").format(expr), self.bind(key)
         else:
             lhs, rhs = expr, self.bind(value.value)
         if op == "!=":  # SOQL's != also matches null

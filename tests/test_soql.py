@@ -271,8 +271,11 @@ def test_id_literals():
     c = compile_query(
         f"SELECT Id FROM Contact WHERE Id = '003Ab00000XyZ01' OR AccountId IN ('{long.lower()}', 'short')", now=NOW
     )
-    assert c.params == ["003Ab00000XyZ01", "003Ab00000XyZ01", "short"]
-    assert 'left("t"."id", 15) = %s' in c.sql.as_string(None)
+    # A well-formed ID, of either length and any case of its suffix, becomes the stored 18-character form
+    # (compared as is, so the column's index serves); anything else compares on the first 15 characters.
+    assert c.params == [long, long, "short"]
+    assert '"t"."id" = %s::bpchar' in c.sql.as_string(None)
+    assert 'left("t"."accountid", 15) = %s' in c.sql.as_string(None)
 
 
 def test_id15():
