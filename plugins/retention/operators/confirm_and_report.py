@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 
 # What the action did, as the ledger's message and the errors say it.
 DONE_VERB = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked"}
-# SOQL ``Id IN (...)`` lists stay well under Salesforce's URI length limit at this size.
-ID_CHUNK = 200
+# Salesforce refuses a URI over 16,384 bytes (HTTP 414); a query's ``Id IN (...)`` list is sized to stay
+# under this many bytes of URL-encoded SOQL, which leaves room for the instance URL and the path.
+SOQL_URI_BUDGET = 15_000
 
 
 class ConfirmAndReportOperator(PolicyOperator):
@@ -80,10 +81,8 @@ class ConfirmAndReportOperator(PolicyOperator):
         policy = self.policy
         fields = sorted({k for v in sent.values() for k in v}) if policy.action == "mask" else []
         wrong: list[str] = []
-        for start in range(0, len(done), ID_CHUNK):
-            chunk = done[start:start + ID_CHUNK]
-            ids = ", ".join(f"'{i}'" for i in chunk if i.isalnum())
-            soql = f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} WHERE Id IN ({ids})"
+        head = f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} WHERE Id IN ("
+        for soql in id_in_queries(head, [i for i in done if i.isalnum()]):
             records = sf.conn.query_all(soql)["records"]
             if policy.action != "mask":
                 wrong += [r["Id"] for r in records]
@@ -93,3 +92,22 @@ class ConfirmAndReportOperator(PolicyOperator):
                 if any(not pipeline.same_value(want[f], r.get(f)) for f in want):
                     wrong.append(r["Id"])
         return wrong
+
+
+def id_in_queries(head: str, ids: list[str], budget: int = SOQL_URI_BUDGET) -> list[str]:
+    """``head`` + a quoted, comma-separated share of ``ids`` + ``)``, as few queries as fit the URI budget
+    once URL-encoded (about 500 IDs each): every query call counts against the org's daily API limit."""
+    from urllib.parse import quote_plus
+
+    queries: list[str] = []
+    size, chunk = len(quote_plus(head + ")")), []
+    for record_id in ids:
+        item = len(quote_plus(f"'{record_id}', "))
+        if chunk and size + item > budget:
+            queries.append(head + ", ".join(f"'{i}'" for i in chunk) + ")")
+            size, chunk = len(quote_plus(head + ")")), []
+        chunk.append(record_id)
+        size += item
+    if chunk:
+        queries.append(head + ", ".join(f"'{i}'" for i in chunk) + ")")
+    return queries
