@@ -191,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(rows)
         failures = [r for r in rows if r["state"] != "success"]
     finally:
+        if "airflow.settings" in sys.modules:
+            # Close Airflow's pooled connections while their Postgres still runs (else its exit hook complains).
+            sys.modules["airflow.settings"].dispose_orm()
         if not already_running and not args.keep:
             print()
             cli.cmd_down(settings, None)
