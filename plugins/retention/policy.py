@@ -329,15 +329,16 @@ _FREQUENCY_KEYS = ("frequency", "at", "weekday", "month", "day")
 _HH_MM = re.compile(r"^([01]?[0-9]|2[0-3]):([0-5][0-9])$")
 
 
-def _only_for(frequency: str, value: Any, info: ValidationInfo, missing: str) -> Any:
-    """A key that belongs to one frequency: refused with another (None when absent), required with its own."""
+def _only_for(frequencies: tuple[str, ...], value: Any, info: ValidationInfo, missing: str) -> Any:
+    """A key that belongs to some frequencies: refused with another (None when absent), required with its
+    own (``missing``, formatted with ``kind``, says what to add)."""
     kind = info.data.get("frequency")
-    if kind != frequency:
+    if kind not in frequencies:
         if value is not None and kind is not None:
-            raise ValueError(f"only for frequency: {frequency} (frequency is {kind})")
+            raise ValueError(f"only for frequency: {' or '.join(frequencies)} (frequency is {kind})")
         return None
     if value is None:
-        raise ValueError(missing)
+        raise ValueError(missing.format(kind=kind))
     return value
 
 
@@ -398,7 +399,7 @@ class Frequency(_Model):
     @field_validator("weekday", mode="before")
     @classmethod
     def _weekday(cls, value: Any, info: ValidationInfo) -> Any:
-        value = _only_for("weekly", value, info, f"weekly needs a weekday ({', '.join(_WEEKDAYS)})")
+        value = _only_for(("weekly",), value, info, f"weekly needs a weekday ({', '.join(_WEEKDAYS)})")
         if value is None:
             return None
         if not isinstance(value, str) or value.strip().lower() not in _WEEKDAYS:
@@ -408,7 +409,7 @@ class Frequency(_Model):
     @field_validator("month", mode="before")
     @classmethod
     def _month(cls, value: Any, info: ValidationInfo) -> Any:
-        value = _only_for("yearly", value, info, "yearly needs a month (1-12 or its name) and a day")
+        value = _only_for(("yearly",), value, info, "yearly needs a month (1-12 or its name) and a day")
         if value is None:
             return None
         if isinstance(value, str) and value.strip().lower() in _MONTHS:
@@ -420,17 +421,13 @@ class Frequency(_Model):
     @field_validator("day", mode="before")
     @classmethod
     def _day(cls, value: Any, info: ValidationInfo) -> Any:
-        kind = info.data.get("frequency")
-        if kind not in ("monthly", "yearly"):
-            if value is not None and kind is not None:
-                raise ValueError(f"only for frequency: monthly or yearly (frequency is {kind})")
-            return None
+        value = _only_for(("monthly", "yearly"), value, info, "{kind} needs a day of the month (1-31)")
         if value is None:
-            raise ValueError(f"{kind} needs a day of the month (1-31)")
+            return None
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 31:
             raise ValueError(f"{value!r} is not a day of the month (1-31)")
         month = info.data.get("month")
-        if kind == "yearly" and month is not None and value > _MONTH_DAYS[month - 1]:
+        if info.data.get("frequency") == "yearly" and month is not None and value > _MONTH_DAYS[month - 1]:
             raise ValueError(f"{_MONTHS[month - 1].capitalize()} has no day {value} "
                              f"(at most {_MONTH_DAYS[month - 1]})")
         return value
