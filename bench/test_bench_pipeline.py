@@ -12,7 +12,6 @@ Run with ``make bench``; results are recorded in docs/benchmarks.md. Sizes come 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import time
 
@@ -20,22 +19,19 @@ import pytest
 import requests
 
 CONTACTS = int(os.environ.get("BENCH_PIPELINE_CONTACTS", "150000"))
-HASH_KEY = "bench-hash-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def world(sandbox, airflow_db):
-    from airflow.models import Pool
-
-    os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
-    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
     # dag.test() runs every task in this process: import Great Expectations once up front (about 7 s here),
     # so that the first variant measured does not pay for both.
     import great_expectations as gx
 
+    from tests.policy_support import policy_world
+
     gx.get_context(mode="ephemeral")
-    yield sandbox
-    del os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"]
+    with policy_world(sandbox):  # the org is seeded by each variant's setup
+        yield sandbox
 
 
 def _api_usage(sandbox) -> int:

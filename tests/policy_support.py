@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+
 HASH_KEY = "test-hash-key-0123456789abcdef"
 ACTIVE_HOLDS = """SELECT recordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
                   AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
@@ -32,3 +36,22 @@ def policy_dags():
     from tests.dags import policy_dags as module
 
     return module
+
+
+@contextlib.contextmanager
+def policy_world(sandbox, *, contacts: int | None = None, seed: int = 0):
+    """What a policy run needs, as airflow_settings.yaml sets it up: the Salesforce API pool and the keyed-hash
+    secret; and ``contacts`` more seeded contacts (with their accounts, leads, cases and holds) when given."""
+    from airflow.models import Pool
+
+    from sandbox import seed as seeding
+
+    os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
+    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
+    if contacts:
+        with sandbox.org_conn() as conn:
+            seeding.seed(conn, contacts=contacts, seed=seed)
+    try:
+        yield sandbox
+    finally:
+        os.environ.pop("AIRFLOW_CONN_RETENTION_HASH_KEY", None)

@@ -9,15 +9,13 @@ when it is done, so the other DAG-run modules sharing the session's sandbox see 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import threading
 import time
 
 import pytest
 import requests
 
-from tests.policy_support import ACTIVE_HOLDS, HASH_KEY, cache_rows, org_rows, policy_dags, store_rows
+from tests.policy_support import ACTIVE_HOLDS, cache_rows, org_rows, policy_dags, policy_world, store_rows
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 # Logical dates distinct from the other modules' runs (each date is a separate retention decision).
@@ -39,15 +37,8 @@ ELIGIBLE_CONTACTS = """SELECT id FROM org.contact WHERE NOT isdeleted AND lastmo
 def world(sandbox, airflow_db):
     """Seeded org data (added to whatever the session already holds), the API pool and the hash key; afterwards
     this module's cache rows and staging tables are removed (its ledger rows stay: the ledger is append-only)."""
-    from airflow.models import Pool
-
-    from sandbox import seed
-
-    os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
-    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
-    with sandbox.org_conn() as conn:
-        seed.seed(conn, contacts=400, seed=23)
-    yield sandbox
+    with policy_world(sandbox, contacts=400, seed=23):
+        yield sandbox
     requests.delete(f"{sandbox.instance_url}/__sandbox/faults", verify=sandbox.ca, timeout=10)
     with sandbox.store_conn() as conn:
         for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'cache'").fetchall():

@@ -6,30 +6,20 @@ ledger row is right."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 
 import pytest
 
 from retention import masking, transforms
-from tests.policy_support import ACTIVE_HOLDS, HASH_KEY, cache_rows, org_rows, policy_dags, store_rows
+from tests.policy_support import ACTIVE_HOLDS, HASH_KEY, cache_rows, org_rows, policy_dags, policy_world, store_rows
 
 LOGICAL_DATE = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
 def world(sandbox, airflow_db):
-    """Seeded org data, the Salesforce API pool and the keyed-hash secret, as airflow_settings.yaml sets them."""
-    from airflow.models import Pool
-
-    from sandbox import seed
-
-    os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
-    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
-    with sandbox.org_conn() as conn:
-        seed.seed(conn, contacts=400, seed=11)
-    yield sandbox
-    del os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"]
+    with policy_world(sandbox, contacts=400, seed=11):
+        yield sandbox
 
 
 def ledger(sandbox, policy_id: str, logical_date: dt.datetime | None = None) -> list[dict]:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import os
 
 import pytest
 
-from tests.policy_support import HASH_KEY, cache_rows, org_rows, policy_dags, store_rows
+from tests.policy_support import cache_rows, org_rows, policy_dags, policy_world, store_rows
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 # Logical dates of this module's mask runs, distinct from the other modules' runs of the same policy.
@@ -23,16 +21,8 @@ AGE = "800 days"  # older than stale_leads_mask's keep_days (730)
 
 @pytest.fixture(scope="module")
 def world(sandbox, airflow_db):
-    from airflow.models import Pool
-
-    from sandbox import seed
-
-    os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
-    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
-    with sandbox.org_conn() as conn:
-        seed.seed(conn, contacts=300, seed=37)
-    yield sandbox
-    del os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"]
+    with policy_world(sandbox, contacts=300, seed=37):
+        yield sandbox
 
 
 @pytest.fixture(scope="module")
