@@ -52,9 +52,10 @@ def mirror_holds(store: RetentionStoreHook, sf: SalesforceBulk2Hook) -> int:
 
 def _held(conn, alias: str) -> sql.Composable:
     """An active hold on the row's record, in the store's mirror of holds or in Connect's, if it has one."""
-    active = ("{h}.is_active AND ({h}.end_date IS NULL OR {h}.end_date >= (now() AT TIME ZONE 'UTC')::date)")
-    held = sql.SQL("EXISTS (SELECT 1 FROM {} h WHERE h.record_id = {}.sfid AND " + active.format(h="h") + ")").format(
-        sql.Identifier(LEDGER_SCHEMA, "privacy_holds"), sql.Identifier(alias))
+    held = sql.SQL(
+        "EXISTS (SELECT 1 FROM {} h WHERE h.record_id = {}.sfid AND h.is_active "
+        "AND (h.end_date IS NULL OR h.end_date >= (now() AT TIME ZONE 'UTC')::date))"
+    ).format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds"), sql.Identifier(alias))
     connect = sql.Identifier(MIRROR_SCHEMA, "privacyhold")
     if conn.execute("SELECT to_regclass(%s)", (connect.as_string(conn),)).fetchone()[0]:
         from retention.pipeline import held_in_mirror
