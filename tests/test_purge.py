@@ -53,10 +53,10 @@ def test_the_purge_dag_has_a_task_for_each_policy_that_keeps_copies_for_a_while(
     dag = policy_dags().retention_store_purge
     assert set(dag.task_ids) == {"mirror_holds", "purge__stale_leads_mask", "purge__inactive_contacts"}
     assert dag.get_task("purge__stale_leads_mask").upstream_task_ids == {"mirror_holds"}
-    assert dag.catchup is False and "keep_days" in dag.doc_md
+    assert dag.catchup is False and "keep_days" in dag.doc_md and dag.params["dry_run"] is False
 
 
-def test_expired_copies_are_purged_held_and_unfinished_ones_stay_and_the_ledger_says_so(world, sf):
+def test_expired_copies_are_purged_held_and_unfinished_ones_stay_and_the_ledger_says_so(world, sf, capfd):
     from retention import evidence
 
     sandbox = world
@@ -80,7 +80,17 @@ def test_expired_copies_are_purged_held_and_unfinished_ones_stay_and_the_ledger_
     expected_purged = sorted(set(mine) - {held, unfinished, fresh})
 
     purge_at = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    run, states = _run(policy_dags().retention_store_purge, purge_at)
+    # A dry run first: it counts what would go, and purges and records nothing.
+    lead_cache = cache_rows(sandbox, "lead")
+    capfd.readouterr()
+    run, states = _run(policy_dags().retention_store_purge, purge_at, dry_run=True)
+    assert run.state == "success", states
+    captured = capfd.readouterr()
+    assert (f"DRY RUN (nothing was purged): stale_leads_mask would purge {len(expected_purged)} rows of cache.lead"
+            in captured.out + captured.err)
+    assert cache_rows(sandbox, "lead") == lead_cache and _purge_rows(sandbox, run.run_id) == {}
+
+    run, states = _run(policy_dags().retention_store_purge, purge_at, dry_run=False)
     assert run.state == "success", states
     assert set(states.values()) == {"success"}
 
@@ -137,7 +147,8 @@ def test_no_purge_without_a_fresh_copy_of_the_holds(world):
     ledger_before = store_rows(sandbox, "SELECT count(*) AS n FROM retention.runs")[0]["n"]
 
     with sandbox.fault("server_error", status=503):
-        run, states = _run(policy_dags().retention_store_purge, dt.datetime.now(dt.UTC).replace(microsecond=0))
+        run, states = _run(policy_dags().retention_store_purge, dt.datetime.now(dt.UTC).replace(microsecond=0),
+                           dry_run=False)
     assert run.state == "failed"
     assert states["mirror_holds"] == "failed"
     assert states["purge__stale_leads_mask"] == "upstream_failed"

@@ -146,7 +146,7 @@ def build_purge_dag(policies: list[Policy]) -> DAG:
         "Deletes retained copies older than their policy's `retain.keep_days` from `cache`, never a copy of a "
         "record under an active privacy hold (the org's holds are mirrored into `retention.privacy_holds` "
         "first) and never one whose delete or mask has not finished. Each purge is a row in the ledger; the "
-        "purged ids are in `retention.purged_records`.",
+        "purged ids are in `retention.purged_records`. Trigger with `dry_run` to count what would be purged.",
         "",
         "| policy | table | keep_days |",
         "| --- | --- | --- |",
@@ -162,6 +162,8 @@ def build_purge_dag(policies: list[Policy]) -> DAG:
         tags=["retention", "maintenance"],
         doc_md=doc,
         default_args={**DEFAULT_ARGS, "owner": "retention", "on_failure_callback": on_failure},
+        params={"dry_run": Param(False, type="boolean", title="Dry run",
+                                 description="Count what would be purged; nothing is deleted or recorded.")},
     ) as dag:
         holds = MirrorHoldsOperator(task_id="mirror_holds", pool=SALESFORCE_POOL)
         for policy in keeping:

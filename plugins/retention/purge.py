@@ -66,7 +66,7 @@ def _held(conn, alias: str) -> sql.Composable:
 
 @dataclass(frozen=True)
 class PurgeResult:
-    ledger_id: int
+    ledger_id: int | None  # None for a dry run
     purge_before: dt.datetime
     purged: int
     held_ids: list[str]
@@ -82,9 +82,10 @@ def purge_before(policy: Policy, as_of: dt.datetime) -> dt.datetime:
 
 
 def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_run_id: str,
-          started_at: dt.datetime, now: dt.datetime | None = None) -> PurgeResult:
+          started_at: dt.datetime, now: dt.datetime | None = None, dry_run: bool = False) -> PurgeResult:
     """Delete the policy's cache rows retained before ``as_of - keep_days`` that are not held and whose
-    action finished; record them and a ledger row, all in one transaction."""
+    action finished; record them and a ledger row, all in one transaction. A dry run counts what would go
+    and changes nothing (``ledger_id`` is None)."""
     from retention import evidence
 
     if policy.retain.keep_days is None:
@@ -109,6 +110,13 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
         unfinished = conn.execute(
             sql.SQL("SELECT count(*) FROM {} c WHERE {} AND NOT (c._action_status = ANY(%(purgeable)s))").format(
                 table, past), args).fetchone()[0] if exists else 0
+        purgeable = sql.SQL("{} AND c._action_status = ANY(%(purgeable)s) AND NOT {}").format(past, held)
+        if dry_run:
+            would = conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE {}").format(table, purgeable),
+                                 args).fetchone()[0] if exists else 0
+            remaining = conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE c._retention_policy = %s").format(
+                table), (policy.id,)).fetchone()[0] - would if exists else 0
+            return PurgeResult(None, before, would, held_ids, unfinished, remaining, "")
         # The ledger row first (its id ties the purged ids to it), the counts once the rows are gone.
         evidence.lock(conn)
         runs = sql.Identifier(LEDGER_SCHEMA, "runs")
@@ -120,10 +128,10 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
             (policy.id, f"{policy.id}__purge__{as_of.astimezone(UTC):%Y%m%dT%H%M%S}", dag_run_id, policy.source_hash,
              policy.object, before, started_at)).fetchone()[0]
         purged = conn.execute(
-            sql.SQL("WITH gone AS (DELETE FROM {} c WHERE {} AND c._action_status = ANY(%(purgeable)s) AND NOT {} "
-                    "RETURNING c.sfid, c._action_status, c._retained_at) INSERT INTO {} (ledger_id, policy_id, sfid, "
-                    "action_status, retained_at) SELECT %(ledger)s, %(policy)s, sfid, _action_status, _retained_at "
-                    "FROM gone").format(table, past, held, purged_records), {**args, "ledger": ledger_id}
+            sql.SQL("WITH gone AS (DELETE FROM {} c WHERE {} RETURNING c.sfid, c._action_status, c._retained_at) "
+                    "INSERT INTO {} (ledger_id, policy_id, sfid, action_status, retained_at) SELECT %(ledger)s, "
+                    "%(policy)s, sfid, _action_status, _retained_at FROM gone").format(
+                table, purgeable, purged_records), {**args, "ledger": ledger_id}
         ).rowcount if exists else 0
         digest = conn.execute(
             sql.SQL("SELECT encode(sha256(convert_to(coalesce(string_agg(sfid, E'\\n' ORDER BY sfid), ''), 'UTF8')), "

@@ -53,12 +53,20 @@ class PurgeCacheOperator(BaseOperator):
         from retention.hooks.store import RetentionStoreHook
 
         dag_run = context["dag_run"]
+        dry_run = bool(context["params"].get("dry_run"))
         try:
             result = purge.purge(RetentionStoreHook(self.store_conn_id), self.policy,
                                  as_of=context.get("logical_date") or dag_run.run_after, dag_run_id=dag_run.run_id,
-                                 started_at=dag_run.start_date)
+                                 started_at=dag_run.start_date, dry_run=dry_run)
         except purge.PurgeError as err:
             raise AirflowFailException(str(err)) from err
+        if dry_run:
+            self.log.info("DRY RUN (nothing was purged): %s would purge %d rows of cache.%s retained before %s; "
+                          "%d held (%s) and %d unfinished would stay", self.policy.id, result.purged,
+                          self.policy.retain.table, result.purge_before.isoformat(), len(result.held_ids),
+                          ", ".join(result.held_ids) or "none", result.unfinished)
+            return {"dry_run": True, "would_purge": result.purged, "held": len(result.held_ids),
+                    "unfinished": result.unfinished}
         self.log.info("%s: purged %d rows of cache.%s retained before %s; kept %d held (%s), %d unfinished; "
                       "ledger row %d", self.policy.id, result.purged, self.policy.retain.table,
                       result.purge_before.isoformat(), len(result.held_ids), ", ".join(result.held_ids) or "none",
