@@ -4,7 +4,8 @@ DAG file:
 - the UI, in headless Chromium (Debian's, driven by Playwright): log in, see every policy DAG, trigger a dry
   run from the trigger form and see it succeed;
 - ``airflow backfill create`` over three past days: three runs, each with its own day's cutoff, leaving the
-  cache and the org as three separate daily runs would; reprocessing the same days changes nothing.
+  cache and the org as three separate daily runs would; reprocessing the same days changes nothing; a day
+  that failed (a record Salesforce refused) is re-processed safely with ``--reprocess-behavior failed``.
 """
 
 from __future__ import annotations
@@ -229,6 +230,17 @@ def _wait_for_backfills(standalone, dag_id: str, timeout: float = 120) -> None:
     raise AssertionError(f"{dag_id}: backfill not completed in {timeout}s: {backfills}")
 
 
+def _contacts_modified_at(sandbox, sf, dates: dict[str, dt.datetime]) -> dict[str, str]:
+    """Contacts of the backfill policy (Title 'Backfill test'), each last modified at its given time."""
+    ids = {name: sf.Contact.create({"LastName": f"Backfill {name}", "Title": "Backfill test",
+                                    "Email": f"{name}@backfill.example"})["id"] for name in dates}
+    with sandbox.org_conn() as conn:
+        for name, when in dates.items():  # the API cannot set LastModifiedDate; the org's database can
+            conn.execute("UPDATE org.contact SET lastmodifieddate = %s, systemmodstamp = %s WHERE id = %s",
+                         (when, when, ids[name]))
+    return ids
+
+
 def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone, sandbox, sf):
     hour, minute = standalone["daily_at"]
     now = dt.datetime.now(dt.UTC)
@@ -242,12 +254,7 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
     dates = {"first": cutoffs[0] - dt.timedelta(hours=1), "second": cutoffs[0] + dt.timedelta(hours=1),
              "third": cutoffs[1] + dt.timedelta(hours=1), "none": cutoffs[2] + dt.timedelta(hours=1),
              "held": cutoffs[0] - dt.timedelta(hours=2)}
-    ids = {name: sf.Contact.create({"LastName": f"Backfill {name}", "Title": "Backfill test",
-                                    "Email": f"{name}@backfill.example"})["id"] for name in dates}
-    with sandbox.org_conn() as conn:
-        for name, when in dates.items():  # the API cannot set LastModifiedDate; the org's database can
-            conn.execute("UPDATE org.contact SET lastmodifieddate = %s, systemmodstamp = %s WHERE id = %s",
-                         (when, when, ids[name]))
+    ids = _contacts_modified_at(sandbox, sf, dates)
     sf.PrivacyHold.create({"Name": "Backfill hold", "RecordId": ids["held"], "IsActive": True})
 
     deadline = time.monotonic() + 120  # the dag processor parses the new policy's DAG
@@ -292,3 +299,40 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
                              "'backfill_contacts' ORDER BY id").fetchall()[3:]
         assert dict(conn.execute("SELECT sfid, _retention_run FROM cache.contact_backfill").fetchall()) == cache
     assert again == [(k, 0, 0) for k in run_keys]
+
+    # Three earlier days, the first of which fails (Salesforce refuses the delete of its one record):
+    # re-processing the failed day afterwards is safe, nothing is lost or done twice.
+    _wait_for_backfills(standalone, BACKFILL_DAG)
+    earlier = [d - dt.timedelta(days=3) for d in days]
+    early_cutoffs = [d - dt.timedelta(days=30) for d in earlier]
+    more = _contacts_modified_at(sandbox, sf, {"x": early_cutoffs[0] - dt.timedelta(hours=1),
+                                               "y": early_cutoffs[0] + dt.timedelta(hours=1)})
+    early_keys = [f"backfill_contacts__{d:%Y%m%dT%H%M%S}" for d in earlier]
+    with sandbox.fault("record_failures", rate=1.0, count=1):  # the next ingest row fails: x, on the first day
+        _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", earlier[0].isoformat(),
+                 "--to-date", earlier[-1].isoformat(), "--max-active-runs", "1")
+        _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+    runs = _wait_for_runs(standalone, BACKFILL_DAG, 6)
+    assert [r["state"] for r in runs[:3]] == ["failed", "success", "success"], runs
+    with sandbox.store_conn() as conn:
+        rows = conn.execute("SELECT run_key, eligible, acted, failed, status FROM retention.runs WHERE run_key = "
+                            "ANY(%s) ORDER BY id", (early_keys,)).fetchall()
+    # The first day kept x retained and failed; the second day took x again with its own record y.
+    assert rows == [(early_keys[0], 1, 0, 1, "partially_failed"), (early_keys[1], 2, 2, 0, "succeeded"),
+                    (early_keys[2], 0, 0, 0, "succeeded")]
+
+    _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", earlier[0].isoformat(),
+             "--to-date", earlier[-1].isoformat(), "--max-active-runs", "1", "--reprocess-behavior", "failed")
+    _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+    runs = _wait_for_runs(standalone, BACKFILL_DAG, 6)
+    assert [r["state"] for r in runs] == ["success"] * 6, runs
+    with sandbox.store_conn() as conn:
+        rerun = conn.execute("SELECT run_key, eligible, acted, failed, status FROM retention.runs WHERE run_key = "
+                             "ANY(%s) ORDER BY id", (early_keys,)).fetchall()[3:]
+        kept = dict(conn.execute("SELECT sfid, _retention_run || ' ' || _action_status FROM cache.contact_backfill "
+                                 "WHERE sfid = ANY(%s)", (list(more.values()),)).fetchall())
+    assert rerun == [(early_keys[0], 0, 0, 0, "succeeded")]  # only the failed day ran again: nothing left to do
+    assert kept == {more["x"]: f"{early_keys[1]} done", more["y"]: f"{early_keys[1]} done"}
+    with sandbox.org_conn() as conn:
+        assert conn.execute("SELECT bool_and(isdeleted) FROM org.contact WHERE id = ANY(%s)",
+                            (list(more.values()),)).fetchone()[0] is True
