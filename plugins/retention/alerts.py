@@ -22,10 +22,11 @@ class AlertSettingsError(ValueError):
     """The global alert settings in the environment are not valid; the message names the variable."""
 
 
-def settings_for(policy: Policy) -> Alerts | None:
-    """The policy's own ``alerts:``, else the global ones (none while those are broken: build_dags reports
-    that as an import error rather than failing every policy's DAG)."""
-    if policy.alerts is not None:
+def settings_for(policy: Policy | None) -> Alerts | None:
+    """The policy's own ``alerts:``, else the global ones (``policy`` None: the global ones, for the store purge).
+    None while the global ones are broken: build_dags reports that as an import error rather than failing every
+    policy's DAG."""
+    if policy is not None and policy.alerts is not None:
         return policy.alerts
     try:
         return global_settings()
@@ -57,12 +58,16 @@ def run_url(dag_id: str, run_id: str) -> str:
     return f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
+def _kind(task_id: str) -> str:
+    return "validation failed" if task_id == VALIDATION_TASK else f"task {task_id} failed"
+
+
 def message(policy_id: str, dag_id: str, run_id: str, task_id: str, error: str,
             details: dict | None = None) -> tuple[str, str]:
     """(subject, body) naming the policy, the run, the task, what went wrong, the counts that disagreed
     and where to look."""
     details = details or {}
-    kind = "validation failed" if task_id == VALIDATION_TASK else f"task {task_id} failed"
+    kind = _kind(task_id)
     subject = f"[retention] {policy_id}: {kind} (run {run_id})"
     body = "\n".join([
         f"Retention policy {policy_id}: {kind}.",
@@ -82,7 +87,7 @@ def slack_blocks(policy_id: str, dag_id: str, run_id: str, task_id: str, error: 
                  details: dict | None = None) -> list[dict]:
     """The same alert as Slack Block Kit: a header, the facts as fields, and a button to the run."""
     details = details or {}
-    kind = "validation failed" if task_id == VALIDATION_TASK else f"task {task_id} failed"
+    kind = _kind(task_id)
 
     def text(value: str, limit: int = 2900) -> str:  # Slack refuses a section text over 3000 characters
         return value if len(value) <= limit else value[: limit - 1] + "…"

@@ -131,14 +131,11 @@ def build_purge_dag(policies: list[Policy]) -> DAG:
     rows past ``retain.keep_days`` (one task per policy that sets it), daily at 03:00 UTC."""
     from airflow.timetables.trigger import CronTriggerTimetable
 
-    from retention.alerts import AlertSettingsError, RetentionAlertNotifier, global_settings
+    from retention.alerts import RetentionAlertNotifier, settings_for
     from retention.operators.purge import MirrorHoldsOperator, PurgeCacheOperator
 
     keeping = [p for p in policies if p.retain.keep_days is not None]
-    try:
-        alerts = global_settings()
-    except AlertSettingsError:  # reported by build_dags as an import error
-        alerts = None
+    alerts = settings_for(None)
     on_failure = [RetentionAlertNotifier(policy_id="store purge", alerts=alerts)] if alerts else []
     doc = "\n".join([
         "### Store purge",

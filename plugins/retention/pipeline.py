@@ -447,10 +447,13 @@ def save_sent(store: RetentionStoreHook, run: Run, records: list[dict]) -> None:
                              for r in records])
 
 
+def table_exists(conn, table: sql.Identifier) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()[0] is not None
+
+
 def sent_values(store: RetentionStoreHook, run: Run) -> dict[str, dict]:
     with store.connect() as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (run.sent.as_string(conn),)).fetchone()[0]
-        if not exists:
+        if not table_exists(conn, run.sent):
             return {}
         return dict(conn.execute(sql.SQL("SELECT sfid, sent FROM {}").format(run.sent)).fetchall())
 
@@ -474,8 +477,7 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], s
     """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
     with store.connect() as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (mirror.as_string(conn),)).fetchone()[0]
-        if not exists:
+        if not table_exists(conn, mirror):
             return True
         if policy.action in ("delete", "hard_delete"):
             left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE sfid = ANY(%s)").format(mirror),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA, MIRROR_SCHEMA
+from retention.pipeline import held_in_mirror, table_exists
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
@@ -56,10 +57,7 @@ def _held(conn, alias: str) -> sql.Composable:
         "EXISTS (SELECT 1 FROM {} h WHERE h.record_id = {}.sfid AND h.is_active "
         "AND (h.end_date IS NULL OR h.end_date >= (now() AT TIME ZONE 'UTC')::date))"
     ).format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds"), sql.Identifier(alias))
-    connect = sql.Identifier(MIRROR_SCHEMA, "privacyhold")
-    if conn.execute("SELECT to_regclass(%s)", (connect.as_string(conn),)).fetchone()[0]:
-        from retention.pipeline import held_in_mirror
-
+    if table_exists(conn, sql.Identifier(MIRROR_SCHEMA, "privacyhold")):
         held = sql.SQL("({} OR {})").format(held, held_in_mirror(alias))
     return held
 
@@ -100,23 +98,25 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
             raise PurgeError(f"privacy holds were last mirrored {mirrored[0] if mirrored else 'never'}; refusing to "
                              f"purge cache.{policy.retain.table} without a fresh copy (mirror_holds runs first)")
         # A policy that has not retained anything yet has no table: nothing to purge (still recorded).
-        exists = conn.execute("SELECT to_regclass(%s)", (table.as_string(conn),)).fetchone()[0] is not None
-        past = sql.SQL("c._retention_policy = %(policy)s AND c._retained_at < %(before)s")
+        exists = table_exists(conn, table)
         args = {"policy": policy.id, "before": before, "purgeable": list(PURGEABLE)}
+
+        def count(where: sql.Composable) -> int:
+            if not exists:
+                return 0
+            return conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE {}").format(table, where), args).fetchone()[0]
+
+        mine = sql.SQL("c._retention_policy = %(policy)s")
+        past = sql.SQL("{} AND c._retained_at < %(before)s").format(mine)
         held = _held(conn, "c")
         held_ids = [r[0] for r in conn.execute(
             sql.SQL("SELECT c.sfid FROM {} c WHERE {} AND {} ORDER BY 1").format(table, past, held), args).fetchall()
         ] if exists else []
-        unfinished = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} c WHERE {} AND NOT (c._action_status = ANY(%(purgeable)s))").format(
-                table, past), args).fetchone()[0] if exists else 0
+        unfinished = count(sql.SQL("{} AND NOT (c._action_status = ANY(%(purgeable)s))").format(past))
         purgeable = sql.SQL("{} AND c._action_status = ANY(%(purgeable)s) AND NOT {}").format(past, held)
         if dry_run:
-            would = conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE {}").format(table, purgeable),
-                                 args).fetchone()[0] if exists else 0
-            remaining = conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE c._retention_policy = %s").format(
-                table), (policy.id,)).fetchone()[0] - would if exists else 0
-            return PurgeResult(None, before, would, held_ids, unfinished, remaining, "")
+            would = count(purgeable)
+            return PurgeResult(None, before, would, held_ids, unfinished, count(mine) - would, "")
         # The ledger row first (its id ties the purged ids to it), the counts once the rows are gone.
         evidence.lock(conn)
         runs = sql.Identifier(LEDGER_SCHEMA, "runs")
@@ -136,8 +136,7 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
         digest = conn.execute(
             sql.SQL("SELECT encode(sha256(convert_to(coalesce(string_agg(sfid, E'\\n' ORDER BY sfid), ''), 'UTF8')), "
                     "'hex') FROM {} WHERE ledger_id = %s").format(purged_records), (ledger_id,)).fetchone()[0]
-        remaining = conn.execute(sql.SQL("SELECT count(*) FROM {} c WHERE c._retention_policy = %s").format(table),
-                                 (policy.id,)).fetchone()[0] if exists else 0
+        remaining = count(mine)
         message = (f"purged {purged} rows of cache.{policy.retain.table} retained before {before.isoformat()} "
                    f"(keep_days {policy.retain.keep_days}); kept {len(held_ids)} under privacy hold"
                    + (f" and {unfinished} whose action has not finished" if unfinished else ""))

@@ -99,15 +99,14 @@ def id_in_queries(head: str, ids: list[str], budget: int = SOQL_URI_BUDGET) -> l
     once URL-encoded (about 500 IDs each): every query call counts against the org's daily API limit."""
     from urllib.parse import quote_plus
 
-    queries: list[str] = []
-    size, chunk = len(quote_plus(head + ")")), []
+    fixed = len(quote_plus(head + ")"))
+    chunks: list[list[str]] = []
+    size = budget  # the first ID starts a chunk
     for record_id in ids:
         item = len(quote_plus(f"'{record_id}', "))
-        if chunk and size + item > budget:
-            queries.append(head + ", ".join(f"'{i}'" for i in chunk) + ")")
-            size, chunk = len(quote_plus(head + ")")), []
-        chunk.append(record_id)
+        if size + item > budget:
+            chunks.append([])
+            size = fixed
+        chunks[-1].append(record_id)
         size += item
-    if chunk:
-        queries.append(head + ", ".join(f"'{i}'" for i in chunk) + ")")
-    return queries
+    return [head + ", ".join(f"'{i}'" for i in chunk) + ")" for chunk in chunks]
