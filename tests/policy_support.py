@@ -55,3 +55,20 @@ def policy_world(sandbox, *, contacts: int | None = None, seed: int = 0):
         yield sandbox
     finally:
         os.environ.pop("AIRFLOW_CONN_RETENTION_HASH_KEY", None)
+
+
+def lose_staged_rows(monkeypatch, count: int = 2) -> None:
+    """Make every run lose ``count`` staged rows between extract and subset, so its validation must fail
+    (eligible != staged != retained): a forced validation failure through the real pipeline."""
+    from retention import pipeline
+    from retention.hooks.store import RetentionStoreHook
+
+    real_subset = pipeline.subset
+
+    def subset_after_losing_rows(store, policy, run, key):
+        with RetentionStoreHook().connect() as conn:
+            conn.execute(f'DELETE FROM retention_staging."{run.run_key}" WHERE sfid IN '
+                         f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT {int(count)})')
+        return real_subset(store, policy, run, key)
+
+    monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)

@@ -241,6 +241,13 @@ def _contacts_modified_at(sandbox, sf, dates: dict[str, dt.datetime]) -> dict[st
     return ids
 
 
+def _backfill(standalone, days: list[dt.datetime], *options: str) -> None:
+    """``airflow backfill create`` over ``days``, one day at a time, and wait until the scheduler completed it."""
+    _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", days[0].isoformat(),
+             "--to-date", days[-1].isoformat(), "--max-active-runs", "1", *options)
+    _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+
+
 def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone, sandbox, sf):
     hour, minute = standalone["daily_at"]
     now = dt.datetime.now(dt.UTC)
@@ -289,9 +296,7 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
 
     # Reprocessing the same days is safe: three more runs, nothing eligible, nothing changed.
     _wait_for_backfills(standalone, BACKFILL_DAG)
-    _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", days[0].isoformat(),
-             "--to-date", days[-1].isoformat(), "--max-active-runs", "1", "--reprocess-behavior", "completed")
-    _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+    _backfill(standalone, days, "--reprocess-behavior", "completed")
     runs = _wait_for_runs(standalone, BACKFILL_DAG, 3)
     assert [r["state"] for r in runs] == ["success"] * 3, runs
     with sandbox.store_conn() as conn:
@@ -302,16 +307,13 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
 
     # Three earlier days, the first of which fails (Salesforce refuses the delete of its one record):
     # re-processing the failed day afterwards is safe, nothing is lost or done twice.
-    _wait_for_backfills(standalone, BACKFILL_DAG)
     earlier = [d - dt.timedelta(days=3) for d in days]
     early_cutoffs = [d - dt.timedelta(days=30) for d in earlier]
     more = _contacts_modified_at(sandbox, sf, {"x": early_cutoffs[0] - dt.timedelta(hours=1),
                                                "y": early_cutoffs[0] + dt.timedelta(hours=1)})
     early_keys = [f"backfill_contacts__{d:%Y%m%dT%H%M%S}" for d in earlier]
     with sandbox.fault("record_failures", rate=1.0, count=1):  # the next ingest row fails: x, on the first day
-        _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", earlier[0].isoformat(),
-                 "--to-date", earlier[-1].isoformat(), "--max-active-runs", "1")
-        _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+        _backfill(standalone, earlier)
     runs = _wait_for_runs(standalone, BACKFILL_DAG, 6)
     assert [r["state"] for r in runs[:3]] == ["failed", "success", "success"], runs
     with sandbox.store_conn() as conn:
@@ -321,9 +323,7 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
     assert rows == [(early_keys[0], 1, 0, 1, "partially_failed"), (early_keys[1], 2, 2, 0, "succeeded"),
                     (early_keys[2], 0, 0, 0, "succeeded")]
 
-    _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", earlier[0].isoformat(),
-             "--to-date", earlier[-1].isoformat(), "--max-active-runs", "1", "--reprocess-behavior", "failed")
-    _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
+    _backfill(standalone, earlier, "--reprocess-behavior", "failed")
     runs = _wait_for_runs(standalone, BACKFILL_DAG, 6)
     assert [r["state"] for r in runs] == ["success"] * 6, runs
     with sandbox.store_conn() as conn:

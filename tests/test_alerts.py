@@ -14,6 +14,7 @@ import pytest
 
 from retention import alerts
 from tests.conftest import REPO, free_port
+from tests.policy_support import lose_staged_rows, policy_world
 
 LOGICAL_DATE = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) + dt.timedelta(days=1500)
 
@@ -69,12 +70,14 @@ def test_message_names_policy_run_task_counts_and_link():
     assert subject == "[retention] p: task delete_or_mask failed (run r)"
 
 
-def test_a_validation_failure_is_mailed_and_posted(sandbox, airflow_db, smtp_server, webhook, monkeypatch):
-    from airflow.models import Pool
+@pytest.fixture
+def world(sandbox, airflow_db):
+    with policy_world(sandbox, contacts=100, seed=31):
+        yield sandbox
 
-    from retention import pipeline
+
+def test_a_validation_failure_is_mailed_and_posted(world, smtp_server, webhook, monkeypatch):
     from retention.factory import build_dag
-    from retention.hooks.store import RetentionStoreHook
     from retention.policy import Alerts, load_policy
 
     smtp_port, mails = smtp_server
@@ -83,25 +86,13 @@ def test_a_validation_failure_is_mailed_and_posted(sandbox, airflow_db, smtp_ser
         "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
         "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "retention@localhost"}}))
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": webhook_url}))
-    Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
-    from sandbox import seed
-
-    with sandbox.org_conn() as conn:
-        seed.seed(conn, contacts=100, seed=31)
+    sandbox = world
     policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml").model_copy(update={
         "alerts": Alerts(email=["privacy-team@example.com"], smtp_conn_id="smtp_alerts",
                          slack_webhook_conn_id="slack_alerts")})
     dag = build_dag(policy)
 
-    real_subset = pipeline.subset
-
-    def subset_after_losing_rows(store, policy, run, key):
-        with RetentionStoreHook().connect() as conn:
-            conn.execute(f'DELETE FROM retention_staging."{run.run_key}" WHERE sfid IN '
-                         f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT 2)')
-        return real_subset(store, policy, run, key)
-
-    monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)
+    lose_staged_rows(monkeypatch)
     try:
         run = dag.test(logical_date=LOGICAL_DATE, run_conf={"dry_run": False, "cutoff": None})
     finally:  # the failed run's working tables stay for inspection in production; tests clean up

@@ -11,7 +11,16 @@ import os
 import pytest
 
 from retention import masking, transforms
-from tests.policy_support import ACTIVE_HOLDS, HASH_KEY, cache_rows, org_rows, policy_dags, policy_world, store_rows
+from tests.policy_support import (
+    ACTIVE_HOLDS,
+    HASH_KEY,
+    cache_rows,
+    lose_staged_rows,
+    org_rows,
+    policy_dags,
+    policy_world,
+    store_rows,
+)
 
 LOGICAL_DATE = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 
@@ -224,9 +233,6 @@ def test_dry_run_changes_nothing_and_prints_a_preview(world, capsys):
 def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatch, capfd):
     """Rows removed from staging after extract: the counts disagree, the run fails with them in its message,
     and the org is unchanged."""
-    from retention import pipeline
-    from retention.hooks.store import RetentionStoreHook
-
     sandbox = world
     later = LOGICAL_DATE + dt.timedelta(days=800)
     cutoff = later - dt.timedelta(days=730)
@@ -234,15 +240,7 @@ def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatc
                       AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id"""
     live_before = org_rows(sandbox, eligible_sql, (cutoff,))
     assert len(live_before) > 5
-    real_subset = pipeline.subset
-
-    def subset_after_losing_rows(store, policy, run, key):
-        with RetentionStoreHook().connect() as conn:
-            conn.execute(f'DELETE FROM retention_staging."{run.run_key}" WHERE sfid IN '
-                         f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT 2)')
-        return real_subset(store, policy, run, key)
-
-    monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)
+    lose_staged_rows(monkeypatch)
     capfd.readouterr()
     run, states = _run(policy_dags().retention__inactive_contacts, later)
     assert run.state == "failed", states
