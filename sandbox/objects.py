@@ -278,6 +278,12 @@ CASE = SObject(
     name_field="CaseNumber",
 )
 
+# PrivacyHoldReason and PrivacyHold as the Object Reference documents them (API 59.0 and later, "for users with
+# the Privacy Center license and the Manage Privacy Hold user permission"):
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_privacyhold.htm
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_privacyholdreason.htm
+PRIVACY_OBJECTS_SINCE = "59.0"
+
 PRIVACY_HOLD_REASON = SObject(
     "PrivacyHoldReason",
     "0Hr",
@@ -285,10 +291,15 @@ PRIVACY_HOLD_REASON = SObject(
     _system("0Hr")
     + (
         Field("Name", "string", nillable=False),
-        Field("Description", "textarea"),
-        Field("IsActive", "boolean", nillable=False),
+        Field("Detail", "string"),  # "the business or legal purpose" of the hold
+        Field("LastViewedDate", "datetime", updateable=False, createable=False),
+        Field("LastReferencedDate", "datetime", updateable=False, createable=False),
     ),
 )
+
+# What ReferenceRecordId may point at ("Refers To Account, Contact, Individual, Lead, User"): a Case cannot be
+# held. Individual and User are not modelled here; their key prefixes still name the type.
+HELD_TYPES = {"001": "Account", "003": "Contact", "0PK": "Individual", "00Q": "Lead", "005": "User"}
 
 PRIVACY_HOLD = SObject(
     "PrivacyHold",
@@ -297,12 +308,18 @@ PRIVACY_HOLD = SObject(
     _system("0Hp")
     + (
         Field("Name", "string", nillable=False),
-        # Polymorphic: the held record may be a Contact, Lead, Case or Account.
-        Field("RecordId", "reference", nillable=False, reference_to=("Account", "Contact", "Lead", "Case")),
-        Field("ReasonId", "reference", reference_to=("PrivacyHoldReason",), relationship_name="Reason"),
-        Field("IsActive", "boolean", nillable=False),
-        Field("StartDate", "date"),
+        Field("ReferenceRecordId", "reference", nillable=False, reference_to=tuple(HELD_TYPES.values()),
+              relationship_name="ReferenceRecord"),
+        # Set by the platform from ReferenceRecordId: a restricted picklist clients cannot write.
+        Field("ReferenceRecordType", "picklist", updateable=False, createable=False,
+              picklist=tuple(HELD_TYPES.values())),
+        Field("PrivacyHoldReasonId", "reference", nillable=False, reference_to=("PrivacyHoldReason",),
+              relationship_name="PrivacyHoldReason"),
+        Field("IsActive", "boolean", nillable=False),  # "The default value is false."
         Field("EndDate", "date"),
+        Field("RegisteredDate", "date"),
+        Field("LastViewedDate", "datetime", updateable=False, createable=False),
+        Field("LastReferencedDate", "datetime", updateable=False, createable=False),
     ),
 )
 
@@ -315,6 +332,13 @@ BY_PREFIX: dict[str, SObject] = {o.key_prefix: o for o in OBJECTS.values()}
 DERIVED = {
     "contact": {"name": ("firstname", "lastname")},
     "lead": {"name": ("firstname", "lastname")},
+}
+# Fields the org computes from others, as SQL over the row (stored generated columns).
+COMPUTED = {
+    "privacyhold": {
+        "referencerecordtype": "CASE left(referencerecordid, 3) "
+        + " ".join(f"WHEN '{prefix}' THEN '{name}'" for prefix, name in HELD_TYPES.items()) + " END",
+    },
 }
 
 

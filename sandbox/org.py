@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from sandbox import ids
-from sandbox.objects import DERIVED, OBJECTS, SYSTEM_FIELDS, Field, SObject
+from sandbox.objects import COMPUTED, DERIVED, OBJECTS, SYSTEM_FIELDS, Field, SObject
 
 SCHEMA = "org"
 UTC = dt.UTC
@@ -43,6 +43,10 @@ def _column_ddl(obj: SObject, f: Field) -> sql.Composable:
         return sql.SQL(
             "{} text GENERATED ALWAYS AS (CASE WHEN coalesce({}, '') = '' THEN {} ELSE {} || ' ' || {} END) STORED"
         ).format(sql.Identifier(f.column), first, last, first, last)
+    computed = COMPUTED.get(obj.table, {}).get(f.column)
+    if computed:
+        return sql.SQL("{} {} GENERATED ALWAYS AS ({}) STORED").format(sql.Identifier(f.column), sql.SQL(f.pg_type),
+                                                                     sql.SQL(computed))
     not_null = sql.SQL(" NOT NULL") if f.name in ("IsDeleted", "CreatedDate", "LastModifiedDate",
                                                    "SystemModstamp") else sql.SQL("")
     default = sql.SQL(" DEFAULT false") if f.type == "boolean" else sql.SQL("")
@@ -86,7 +90,7 @@ def create_schema(conn) -> None:
             .format(table(obj))
         )
     conn.execute(
-        """CREATE INDEX IF NOT EXISTS privacyhold_recordid ON org.privacyhold (recordid)"""
+        "CREATE INDEX IF NOT EXISTS privacyhold_referencerecordid ON org.privacyhold (referencerecordid)"
     )
 
 

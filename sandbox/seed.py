@@ -221,8 +221,9 @@ _COLUMNS = {
                      "industry", "city", "country", "annualrevenue", "isconverted", "description"),
     CASE: _SYSTEM + ("casenumber", "accountid", "contactid", "subject", "description", "status", "priority",
                      "origin", "suppliedname", "suppliedemail", "suppliedphone", "isclosed", "closeddate"),
-    PRIVACY_HOLD_REASON: _SYSTEM + ("name", "description", "isactive"),
-    PRIVACY_HOLD: _SYSTEM + ("name", "recordid", "reasonid", "isactive", "startdate", "enddate"),
+    PRIVACY_HOLD_REASON: _SYSTEM + ("name", "detail"),
+    PRIVACY_HOLD: _SYSTEM + ("name", "referencerecordid", "privacyholdreasonid", "isactive", "registereddate",
+                             "enddate"),
 }
 
 
@@ -428,7 +429,7 @@ def _reasons(g: _Gen, first_serial: int):
     make, owner = _id_maker(PRIVACY_HOLD_REASON.key_prefix), org.DEFAULT_OWNER
     for i, (name, text) in enumerate(HOLD_REASONS):
         created, modified = g.stamps()
-        yield (make(first_serial + i), False, created, modified, g.loaded_at, owner, name, text, i != 3)
+        yield (make(first_serial + i), False, created, modified, g.loaded_at, owner, name, text)
 
 
 # Hold states, cycled so even three holds mix active and inactive: (IsActive, EndDate kind).
@@ -544,8 +545,9 @@ def seed(conn, *, contacts: int, seed: int = 42, now: dt.datetime | None = None,
         out[LEAD.name] = _copy(conn, LEAD, _leads(g, s_lead, leads))
         out[CASE.name] = _copy(conn, CASE, _cases(g, s_case, cases, s_con, s_acc, account_of, accounts))
         out[PRIVACY_HOLD_REASON.name] = _copy(conn, PRIVACY_HOLD_REASON, _reasons(g, s_reason))
-        targets = [(CONTACT, s_con, contacts), (LEAD, s_lead, leads), (CASE, s_case, cases)]
-        n_holds = min(holds, contacts + leads + cases)
+        # PrivacyHold.ReferenceRecordId refers to Accounts, Contacts, Individuals, Leads and Users (not Cases).
+        targets = [(CONTACT, s_con, contacts), (LEAD, s_lead, leads), (ACCOUNT, s_acc, accounts)]
+        n_holds = min(holds, contacts + leads + accounts)
         s_hold = _reserve(conn, PRIVACY_HOLD, n_holds)
         out[PRIVACY_HOLD.name] = _copy(conn, PRIVACY_HOLD, _holds(g, s_hold, n_holds, s_reason, targets))
     return out

@@ -7,8 +7,16 @@ import json
 import os
 
 HASH_KEY = "test-hash-key-0123456789abcdef"
-ACTIVE_HOLDS = """SELECT recordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
+ACTIVE_HOLDS = """SELECT referencerecordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
                   AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
+
+
+def place_hold(sf, record_id: str, name: str = "Test hold", **fields) -> str:
+    """Put ``record_id`` under a PrivacyHold (active unless ``IsActive`` says otherwise), as a privacy officer
+    does: every hold names a PrivacyHoldReason (PrivacyHoldReasonId is required)."""
+    reason = sf.query("SELECT Id FROM PrivacyHoldReason ORDER BY Name LIMIT 1")["records"][0]["Id"]
+    values = {"Name": name, "ReferenceRecordId": record_id, "PrivacyHoldReasonId": reason, "IsActive": True, **fields}
+    return sf.PrivacyHold.create(values)["id"]
 
 
 def _dicts(conn, query: str, params=()) -> list[dict]:

@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO, free_port, shared_tmp
+from tests.policy_support import place_hold
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DAG = "retention__accounts_bulk_api"
@@ -262,7 +263,7 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
              "third": cutoffs[1] + dt.timedelta(hours=1), "none": cutoffs[2] + dt.timedelta(hours=1),
              "held": cutoffs[0] - dt.timedelta(hours=2)}
     ids = _contacts_modified_at(sandbox, sf, dates)
-    sf.PrivacyHold.create({"Name": "Backfill hold", "RecordId": ids["held"], "IsActive": True})
+    place_hold(sf, ids["held"], "Backfill hold")
 
     deadline = time.monotonic() + 120  # the dag processor parses the new policy's DAG
     while _api(standalone, "GET", f"/dags/{BACKFILL_DAG}").status_code != 200 and time.monotonic() < deadline:

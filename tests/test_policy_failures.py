@@ -71,7 +71,7 @@ def job_record_ids(sandbox, job_id: str) -> list[str]:
 
 
 def eligible(sandbox, query: str, cutoff: dt.datetime) -> list[str]:
-    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    held = {r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
     return [r["id"] for r in org_rows(sandbox, query, (cutoff,)) if r["id"] not in held]
 
 

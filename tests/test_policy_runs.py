@@ -17,6 +17,7 @@ from tests.policy_support import (
     cache_rows,
     lose_staged_rows,
     org_rows,
+    place_hold,
     policy_dags,
     policy_world,
     store_rows,
@@ -41,7 +42,7 @@ def ledger(sandbox, policy_id: str, logical_date: dt.datetime | None = None) -> 
 
 
 def hold(sf, record_id: str) -> None:
-    sf.PrivacyHold.create({"Name": f"Test hold {record_id}", "RecordId": record_id, "IsActive": True})
+    place_hold(sf, record_id, f"Test hold {record_id}")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_inactive_contacts_are_retained_then_deleted(world, sf):
     assert len(matching) > 20
     held_by_test = matching[0]["id"]
     hold(sf, held_by_test)
-    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    held = {r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
     expected = {r["id"]: r for r in matching if r["id"] not in held}
     held_matching = {r["id"] for r in matching if r["id"] in held}
     assert held_by_test in held_matching
@@ -117,7 +118,7 @@ def test_stale_leads_are_retained_then_masked(world, sf):
     cutoff = LOGICAL_DATE - dt.timedelta(days=365)
     matching = org_rows(sandbox, "SELECT * FROM org.lead WHERE NOT isdeleted AND createddate < %s ORDER BY id",
                         (cutoff,))
-    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    held = {r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
     expected = {r["id"]: r for r in matching if r["id"] not in held}
     assert len(expected) > 20
 
@@ -156,7 +157,7 @@ def test_closed_cases_are_retained_then_hard_deleted_except_held_ones(world, sf)
                                     ORDER BY id""", (cutoff,))
     assert len(matching) > 5
     hold(sf, matching[-1]["id"])
-    held = {r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
+    held = {r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
     expected = {r["id"]: r for r in matching if r["id"] not in held}
     held_matching = {r["id"] for r in matching if r["id"] in held}
 
@@ -248,7 +249,7 @@ def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatc
     assert states["delete_or_mask"] == states["confirm_and_report"] == "upstream_failed"
     captured = capfd.readouterr()
     out = captured.out + captured.err
-    eligible = len(live_before) - len({r["recordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)} &
+    eligible = len(live_before) - len({r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)} &
                                       {r["id"] for r in live_before})
     assert f"eligible {eligible}, staged {eligible - 2} (expected {eligible})" in out
     assert "Nothing was deleted or masked." in out

@@ -10,7 +10,7 @@ import hashlib
 
 import pytest
 
-from tests.policy_support import cache_rows, org_rows, policy_dags, policy_world, store_rows
+from tests.policy_support import cache_rows, org_rows, place_hold, policy_dags, policy_world, store_rows
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 # Logical dates of this module's mask runs, distinct from the other modules' runs of the same policy.
@@ -67,9 +67,9 @@ def test_expired_copies_are_purged_held_and_unfinished_ones_stay_and_the_ledger_
     assert len(mine) > 10
     held, hold_ended, hold_inactive, unfinished, fresh = mine[:5]
     yesterday = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
-    sf.PrivacyHold.create({"Name": "Litigation", "RecordId": held, "IsActive": True})
-    sf.PrivacyHold.create({"Name": "Ended", "RecordId": hold_ended, "IsActive": True, "EndDate": yesterday})
-    sf.PrivacyHold.create({"Name": "Lifted", "RecordId": hold_inactive, "IsActive": False})
+    place_hold(sf, held, "Litigation")
+    place_hold(sf, hold_ended, "Ended", EndDate=yesterday)
+    place_hold(sf, hold_inactive, "Lifted", IsActive=False)
     with sandbox.store_conn() as conn:
         # As if retained 800 days ago (all but one), with one delete or mask still in flight.
         conn.execute(f"UPDATE cache.lead SET _retained_at = _retained_at - interval '{AGE}' "
@@ -96,8 +96,8 @@ def test_expired_copies_are_purged_held_and_unfinished_ones_stay_and_the_ledger_
 
     # The org's holds, all of them, were mirrored into the store.
     mirrored = {r["record_id"]: r for r in store_rows(sandbox, "SELECT * FROM retention.privacy_holds")}
-    org_holds = org_rows(sandbox, "SELECT id, recordid FROM org.privacyhold WHERE NOT isdeleted")
-    assert {h["recordid"] for h in org_holds} == set(mirrored)
+    org_holds = org_rows(sandbox, "SELECT id, referencerecordid FROM org.privacyhold WHERE NOT isdeleted")
+    assert {h["referencerecordid"] for h in org_holds} == set(mirrored)
     assert mirrored[held]["is_active"] and not mirrored[hold_inactive]["is_active"]
     assert str(mirrored[hold_ended]["end_date"]) == yesterday
 

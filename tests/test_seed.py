@@ -93,8 +93,8 @@ def test_explicit_counts_and_empty_org(conn, seeded):
         assert counts == {"Account": 1, "Contact": 0, "Lead": 0, "Case": 0, "PrivacyHoldReason": 4, "PrivacyHold": 0}
         counts = _reseed(conn, contacts=50, accounts=3, leads=0, cases=7, holds=4)
         assert counts == {"Account": 3, "Contact": 50, "Lead": 0, "Case": 7, "PrivacyHoldReason": 4, "PrivacyHold": 4}
-        prefixes = {r[0] for r in conn.execute("SELECT DISTINCT left(recordid, 3) FROM org.privacyhold")}
-        assert prefixes == {"003", "500"}
+        prefixes = {r[0] for r in conn.execute("SELECT DISTINCT left(referencerecordid, 3) FROM org.privacyhold")}
+        assert prefixes == {"003", "001"}  # contacts and accounts: there are no leads, and a Case cannot be held
     finally:
         _reseed(conn)
 
@@ -168,19 +168,22 @@ def test_values_fit_fields_and_picklists(conn, seeded):
 
 def test_references_resolve(conn, seeded):
     for child, column, parent in [("contact", "accountid", "account"), ("case", "accountid", "account"),
-                                  ("case", "contactid", "contact"), ("privacyhold", "reasonid", "privacyholdreason")]:
+                                  ("case", "contactid", "contact"),
+                                  ("privacyhold", "privacyholdreasonid", "privacyholdreason")]:
         dangling = _one(conn, f"""SELECT count(*) FROM org.{child} c LEFT JOIN org.{parent} p ON p.id = c.{column}
                                   WHERE c.{column} IS NOT NULL AND p.id IS NULL""")
         assert dangling == 0, (child, column)
     assert _one(conn, "SELECT count(*) FROM org.case c JOIN org.contact k ON k.id = c.contactid "
                       "WHERE c.accountid IS DISTINCT FROM k.accountid") == 0
-    holds = conn.execute("SELECT recordid FROM org.privacyhold").fetchall()
+    holds = conn.execute("SELECT referencerecordid, referencerecordtype FROM org.privacyhold").fetchall()
     prefixes = set()
-    for (record_id,) in holds:
+    for record_id, record_type in holds:
         obj = BY_PREFIX[record_id[:3]]
         prefixes.add(obj.name)
+        assert record_type == obj.name  # ReferenceRecordType is derived by the org
         assert _one(conn, f"SELECT count(*) FROM org.{obj.table} WHERE id = %s", (record_id,)) == 1
-    assert prefixes == {"Contact", "Lead", "Case"}
+    # PrivacyHold.ReferenceRecordId "Refers To Account, Contact, Individual, Lead, User" (Object Reference).
+    assert prefixes == {"Contact", "Lead", "Account"}
     assert len({r[0] for r in holds}) == len(holds)
 
 

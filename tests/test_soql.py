@@ -225,11 +225,13 @@ def test_compiled_basics():
 
 
 def test_single_type_reference_join():
-    c = compile_query("SELECT Name, Reason.Name FROM PrivacyHold WHERE Reason.IsActive = true", now=NOW)
-    assert c.columns == ["Name", "Reason.Name"]
+    c = compile_query("SELECT Name, PrivacyHoldReason.Name FROM PrivacyHold WHERE PrivacyHoldReason.Name = 'x'",
+                      now=NOW)
+    assert c.columns == ["Name", "PrivacyHoldReason.Name"]
     text = c.sql.as_string(None)
-    assert 'LEFT JOIN "org"."privacyholdreason" AS "r_reason" ON "r_reason"."id" = "t"."reasonid"' in text
-    assert '"r_reason"."isactive" = %s' in text and c.params == [True]
+    assert ('LEFT JOIN "org"."privacyholdreason" AS "r_privacyholdreason" ON "r_privacyholdreason"."id" = '
+            '"t"."privacyholdreasonid"') in text
+    assert 'lower("r_privacyholdreason"."name") = lower(%s)' in text and c.params == ["x"]
 
 
 def test_object_name_qualifier():

@@ -140,7 +140,8 @@ def _already_done(policy: Policy, alias: str) -> sql.Composable:
 
 def held_in_mirror(alias: str) -> sql.Composable:
     return sql.SQL(
-        "EXISTS (SELECT 1 FROM {} h WHERE h.recordid = {}.sfid AND h.isactive AND NOT coalesce(h.isdeleted, false)"
+        "EXISTS (SELECT 1 FROM {} h WHERE h.referencerecordid = {}.sfid AND h.isactive"
+        " AND NOT coalesce(h.isdeleted, false)"
         " AND (h.enddate IS NULL OR h.enddate >= (now() AT TIME ZONE 'UTC')::date))"
     ).format(sql.Identifier(MIRROR_SCHEMA, "privacyhold"), sql.Identifier(alias))
 
@@ -234,9 +235,9 @@ def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, cou
 def active_holds(sf: SalesforceBulk2Hook) -> set[str]:
     """Record ids under an active PrivacyHold in the org now (IsActive, EndDate empty or not passed)."""
     result = sf.conn.query_all(
-        "SELECT RecordId FROM PrivacyHold WHERE IsActive = true AND (EndDate = null OR EndDate >= TODAY)"
+        "SELECT ReferenceRecordId FROM PrivacyHold WHERE IsActive = true AND (EndDate = null OR EndDate >= TODAY)"
     )
-    return {r["RecordId"] for r in result["records"]}
+    return {r["ReferenceRecordId"] for r in result["records"]}
 
 
 def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,

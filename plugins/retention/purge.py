@@ -37,14 +37,16 @@ class PurgeError(Exception):
 
 def mirror_holds(store: RetentionStoreHook, sf: SalesforceBulk2Hook) -> int:
     """Replace the store's copy of the org's privacy holds (all of them, active or not) in one transaction."""
-    holds = sf.conn.query_all("SELECT Id, RecordId, IsActive, StartDate, EndDate FROM PrivacyHold")["records"]
+    holds = sf.conn.query_all(
+        "SELECT Id, ReferenceRecordId, IsActive, RegisteredDate, EndDate FROM PrivacyHold")["records"]
     with store.connect() as conn:
         conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")))
         with conn.cursor() as cur:
             cur.executemany(
-                sql.SQL("INSERT INTO {} (hold_id, record_id, is_active, start_date, end_date) "
+                sql.SQL("INSERT INTO {} (hold_id, record_id, is_active, registered_date, end_date) "
                         "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")),
-                [(h["Id"], h["RecordId"], bool(h["IsActive"]), h.get("StartDate"), h.get("EndDate")) for h in holds])
+                [(h["Id"], h["ReferenceRecordId"], bool(h["IsActive"]), h.get("RegisteredDate"), h.get("EndDate"))
+                 for h in holds])
         conn.execute(sql.SQL("INSERT INTO {} (mirrored_at, holds) VALUES (now(), %s) ON CONFLICT (singleton) "
                              "DO UPDATE SET mirrored_at = excluded.mirrored_at, holds = excluded.holds")
                      .format(sql.Identifier(LEDGER_SCHEMA, "holds_mirror")), (len(holds),))
