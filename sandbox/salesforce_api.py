@@ -27,6 +27,7 @@ from sandbox import org, results
 from sandbox.config import API_VERSION, Settings
 from sandbox.faults import FaultError, Faults
 from sandbox.objects import BY_PREFIX, OBJECTS, get_object
+from sandbox.orgconfig import OrgSettings
 
 DAILY_API_LIMIT = 1_000_000
 
@@ -56,6 +57,7 @@ class OrgService:
     settings: Settings
     pool: object  # psycopg_pool.ConnectionPool over the sandbox org database
     faults: Faults = field(default_factory=Faults)
+    org: OrgSettings = field(default_factory=OrgSettings)
     sessions: set[str] = field(default_factory=set)
     api_usage: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -462,6 +464,20 @@ def admin_faults(request: Request) -> Response:
     return JSONResponse({"faults": svc.faults.snapshot()})
 
 
+def admin_org(request: Request) -> Response:
+    """The org's licences, settings and the API user's permissions (GET), changed with a JSON body (POST)."""
+    svc: OrgService = request.app.state.svc
+    if request.method == "POST":
+        body = json_body(request)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body must be a JSON object of org settings"}, status_code=400)
+        try:
+            return JSONResponse(svc.org.update(body))
+        except ValueError as err:
+            return JSONResponse({"error": str(err)}, status_code=400)
+    return JSONResponse(svc.org.snapshot())
+
+
 def health(request: Request) -> Response:
     return JSONResponse({"status": "ok", "api_usage": request.app.state.svc.api_usage})
 
@@ -519,6 +535,7 @@ def create_app(svc: OrgService, extra_routes: list[Route] | None = None) -> Call
         Route(f"{data}/queryAll/{{locator}}", query_more, methods=["GET"]),
         Route(f"{data}/composite/sobjects", collections, methods=["POST", "PATCH", "DELETE"]),
         Route("/__sandbox/faults", admin_faults, methods=["GET", "POST", "DELETE"]),
+        Route("/__sandbox/org", admin_org, methods=["GET", "POST"]),
         Route("/__sandbox/health", health, methods=["GET"]),
         *(extra_routes or []),
     ]
