@@ -154,10 +154,11 @@ def create_job(request: Request, svc: OrgService) -> Response:
     operation = body.get("operation")
     if operation not in OPERATIONS:
         raise AsyncError(400, "InvalidJob", f"Invalid operation: {operation}")
-    obj = get_object(body.get("object") or "")
+    obj = svc.sobject(body.get("object") or "", request.path_params["ver"])
     if obj is None:
         raise AsyncError(400, "InvalidJob", f"Unable to find object: {body.get('object')}")
-    if operation == "hardDelete" and svc.faults.take("hard_delete_denied"):
+    if operation == "hardDelete" and (not svc.org.has("PermissionsBulkApiHardDelete")
+                                      or svc.faults.take("hard_delete_denied")):
         # The user lacks "Bulk API Hard Delete" (see faults.py for the sources and the assumed status).
         raise AsyncError(400, faults.HARD_DELETE_DENIED_CODE_V1, faults.HARD_DELETE_DENIED_MESSAGE)
     if (body.get("contentType") or "JSON") != "JSON":
@@ -238,7 +239,7 @@ def add_batch(request: Request, svc: OrgService) -> Response:
                      (batch_id, current["id"], raw))
         conn.commit()
         if current["kind"] == "query":
-            state, message, counts = _run_query(conn, current, obj, raw)
+            state, message, counts = _run_query(conn, current, obj, raw, svc.resolver(current["api_version"]))
         else:
             state, message, counts = _run_dml(conn, svc, current, obj, batch_id, raw)
         conn.execute(
@@ -264,17 +265,18 @@ def _run_dml(conn, svc: OrgService, job: dict, obj: SObject, batch_id: str, raw:
         with conn.transaction():
             columns, rows = _records_to_rows(records)
             outcome = ingest.process(conn, obj, job["operation"], columns, rows, faults=svc.faults,
-                                     external_id=job["external_id"] or "Id")
+                                     external_id=job["external_id"] or "Id", edit_converted=svc.may_edit_converted())
             bulk2.save_rows(conn, job["id"], batch_id, outcome, keep_values=False)
     except ingest.JobError as err:
         return "Failed", err.message, (0, 0, None)
     return "Completed", None, (len(outcome), sum(1 for r in outcome if not r.success), None)
 
 
-def _run_query(conn, job: dict, obj: SObject, raw: bytes):
+def _run_query(conn, job: dict, obj: SObject, raw: bytes, resolve_object):
     text = raw.decode("utf-8", errors="replace").strip()
     try:
-        compiled = soql.compile_query(text, include_deleted=job["operation"] == "queryAll")
+        compiled = soql.compile_query(text, include_deleted=job["operation"] == "queryAll",
+                                      resolve_object=resolve_object)
         if compiled.count_only or compiled.offset is not None:
             raise soql.SoqlError("FUNCTIONALITY_NOT_ENABLED",
                                  ("COUNT()" if compiled.count_only else "OFFSET") + " is not supported in Bulk Query")

@@ -294,7 +294,8 @@ def create_query_job(request: Request, svc: OrgService) -> Response:
         raise ApiError(400, "INVALIDJOB", "InvalidJob : A query is required for a query job")
     delimiter, line_ending = _format(body)
     try:
-        compiled = soql.compile_query(text, include_deleted=operation == "queryAll", output="csv")
+        compiled = soql.compile_query(text, include_deleted=operation == "queryAll", output="csv",
+                                      resolve_object=svc.resolver(request.path_params["ver"]))
     except soql.SoqlError as err:
         raise ApiError(400, err.error_code, err.message) from None
     if compiled.count_only or compiled.offset is not None:
@@ -432,10 +433,11 @@ def create_ingest_job(request: Request, svc: OrgService) -> Response:
     operation = body.get("operation")
     if operation not in ingest.OPERATIONS:
         raise ApiError(400, "INVALIDJOB", f"InvalidJob : Invalid operation: {operation}")
-    obj = get_object(body.get("object") or "")
+    obj = svc.sobject(body.get("object") or "", request.path_params["ver"])
     if obj is None:
         raise ApiError(400, "INVALIDJOB", f"InvalidJob : Unable to find object: {body.get('object')}")
-    if operation == "hardDelete" and svc.faults.take("hard_delete_denied"):
+    if operation == "hardDelete" and (not svc.org.has("PermissionsBulkApiHardDelete")
+                                      or svc.faults.take("hard_delete_denied")):
         # The user lacks "Bulk API Hard Delete" (see faults.py for the sources and the assumed status).
         raise ApiError(400, faults.HARD_DELETE_DENIED_CODE_V2,
                        f"{faults.HARD_DELETE_DENIED_CODE_V1} : {faults.HARD_DELETE_DENIED_MESSAGE}")
@@ -560,7 +562,8 @@ def run_ingest_job(svc: OrgService, job_id: str) -> None:
             with conn.transaction():
                 header, rows = read_uploads(conn, job)
                 outcome = ingest.process(conn, get_object(job["object"]), job["operation"], header, rows,
-                                         faults=svc.faults, external_id=job["external_id"] or "Id")
+                                         faults=svc.faults, external_id=job["external_id"] or "Id",
+                                         edit_converted=svc.may_edit_converted())
                 if load_job(conn, job_id, api="v2", lock=True)["state"] == "Aborted":
                     raise _Aborted()
                 save_rows(conn, job_id, "", outcome, keep_values=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from sandbox import ids, org
+from sandbox import ids, org, rules
 from sandbox.objects import SObject
 
 NULL_MARK = "#N/A"
@@ -90,13 +90,16 @@ def check_header(obj: SObject, operation: str, columns: list[str], external_id: 
 
 
 def process(conn, obj: SObject, operation: str, columns: list[str], rows: Iterable[list], *, faults=None,
-            external_id: str = "Id") -> list[RowResult]:
-    """Apply one job's rows in a single transaction; raises JobError for a job-level failure."""
+            external_id: str = "Id", edit_converted: bool = False) -> list[RowResult]:
+    """Apply one job's rows in a single transaction; raises JobError for a job-level failure.
+
+    :param edit_converted: the user has "View and Edit Converted Leads" (converted leads are read only otherwise).
+    """
     fields = check_header(obj, operation, columns, external_id)
     with conn.transaction():
         if operation in ("delete", "hardDelete"):
             return _delete(conn, obj, rows, hard=operation == "hardDelete", faults=faults)
-        return _write(conn, obj, operation, fields, rows, faults=faults)
+        return _write(conn, obj, operation, fields, rows, faults=faults, edit_converted=edit_converted)
 
 
 def _row_fault(faults) -> org.RecordError | None:
@@ -178,6 +181,11 @@ def _delete(conn, obj: SObject, rows, *, hard: bool, faults) -> list[RowResult]:
         results.append(RowResult(full, fault is None, False, fault, row))
         if fault is None:
             valid.append((rn, full))
+    refused = rules.refuse_deletes(conn, obj, [rid for _, rid in valid])
+    for rn, rid in valid:
+        if rid in refused:
+            results[rn].success, results[rn].error = False, refused[rid]
+    valid = [(rn, rid) for rn, rid in valid if rid not in refused]
     if not valid:
         return results
     _load(conn, [sql.SQL("id char(18)")], [(rn, "d", rid) for rn, rid in valid])
@@ -192,6 +200,7 @@ def _delete(conn, obj: SObject, rows, *, hard: bool, faults) -> list[RowResult]:
         dml=dml.format(t=target, tmp=sql.Identifier(_TMP)), name=sql.Literal(obj.name), hard=sql.Literal(hard))
     applied = {r[0] for r in conn.execute(stmt).fetchall()}
     _classify(conn, obj, results, valid, applied)
+    rules.cascade(conn, obj, [rid for rn, rid in valid if rn in applied], hard=hard)
     return results
 
 
@@ -227,7 +236,8 @@ def _load(conn, columns: list[sql.Composable], rows: list[tuple]) -> None:
 # insert / update / upsert
 
 
-def _write(conn, obj: SObject, operation: str, fields: list, rows, *, faults) -> list[RowResult]:
+def _write(conn, obj: SObject, operation: str, fields: list, rows, *, faults, edit_converted: bool = False
+           ) -> list[RowResult]:
     id_pos = next((i for i, f in enumerate(fields) if f.name == "Id"), None)
     data = [(i, f) for i, f in enumerate(fields) if f.name != "Id"]
     owner_pos = next((j for j, (_, f) in enumerate(data) if f.name == "OwnerId"), None)
@@ -293,6 +303,12 @@ def _write(conn, obj: SObject, operation: str, fields: list, rows, *, faults) ->
         if fault is None:
             staged.append([rn, kind, record_id, None, *cells])
 
+    refused = rules.refuse_updates(conn, obj, [s[2] for s in staged if s[1] == "u"], edit_converted=edit_converted)
+    if refused:
+        for s in staged:
+            if s[1] == "u" and s[2] in refused:
+                results[s[0]].success, results[s[0]].error = False, refused[s[2]]
+        staged = [s for s in staged if not (s[1] == "u" and s[2] in refused)]
     inserts = [s for s in staged if s[1] == "i"]
     for s, new_id in zip(inserts, org.reserve_ids(conn, obj, len(inserts)), strict=True):
         s[2] = new_id

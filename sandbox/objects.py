@@ -23,6 +23,7 @@ PG_TYPES = {
     "boolean": "boolean",
     "double": "double precision",
     "currency": "numeric(18,2)",
+    "percent": "numeric(18,2)",
     "int": "integer",
 }
 
@@ -35,6 +36,7 @@ SOAP_TYPES = {
     "boolean": "xsd:boolean",
     "double": "xsd:double",
     "currency": "xsd:double",
+    "percent": "xsd:double",
     "int": "xsd:int",
 }
 
@@ -79,15 +81,15 @@ class Field:
             "soapType": SOAP_TYPES.get(self.type, "xsd:string"),
             "length": length,
             "byteLength": length * 3,
-            "precision": 18 if self.type == "currency" else 0,
-            "scale": 2 if self.type == "currency" else 0,
+            "precision": 18 if self.type in ("currency", "percent") else 0,
+            "scale": 2 if self.type in ("currency", "percent") else 0,
             "digits": 9 if self.type == "int" else 0,
             "nillable": self.nillable,
             "createable": self.createable,
             "updateable": self.updateable,
             "filterable": True,
             "sortable": self.type != "textarea",
-            "groupable": self.type not in ("textarea", "double", "currency", "datetime"),
+            "groupable": self.type not in ("textarea", "double", "currency", "percent", "datetime"),
             "unique": False,
             "externalId": False,
             "idLookup": self.name == "Id",
@@ -130,7 +132,7 @@ class SObject:
         return {
             **self.summary(api_version),
             "fields": [f.describe() for f in self.fields],
-            "childRelationships": [],
+            "childRelationships": [r.describe() for r in CHILD_RELATIONSHIPS if r.parent == self.name],
             "recordTypeInfos": [],
             "urls": {**self.summary(api_version)["urls"], "describe": f"{base}/describe"},
         }
@@ -250,7 +252,42 @@ LEAD = SObject(
         Field("City", "string", length=40),
         Field("Country", "string", length=80),
         Field("AnnualRevenue", "currency"),
-        Field("IsConverted", "boolean", nillable=False),
+        # "After a lead has been converted, it's read only": the conversion fields can be set when a lead is
+        # created (an import of converted leads) but never updated (Object Reference: Lead).
+        Field("IsConverted", "boolean", nillable=False, updateable=False),
+        Field("ConvertedAccountId", "reference", updateable=False, reference_to=("Account",),
+              relationship_name="ConvertedAccount"),
+        Field("ConvertedContactId", "reference", updateable=False, reference_to=("Contact",),
+              relationship_name="ConvertedContact"),
+        Field("ConvertedOpportunityId", "reference", updateable=False, reference_to=("Opportunity",),
+              relationship_name="ConvertedOpportunity"),
+        Field("ConvertedDate", "date", updateable=False),
+        Field("Description", "textarea", length=32000),
+    ),
+)
+
+# Opportunity (Object Reference: Opportunity). Name, StageName and CloseDate are required; IsClosed and IsWon
+# are "directly controlled by StageName" and cannot be set. The stage values are each org's own (the docs say
+# to query OpportunityStage); these are the ones a new org starts with.
+STAGES = ("Prospecting", "Qualification", "Needs Analysis", "Value Proposition", "Id. Decision Makers",
+          "Perception Analysis", "Proposal/Price Quote", "Negotiation/Review", "Closed Won", "Closed Lost")
+OPPORTUNITY = SObject(
+    "Opportunity",
+    "006",
+    "Opportunities",
+    _system("006")
+    + (
+        Field("AccountId", "reference", reference_to=("Account",), relationship_name="Account"),
+        Field("Name", "string", length=120, nillable=False),
+        Field("StageName", "picklist", nillable=False, picklist=STAGES),
+        Field("CloseDate", "date", nillable=False),
+        Field("Amount", "currency"),
+        Field("Probability", "percent"),
+        Field("Type", "picklist", picklist=("Existing Customer - Upgrade", "Existing Customer - Replacement",
+                                            "Existing Customer - Downgrade", "New Customer")),
+        Field("LeadSource", "picklist", picklist=LEAD_SOURCES),
+        Field("IsClosed", "boolean", nillable=False, updateable=False, createable=False),
+        Field("IsWon", "boolean", nillable=False, updateable=False, createable=False),
         Field("Description", "textarea", length=32000),
     ),
 )
@@ -324,7 +361,7 @@ PRIVACY_HOLD = SObject(
 )
 
 OBJECTS: dict[str, SObject] = {
-    o.name.lower(): o for o in (ACCOUNT, CONTACT, LEAD, CASE, PRIVACY_HOLD_REASON, PRIVACY_HOLD)
+    o.name.lower(): o for o in (ACCOUNT, CONTACT, LEAD, OPPORTUNITY, CASE, PRIVACY_HOLD_REASON, PRIVACY_HOLD)
 }
 BY_PREFIX: dict[str, SObject] = {o.key_prefix: o for o in OBJECTS.values()}
 
@@ -335,6 +372,10 @@ DERIVED = {
 }
 # Fields the org computes from others, as SQL over the row (stored generated columns).
 COMPUTED = {
+    "opportunity": {
+        "isclosed": "coalesce(stagename IN ('Closed Won', 'Closed Lost'), false)",
+        "iswon": "coalesce(stagename = 'Closed Won', false)",
+    },
     "privacyhold": {
         "referencerecordtype": "CASE left(referencerecordid, 3) "
         + " ".join(f"WHEN '{prefix}' THEN '{name}'" for prefix, name in HELD_TYPES.items()) + " END",
@@ -342,6 +383,64 @@ COMPUTED = {
 }
 
 
+@dataclass(frozen=True)
+class ChildRelationship:
+    """One entry of a parent's describe ``childRelationships``: a child object's lookup to the parent and what
+    deleting the parent does to it. ``cascadeDelete``: "whether the child object is deleted when the parent
+    object is deleted"; ``restrictedDelete``: "whether the parent object can't be deleted because it is
+    referenced by a child object" (SOAP API Developer Guide, DescribeSObjectResult, ChildRelationship)."""
+
+    parent: str
+    child: str
+    field: str
+    name: str
+    cascade_delete: bool = False
+    restricted_delete: bool = False
+
+    def describe(self) -> dict:
+        return {
+            "cascadeDelete": self.cascade_delete,
+            "childSObject": self.child,
+            "deprecatedAndHidden": False,
+            "field": self.field,
+            "junctionIdListNames": [],
+            "junctionReferenceTo": [],
+            "relationshipName": self.name,
+            "restrictedDelete": self.restricted_delete,
+        }
+
+
+# Deleting an Account moves its Contacts and Opportunities to the Recycle Bin with it, and "you can't delete an
+# account" when "a case is related to the account" (Salesforce Help: Guidelines for Deleting Accounts). The
+# describe values themselves are not documented; these say what the Help page says. A contact with cases: the
+# documentation we have is silent, and the sandbox takes the stricter reading (the cases keep it).
+CHILD_RELATIONSHIPS = (
+    ChildRelationship("Account", "Contact", "AccountId", "Contacts", cascade_delete=True),
+    ChildRelationship("Account", "Opportunity", "AccountId", "Opportunities", cascade_delete=True),
+    ChildRelationship("Account", "Case", "AccountId", "Cases", restricted_delete=True),
+    ChildRelationship("Contact", "Case", "ContactId", "Cases", restricted_delete=True),
+)
+
+
 def get_object(name: str) -> SObject | None:
     """sObject by API name, case-insensitively."""
     return OBJECTS.get(name.lower())
+
+
+# Objects only some users of some orgs have: PrivacyHold and PrivacyHoldReason are "available in API version
+# 59.0 and later" and "for users with the Privacy Center license and the Manage Privacy Hold user permission".
+_PRIVACY_OBJECTS = frozenset({"privacyhold", "privacyholdreason"})
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def visible_object(name: str, *, api_version: str, privacy_center: bool) -> SObject | None:
+    """The sObject as a user sees it: None when it does not exist for that user and API version, which the
+    API reports exactly as for a type that does not exist at all."""
+    obj = get_object(name)
+    if obj is not None and obj.table in _PRIVACY_OBJECTS and (
+            not privacy_center or _version(api_version) < _version(PRIVACY_OBJECTS_SINCE)):
+        return None
+    return obj

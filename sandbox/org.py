@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from sandbox import ids
+from sandbox import ids, rules
 from sandbox.objects import COMPUTED, DERIVED, OBJECTS, SYSTEM_FIELDS, Field, SObject
 
 SCHEMA = "org"
@@ -161,7 +161,7 @@ def coerce(obj: SObject, f: Field, value):
             return parse_datetime(str(value))
         if f.type == "int":
             return int(value)
-        if f.type in ("double", "currency"):
+        if f.type in ("double", "currency", "percent"):
             return float(value)
     except RecordError:
         raise
@@ -259,7 +259,7 @@ def normalise_id(obj: SObject, record_id: str) -> str | RecordError:
     return full
 
 
-def update(conn, obj: SObject, record_id: str, values: dict) -> Outcome:
+def update(conn, obj: SObject, record_id: str, values: dict, *, edit_converted: bool = False) -> Outcome:
     full = normalise_id(obj, record_id)
     if isinstance(full, RecordError):
         return Outcome(record_id, False, errors=[full])
@@ -272,6 +272,9 @@ def update(conn, obj: SObject, record_id: str, values: dict) -> Outcome:
         code, msg = ("ENTITY_IS_DELETED", "entity is deleted") if state else (
             "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {record_id}")
         return Outcome(full, False, errors=[RecordError(code, msg, [])])
+    refused = rules.refuse_updates(conn, obj, [full], edit_converted=edit_converted)
+    if refused:
+        return Outcome(full, False, errors=[refused[full]])
     row = {f.column: v for f, v in fields.items()}
     row["lastmodifieddate"] = now()
     assignments = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in row)
@@ -290,11 +293,15 @@ def delete(conn, obj: SObject, record_id: str, *, hard: bool = False) -> Outcome
                                                         f"invalid cross reference id: {record_id}")])
     if state == "deleted" and not hard:
         return Outcome(full, False, errors=[RecordError("ENTITY_IS_DELETED", "entity is deleted")])
+    refused = rules.refuse_deletes(conn, obj, [full])
+    if refused:
+        return Outcome(full, False, errors=[refused[full]])
     if hard:
         conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(table(obj)), (full,))
     else:
         conn.execute(sql.SQL("UPDATE {} SET isdeleted = true WHERE id = %s").format(table(obj)), (full,))
     conn.execute("INSERT INTO org.deletions (object, id, hard) VALUES (%s, %s, %s)", (obj.name, full, hard))
+    rules.cascade(conn, obj, [full], hard=hard)
     return Outcome(full, True)
 
 
@@ -326,7 +333,7 @@ def json_value(f: Field, value):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}+0000"
     if f.type == "date":
         return value.isoformat()
-    if f.type == "currency":
+    if f.type in ("currency", "percent"):
         return float(value)
     if isinstance(value, str) and f.type in ("id", "reference"):
         return value.strip()

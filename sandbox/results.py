@@ -153,8 +153,9 @@ def _page(conn, locator: str, cur: dict, offset: int, batch: int, api_version: s
     return page
 
 
-def start_rest_query(conn, text: str, *, include_deleted: bool, batch_size: int, api_version: str) -> dict:
-    compiled = soql.compile_query(text, include_deleted=include_deleted)
+def start_rest_query(conn, text: str, *, include_deleted: bool, batch_size: int, api_version: str,
+                     resolve_object=get_object) -> dict:
+    compiled = soql.compile_query(text, include_deleted=include_deleted, resolve_object=resolve_object)
     if compiled.count_only:
         with ClientCursor(conn) as cur:
             cur.execute(compiled.sql, compiled.params)

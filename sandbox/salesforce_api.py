@@ -26,7 +26,7 @@ from starlette.routing import Route
 from sandbox import org, results
 from sandbox.config import API_VERSION, Settings
 from sandbox.faults import FaultError, Faults
-from sandbox.objects import BY_PREFIX, OBJECTS, get_object
+from sandbox.objects import BY_PREFIX, OBJECTS, visible_object
 from sandbox.orgconfig import OrgSettings
 
 DAILY_API_LIMIT = 1_000_000
@@ -96,6 +96,16 @@ class OrgService:
                                "support: 1370301497-4711 (-1217843958)")
             raise ApiError(503, "SERVER_UNAVAILABLE", "Server unavailable, please try again later")
 
+    def sobject(self, name: str, api_version: str):
+        """The sObject as the API user sees it at this version (None: not there for them)."""
+        return visible_object(name, api_version=api_version, privacy_center=self.org.config.privacy_center)
+
+    def resolver(self, api_version: str):
+        return lambda name: self.sobject(name, api_version)
+
+    def may_edit_converted(self) -> bool:
+        return self.org.has("PermissionsAllowViewEditConvertedLeads")
+
     def limit_header(self) -> dict[str, str]:
         return {"Sforce-Limit-Info": f"api-usage={self.api_usage}/{DAILY_API_LIMIT}"}
 
@@ -124,8 +134,8 @@ def rest_call(handler: Callable) -> Callable:
     return wrapped
 
 
-def sobject_or_404(name: str):
-    obj = get_object(name)
+def sobject_or_404(request: Request, svc: OrgService):
+    obj = svc.sobject(request.path_params["sobject"], request.path_params["ver"])
     if obj is None:
         raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
     return obj
@@ -247,19 +257,19 @@ def describe_global(request: Request, svc: OrgService) -> Response:
     return JSONResponse({
         "encoding": "UTF-8",
         "maxBatchSize": 200,
-        "sobjects": [o.summary(ver) for o in OBJECTS.values()],
+        "sobjects": [o.summary(ver) for o in OBJECTS.values() if svc.sobject(o.name, ver)],
     })
 
 
 @rest_call
 def describe_object(request: Request, svc: OrgService) -> Response:
-    obj = sobject_or_404(request.path_params["sobject"])
+    obj = sobject_or_404(request, svc)
     return JSONResponse(obj.describe(request.path_params["ver"]))
 
 
 @rest_call
 def object_metadata(request: Request, svc: OrgService) -> Response:
-    obj = sobject_or_404(request.path_params["sobject"])
+    obj = sobject_or_404(request, svc)
     return JSONResponse({"objectDescribe": obj.summary(request.path_params["ver"]), "recentItems": []})
 
 
@@ -273,7 +283,7 @@ def _raise_record_error(err: org.RecordError, *, status: int = 400) -> None:
 
 @rest_call
 def create_record(request: Request, svc: OrgService) -> Response:
-    obj = sobject_or_404(request.path_params["sobject"])
+    obj = sobject_or_404(request, svc)
     values = json_body(request)
     if not isinstance(values, dict):
         raise ApiError(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject")
@@ -286,7 +296,7 @@ def create_record(request: Request, svc: OrgService) -> Response:
 
 @rest_call
 def record(request: Request, svc: OrgService) -> Response:
-    obj = sobject_or_404(request.path_params["sobject"])
+    obj = sobject_or_404(request, svc)
     record_id = request.path_params["id"]
     with svc.pool.connection() as conn:
         if request.method == "GET":
@@ -299,7 +309,7 @@ def record(request: Request, svc: OrgService) -> Response:
             values = json_body(request)
             if not isinstance(values, dict):
                 raise ApiError(400, "JSON_PARSER_ERROR", "Cannot deserialize instance of sObject")
-            out = org.update(conn, obj, record_id, values)
+            out = org.update(conn, obj, record_id, values, edit_converted=svc.may_edit_converted())
         else:
             out = org.delete(conn, obj, record_id)
     if not out.success:
@@ -312,7 +322,7 @@ def record(request: Request, svc: OrgService) -> Response:
 
 @rest_call
 def deleted_records(request: Request, svc: OrgService) -> Response:
-    obj = sobject_or_404(request.path_params["sobject"])
+    obj = sobject_or_404(request, svc)
     try:
         start = org.parse_datetime(request.query_params["start"])
         end = org.parse_datetime(request.query_params["end"])
@@ -334,16 +344,50 @@ def deleted_records(request: Request, svc: OrgService) -> Response:
     })
 
 
+def _user_permission_access(text: str, svc: OrgService, ver: str) -> dict | None:
+    """``SELECT Permissions... FROM UserPermissionAccess``: the API user's own permissions, one row ("Represents
+    the permissions accessibility for a current user", Object Reference: UserPermissionAccess, API 41.0+).
+    None when the query is about another object."""
+    from sandbox import soql
+
+    try:
+        parsed = soql.parse(text)
+    except soql.SoqlError:
+        return None  # the general path reports the syntax error
+    if parsed.sobject.lower() != "userpermissionaccess":
+        return None
+    if parsed.where is not None or parsed.order_by or parsed.count_only:
+        raise ApiError(400, "MALFORMED_QUERY", "the sandbox serves UserPermissionAccess as a plain field list")
+    granted = svc.org.snapshot()["permissions"]
+    by_lower = {name.lower(): name for name in granted}
+    record: dict = {"attributes": {"type": "UserPermissionAccess",
+                                   "url": f"/services/data/v{ver}/sobjects/UserPermissionAccess/{org.DEFAULT_OWNER}"}}
+    for ref in parsed.fields:
+        name = ref.path[-1]
+        if len(ref.path) > 1 or (name.lower() not in by_lower and name.lower() != "lastcacheupdate"):
+            raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on entity 'UserPermissionAccess'. If you "
+                           "are attempting to use a custom field, be sure to append the '__c' after the custom field "
+                           "name. Please reference your WSDL or the describe call for the appropriate names.")
+        if name.lower() == "lastcacheupdate":
+            record["LastCacheUpdate"] = org.json_value(org.Field("x", "datetime"), org.now())
+        else:
+            record[by_lower[name.lower()]] = granted[by_lower[name.lower()]]
+    return {"totalSize": 1, "done": True, "records": [record]}
+
+
 def _query(request: Request, svc: OrgService, include_deleted: bool) -> Response:
     ver = request.path_params["ver"]
     text = request.query_params.get("q")
     if text is None:
         raise ApiError(400, "MALFORMED_QUERY", "A query string has to be specified")
+    permissions = _user_permission_access(text, svc, ver)
+    if permissions is not None:
+        return JSONResponse(permissions)
     batch = results.batch_size(request.headers.get("sforce-query-options"))
     with svc.pool.connection() as conn:
         try:
             page = results.start_rest_query(conn, text, include_deleted=include_deleted, batch_size=batch,
-                                            api_version=ver)
+                                            api_version=ver, resolve_object=svc.resolver(ver))
         except results.QueryError as err:
             raise ApiError(400, err.error_code, err.message) from None
     return JSONResponse(page)
@@ -409,6 +453,7 @@ def collections(request: Request, svc: OrgService) -> Response:
             outcomes = []
             for rid in record_ids:
                 obj = BY_PREFIX.get(rid[:3])
+                obj = obj and svc.sobject(obj.name, request.path_params["ver"])
                 if obj is None:
                     outcomes.append(org.Outcome(rid, False, errors=[org.RecordError("MALFORMED_ID",
                                                                                     f"malformed id {rid}")]))
@@ -428,7 +473,7 @@ def collections(request: Request, svc: OrgService) -> Response:
         for rec in records:
             values = dict(rec)
             sobject = (values.pop("attributes", None) or {}).get("type")
-            obj = get_object(sobject or "")
+            obj = svc.sobject(sobject or "", request.path_params["ver"])
             if obj is None:
                 outcomes.append(org.Outcome(None, False, errors=[org.RecordError(
                     "INVALID_TYPE", "sObject type is missing or not supported in attributes")]))
@@ -437,7 +482,8 @@ def collections(request: Request, svc: OrgService) -> Response:
                 outcomes.append(_row_fault(svc, None) or org.create(conn, obj, values))
             else:
                 rid = values.pop("Id", None) or values.pop("id", None)
-                outcomes.append(_row_fault(svc, rid) or org.update(conn, obj, rid or "", values))
+                outcomes.append(_row_fault(svc, rid) or org.update(conn, obj, rid or "", values,
+                                                                   edit_converted=svc.may_edit_converted()))
         return JSONResponse(_all_or_none(conn, outcomes, all_or_none))
 
 

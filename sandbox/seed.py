@@ -28,6 +28,7 @@ from sandbox.objects import (
     LEAD,
     LEAD_SOURCES,
     OBJECTS,
+    OPPORTUNITY,
     PRIVACY_HOLD,
     PRIVACY_HOLD_REASON,
     SObject,
@@ -218,7 +219,10 @@ _COLUMNS = {
                         "birthdate", "mailingstreet", "mailingcity", "mailingpostalcode", "mailingcountry",
                         "leadsource", "hasoptedoutofemail", "lastactivitydate", "description"),
     LEAD: _SYSTEM + ("firstname", "lastname", "company", "title", "email", "phone", "status", "leadsource",
-                     "industry", "city", "country", "annualrevenue", "isconverted", "description"),
+                     "industry", "city", "country", "annualrevenue", "isconverted", "convertedaccountid",
+                     "convertedcontactid", "converteddate", "description"),
+    OPPORTUNITY: _SYSTEM + ("accountid", "name", "stagename", "closedate", "amount", "probability", "type",
+                            "leadsource", "description"),
     CASE: _SYSTEM + ("casenumber", "accountid", "contactid", "subject", "description", "status", "priority",
                      "origin", "suppliedname", "suppliedemail", "suppliedphone", "isclosed", "closeddate"),
     PRIVACY_HOLD_REASON: _SYSTEM + ("name", "detail"),
@@ -363,8 +367,10 @@ def _contacts(g: _Gen, first_serial: int, count: int, account_serial: int, domai
         )
 
 
-def _leads(g: _Gen, first_serial: int, count: int):
+def _leads(g: _Gen, first_serial: int, count: int, account_serial: int, accounts: int, contact_serial: int,
+           contacts: int):
     make, rand, pick, locales, owner = _id_maker(LEAD.key_prefix), g.rand, g.pick, g.locales, org.DEFAULT_OWNER
+    make_account, make_contact = _id_maker(ACCOUNT.key_prefix), _id_maker(CONTACT.key_prefix)
     for i in range(count):
         loc = pick(locales)
         first, first_a = pick(loc.first)
@@ -372,6 +378,8 @@ def _leads(g: _Gen, first_serial: int, count: int):
         company, domain = pick(loc.companies)
         created, modified = g.stamps()
         status = pick(_LEAD_STATUS)
+        # A converted lead points at the account and contact it became (and, read only, stays as it was).
+        converted = status == "Closed - Converted" and accounts > 0 and contacts > 0
         yield (
             make(first_serial + i), False, created, modified, g.loaded_at, owner,
             first if rand() < 0.95 else None,
@@ -386,7 +394,42 @@ def _leads(g: _Gen, first_serial: int, count: int):
             pick(loc.cities) if rand() < 0.9 else None,
             loc.country if rand() < 0.92 else None,
             Decimal(int(rand() ** 3 * 10**10)).scaleb(-2) if rand() < 0.6 else None,
-            status == "Closed - Converted",
+            converted,
+            make_account(account_serial + int(rand() * accounts)) if converted else None,
+            make_contact(contact_serial + int(rand() * contacts)) if converted else None,
+            (created + (modified - created) * rand()).date() if converted else None,
+            g.description(loc),
+        )
+
+
+_STAGE = _weighted({"Prospecting": 8, "Qualification": 8, "Needs Analysis": 6, "Value Proposition": 5,
+                    "Id. Decision Makers": 4, "Perception Analysis": 3, "Proposal/Price Quote": 4,
+                    "Negotiation/Review": 4, "Closed Won": 30, "Closed Lost": 28})
+_PROBABILITY = {"Prospecting": 10, "Qualification": 10, "Needs Analysis": 20, "Value Proposition": 50,
+                "Id. Decision Makers": 60, "Perception Analysis": 70, "Proposal/Price Quote": 75,
+                "Negotiation/Review": 90, "Closed Won": 100, "Closed Lost": 0}
+_OPPORTUNITY_TYPE = _weighted({"Existing Customer - Upgrade": 25, "Existing Customer - Replacement": 10,
+                               "Existing Customer - Downgrade": 5, "New Customer": 50, None: 10})
+
+
+def _opportunities(g: _Gen, first_serial: int, count: int, account_serial: int, accounts: int):
+    make, make_account = _id_maker(OPPORTUNITY.key_prefix), _id_maker(ACCOUNT.key_prefix)
+    rand, pick, owner = g.rand, g.pick, org.DEFAULT_OWNER
+    for i in range(count):
+        loc = pick(g.locales)
+        created, modified = g.stamps()
+        stage = pick(_STAGE)
+        company, _ = pick(loc.companies)
+        yield (
+            make(first_serial + i), False, created, modified, g.loaded_at, owner,
+            make_account(account_serial + int(rand() * accounts)) if accounts and rand() < 0.95 else None,
+            f"{company} - {pick(('Renewal', 'Expansion', 'New Business', 'Pilot', 'Services'))}"[:120],
+            stage,
+            (created + (modified - created) * rand()).date() + dt.timedelta(days=int(rand() * 90)),
+            Decimal(int(rand() ** 2 * 5 * 10**7)).scaleb(-2) if rand() < 0.9 else None,
+            _PROBABILITY[stage],
+            pick(_OPPORTUNITY_TYPE),
+            pick(_LEAD_SOURCE) if rand() < 0.7 else None,
             g.description(loc),
         )
 
@@ -507,12 +550,14 @@ def default_counts(contacts: int) -> dict[str, int]:
         "accounts": max(1, contacts // 10),
         "leads": leads,
         "cases": contacts // 4,
+        "opportunities": contacts // 5,
         "holds": max(3, round(0.005 * (contacts + leads))) if contacts > 0 else 0,
     }
 
 
 def seed(conn, *, contacts: int, seed: int = 42, now: dt.datetime | None = None, accounts: int | None = None,
-         leads: int | None = None, cases: int | None = None, holds: int | None = None) -> dict[str, int]:
+         leads: int | None = None, cases: int | None = None, holds: int | None = None,
+         opportunities: int | None = None) -> dict[str, int]:
     """Fill the org with generated records in one transaction; returns rows written per sObject name.
 
     Deterministic for a given seed, counts and ``now`` on an empty (``clear``-ed) org. ``now`` defaults
@@ -529,6 +574,7 @@ def seed(conn, *, contacts: int, seed: int = 42, now: dt.datetime | None = None,
     leads = defaults["leads"] if leads is None else leads
     cases = defaults["cases"] if cases is None else cases
     holds = defaults["holds"] if holds is None else holds
+    opportunities = defaults["opportunities"] if opportunities is None else opportunities
 
     g = _Gen(seed, now)
     out: dict[str, int] = {}
@@ -537,12 +583,14 @@ def seed(conn, *, contacts: int, seed: int = 42, now: dt.datetime | None = None,
         s_con = _reserve(conn, CONTACT, contacts)
         s_lead = _reserve(conn, LEAD, leads)
         s_case = _reserve(conn, CASE, cases)
+        s_opp = _reserve(conn, OPPORTUNITY, opportunities)
         s_reason = _reserve(conn, PRIVACY_HOLD_REASON, len(HOLD_REASONS))
         domains: list[str] = []
         account_of = array("i")  # contact index -> account index (-1: none), for cases' AccountId
         out[ACCOUNT.name] = _copy(conn, ACCOUNT, _accounts(g, s_acc, accounts, domains))
         out[CONTACT.name] = _copy(conn, CONTACT, _contacts(g, s_con, contacts, s_acc, domains, account_of))
-        out[LEAD.name] = _copy(conn, LEAD, _leads(g, s_lead, leads))
+        out[LEAD.name] = _copy(conn, LEAD, _leads(g, s_lead, leads, s_acc, accounts, s_con, contacts))
+        out[OPPORTUNITY.name] = _copy(conn, OPPORTUNITY, _opportunities(g, s_opp, opportunities, s_acc, accounts))
         out[CASE.name] = _copy(conn, CASE, _cases(g, s_case, cases, s_con, s_acc, account_of, accounts))
         out[PRIVACY_HOLD_REASON.name] = _copy(conn, PRIVACY_HOLD_REASON, _reasons(g, s_reason))
         # PrivacyHold.ReferenceRecordId refers to Accounts, Contacts, Individuals, Leads and Users (not Cases).

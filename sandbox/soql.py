@@ -15,13 +15,19 @@ datetime literals and relative date literals. Salesforce semantics kept on purpo
 * ORDER BY defaults to ASC NULLS FIRST, and DESC to NULLS LAST;
 * deleted rows are hidden unless ``include_deleted`` (queryAll).
 
-Rejected as MALFORMED_QUERY: GROUP BY, HAVING, subqueries, TYPEOF, aggregates other than COUNT(),
-``SELECT *``, bind variables, aliases, FOR/WITH/USING SCOPE, relationship paths deeper than one level.
+Semi-joins and anti-joins (``Id IN (SELECT AccountId FROM Contact WHERE ...)``, ``NOT IN``) filter on an ID
+or reference field with a sub-select of one ID or reference field, as the SOQL and SOSL Reference's
+"Comparison Operators" allows; at most two a query and none nested (the sandbox refuses those, the stricter
+reading where its excerpts are silent on the exact wording).
+
+Rejected as MALFORMED_QUERY: GROUP BY, HAVING, subqueries in the field list, TYPEOF, aggregates other than
+COUNT(), ``SELECT *``, bind variables, aliases, FOR/WITH/USING SCOPE, relationship paths deeper than one level.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -198,6 +204,20 @@ class OrderItem:
 
 
 @dataclass(frozen=True)
+class SubQuery:
+    """The right side of a semi-join (IN) or anti-join (NOT IN): one ID or reference field of another object."""
+
+    field: FieldRef
+    sobject: str
+    sobject_pos: int
+    where: Any
+    pos: int
+
+
+MAX_SEMI_JOINS = 2
+
+
+@dataclass(frozen=True)
 class Query:
     sobject: str
     sobject_pos: int
@@ -231,6 +251,8 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.in_subquery = False
+        self.joins = 0
 
     def peek(self, ahead: int = 0) -> Token:
         return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
@@ -372,10 +394,10 @@ class _Parser:
             return Comparison(ref, _OPS[tok.text], self.value())
         if tok.kw("IN"):
             self.advance()
-            return Comparison(ref, "IN", self.value_list())
+            return Comparison(ref, "IN", self.subquery() or self.value_list())
         if tok.kw("NOT") and self.peek(1).kw("IN"):
             self.i += 2
-            return Comparison(ref, "NOT IN", self.value_list())
+            return Comparison(ref, "NOT IN", self.subquery() or self.value_list())
         if tok.kw("LIKE"):
             self.advance()
             value = self.value()
@@ -383,6 +405,34 @@ class _Parser:
                 raise _located("MALFORMED_QUERY", self.text, value.pos, "invalid LIKE pattern: must be a quoted string")
             return Comparison(ref, "LIKE", value)
         raise self.unexpected(tok)
+
+    def subquery(self) -> SubQuery | None:
+        """``(SELECT field FROM Object [WHERE ...])`` after IN / NOT IN, or None when a value list follows."""
+        if not (self.peek().text == "(" and self.peek(1).kw("SELECT")):
+            return None
+        start = self.advance()
+        if self.in_subquery:
+            raise _located("MALFORMED_QUERY", self.text, start.pos, "Nesting of semi join sub-selects is not supported")
+        self.joins += 1
+        if self.joins > MAX_SEMI_JOINS:
+            raise _located("MALFORMED_QUERY", self.text, start.pos,
+                           f"maximum {MAX_SEMI_JOINS} semi join sub-selects are allowed")
+        self.expect_kw("SELECT")
+        field = self.field_ref()
+        if self.peek().text == ",":
+            raise _located("MALFORMED_QUERY", self.text, self.peek().pos,
+                           "semi join sub-selects can only select one field")
+        self.expect_kw("FROM")
+        obj = self.advance()
+        if obj.kind != "ident":
+            raise self.unexpected(obj)
+        self.in_subquery = True
+        try:
+            where = self.condition() if self.accept_kw("WHERE") else None
+        finally:
+            self.in_subquery = False
+        self.expect(")")
+        return SubQuery(field, obj.text, obj.pos, where, start.pos)
 
     def value_list(self) -> tuple[Value, ...]:
         self.expect("(")
@@ -507,7 +557,7 @@ class Compiled:
 
 
 def _type_name(field: Field) -> str:
-    return {"datetime": "dateTime", "int": "integer", "currency": "double", "reference": "id"}.get(
+    return {"datetime": "dateTime", "int": "integer", "currency": "double", "percent": "double", "reference": "id"}.get(
         field.type, "string" if field.type in TEXT_TYPES else field.type
     )
 
@@ -515,10 +565,13 @@ def _type_name(field: Field) -> str:
 class _Compiler:
     """Turns a Query into SQL; `bind` makes a value's SQL (a placeholder, or a Literal for COPY)."""
 
-    def __init__(self, query: Query, sobject: SObject, bind, include_deleted: bool, today: date, output: str):
+    def __init__(self, query: Query, sobject: SObject, bind, include_deleted: bool, today: date, output: str,
+                 resolve_object: Callable[[str], SObject | None] = get_object, alias: str = "t"):
         self.q, self.sobject, self.bind = query, sobject, bind
         self.include_deleted, self.today, self.output = include_deleted, today, output
+        self.resolve_object, self.alias = resolve_object, alias
         self.joins: dict[str, tuple[str, SObject, Field]] = {}
+        self.subqueries = 0
 
     def error(self, pos: int, message: str) -> SoqlError:
         return _located("INVALID_FIELD", self.q.text, pos, message)
@@ -530,7 +583,7 @@ class _Compiler:
             path = path[1:]  # `Contact.LastName` in a Contact query is just LastName
         if len(path) == 1:
             field = self.sobject.field(path[0]) or self._no_column(ref, path[0], self.sobject)
-            return sql.Identifier("t", field.column), field, field.name
+            return sql.Identifier(self.alias, field.column), field, field.name
         rel = self._relationship(path[0])
         if rel is None:
             raise self.error(
@@ -539,7 +592,7 @@ class _Compiler:
                 "relationship, be sure to append the '__r' after the custom relationship name. Please reference "
                 "your WSDL or the describe call for the appropriate names.",
             )
-        parent = get_object(rel.reference_to[0]) if len(rel.reference_to) == 1 else None
+        parent = self.resolve_object(rel.reference_to[0]) if len(rel.reference_to) == 1 else None
         if parent is None or len(path) > 2:
             raise self.error(
                 ref.pos,
@@ -547,7 +600,7 @@ class _Compiler:
                 "to a single-type reference is.",
             )
         field = parent.field(path[1]) or self._no_column(ref, path[1], parent)
-        alias = "r_" + rel.relationship_name.lower()
+        alias = ("r_" if self.alias == "t" else f"{self.alias}_r_") + rel.relationship_name.lower()
         self.joins.setdefault(alias, (alias, parent, rel))
         return sql.Identifier(alias, field.column), field, f"{rel.relationship_name}.{field.name}"
 
@@ -577,6 +630,8 @@ class _Compiler:
 
     def comparison(self, node: Comparison) -> sql.Composable:
         expr, field, _ = self.resolve(node.field)
+        if isinstance(node.value, SubQuery):
+            return self.semi_join(node, expr, field)
         values = node.value if isinstance(node.value, tuple) else (node.value,)
         for value in values:
             self.check(node.field, field, node.op, value)
@@ -588,6 +643,47 @@ class _Compiler:
             parts = [self.compare(expr, field, op, v) for v in values]
             return sql.SQL("({})").format(sql.SQL(" AND " if negate else " OR ").join(parts))
         return self.compare(expr, field, node.op, node.value)
+
+    def semi_join(self, node: Comparison, expr: sql.Composable, field: Field) -> sql.Composable:
+        """``expr [NOT] IN (SELECT ...)``: both sides ID or reference fields, the sub-select's own rows live."""
+        sub = node.value
+        if field.type not in ID_TYPES:
+            raise self.error(node.field.pos, f"semi join sub-selects are only supported on Id or reference fields, "
+                                             f"not on '{field.name}'")
+        inner_obj = _object_or_invalid(self.resolve_object, sub.sobject, sub.sobject_pos, self.q.text)
+        self.subqueries += 1
+        inner = _Compiler(Query(inner_obj.name, sub.sobject_pos, (sub.field,), False, sub.where, (), None, None,
+                                self.q.text), inner_obj, self.bind, False, self.today, "python",
+                          self.resolve_object, alias=f"{self.alias}_s{self.subqueries}")
+        col, inner_field, _ = inner.resolve(sub.field)
+        if inner_field.type not in ID_TYPES:
+            raise self.error(sub.field.pos, f"semi join sub-selects can only query id fields, cannot use: "
+                                            f"'{inner_field.name}'")
+        filters = [sql.SQL("{}.isdeleted = false").format(sql.Identifier(inner.alias)),
+                   sql.SQL("{} IS NOT NULL").format(col)]
+        if sub.where is not None:
+            filters.append(inner.condition(sub.where))
+        select = sql.SQL("SELECT {} FROM {} AS {}{} WHERE {}").format(
+            col, sql.Identifier(SCHEMA, inner_obj.table), sql.Identifier(inner.alias), inner.join_sql(),
+            sql.SQL(" AND ").join(filters))
+        if node.op == "IN":
+            return sql.SQL("{} IN ({})").format(expr, select)
+        # A null on the left is in no set: an anti-join keeps it.
+        return sql.SQL("({e} IS NULL OR {e} NOT IN ({s}))").format(e=expr, s=select)
+
+    def join_sql(self) -> sql.Composable:
+        joins = []
+        for alias, parent, rel in self.joins.values():
+            live = sql.SQL("") if self.include_deleted else sql.SQL(" AND {}.isdeleted = false").format(
+                sql.Identifier(alias)
+            )
+            joins.append(
+                sql.SQL(" LEFT JOIN {} AS {} ON {} = {}{}").format(
+                    sql.Identifier(SCHEMA, parent.table), sql.Identifier(alias), sql.Identifier(alias, "id"),
+                    sql.Identifier(self.alias, rel.column), live,
+                )
+            )
+        return sql.SQL("").join(joins)
 
     def check(self, ref: FieldRef, field: Field, op: str, value: Value) -> None:
         """Salesforce types filter values: dates unquoted and of the right kind, strings quoted."""
@@ -602,6 +698,7 @@ class _Compiler:
             "int": ("number",),
             "double": ("number",),
             "currency": ("number",),
+            "percent": ("number",),
         }.get(field.type, ("string",))
         if value.kind != "null" and value.kind not in allowed:
             quoting = "be" if allowed == ("string",) else "not be"
@@ -660,7 +757,7 @@ class _Compiler:
             return sql.SQL("""to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')""").format(expr)
         if field.type == "date":
             return sql.SQL("to_char({}, 'YYYY-MM-DD')").format(expr)
-        if field.type in ("double", "currency"):
+        if field.type in ("double", "currency", "percent"):
             return sql.SQL(
                 "CASE WHEN {e}::numeric = trunc({e}::numeric) THEN trunc({e}::numeric)::text || '.0' "
                 "ELSE trim_scale({e}::numeric)::text END"
@@ -703,17 +800,6 @@ class _Compiler:
         if self.q.where is not None:
             filters.append(self.condition(self.q.where))
         order = self.order() if not self.q.count_only else sql.SQL("")
-        joins = []
-        for alias, parent, rel in self.joins.values():
-            live = sql.SQL("") if self.include_deleted else sql.SQL(" AND {}.isdeleted = false").format(
-                sql.Identifier(alias)
-            )
-            joins.append(
-                sql.SQL(" LEFT JOIN {} AS {} ON {} = {}{}").format(
-                    sql.Identifier(SCHEMA, parent.table), sql.Identifier(alias), sql.Identifier(alias, "id"),
-                    sql.Identifier("t", rel.column), live,
-                )
-            )
         page = sql.SQL("")
         if self.q.limit is not None:
             page += sql.SQL(" LIMIT {}").format(self.bind(self.q.limit))
@@ -721,7 +807,7 @@ class _Compiler:
             page += sql.SQL(" OFFSET {}").format(self.bind(self.q.offset))
         body = sql.SQL("FROM {} AS t{}{}{}").format(
             sql.Identifier(SCHEMA, self.sobject.table),
-            sql.SQL("").join(joins),
+            self.join_sql(),
             sql.SQL(" WHERE ") + sql.SQL(" AND ").join(filters) if filters else sql.SQL(""),
             order,
         )
@@ -733,30 +819,38 @@ class _Compiler:
         return query, columns, fields
 
 
+def _object_or_invalid(resolve_object, name: str, pos: int, text: str) -> SObject:
+    """The sObject, or INVALID_TYPE as Salesforce answers a type the user cannot see (or that does not exist)."""
+    sobject = resolve_object(name)
+    if sobject is None:
+        raise _located(
+            "INVALID_TYPE", text, pos,
+            f"sObject type '{name}' is not supported. If you are attempting to use a custom object, be "
+            "sure to append the '__c' after the entity name. Please reference your WSDL or the describe call for "
+            "the appropriate names.",
+        )
+    return sobject
+
+
 def compile_query(
     text_or_query: str | Query,
     *,
     include_deleted: bool = False,
     now: datetime | None = None,
     output: str = "python",
+    resolve_object: Callable[[str], SObject | None] = get_object,
 ) -> Compiled:
     """Compile SOQL to Postgres SQL over schema `org`.
 
     output="python" selects raw columns; output="csv" renders each as Bulk API 2.0 CSV text, for
     ``COPY (...) TO STDOUT WITH (FORMAT csv, HEADER false, FORCE_QUOTE *)`` via `Compiled.copy_sql()`.
     Relative date literals are resolved against `now` (default: the current time) on UTC days.
+    `resolve_object` finds an sObject by name as this user and API version see the org (None: not there).
     """
     if output not in ("python", "csv"):
         raise ValueError(f"output must be 'python' or 'csv', not {output!r}")
     query = parse(text_or_query) if isinstance(text_or_query, str) else text_or_query
-    sobject = get_object(query.sobject)
-    if sobject is None:
-        raise _located(
-            "INVALID_TYPE", query.text, query.sobject_pos,
-            f"sObject type '{query.sobject}' is not supported. If you are attempting to use a custom object, be "
-            "sure to append the '__c' after the entity name. Please reference your WSDL or the describe call for "
-            "the appropriate names.",
-        )
+    sobject = _object_or_invalid(resolve_object, query.sobject, query.sobject_pos, query.text)
     now = now or datetime.now(UTC)
     today = (now if now.tzinfo else now.replace(tzinfo=UTC)).astimezone(UTC).date()
     params: list = []
@@ -765,8 +859,9 @@ def compile_query(
         params.append(value)
         return sql.Placeholder()
 
-    statement, columns, fields = _Compiler(query, sobject, placeholder, include_deleted, today, output).compile()
-    bound, _, _ = _Compiler(query, sobject, sql.Literal, include_deleted, today, output).compile()
+    statement, columns, fields = _Compiler(query, sobject, placeholder, include_deleted, today, output,
+                                           resolve_object).compile()
+    bound, _, _ = _Compiler(query, sobject, sql.Literal, include_deleted, today, output, resolve_object).compile()
     return Compiled(
         sobject, columns, fields, query.count_only, statement, params, query.limit, query.offset, output, bound
     )

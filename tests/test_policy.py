@@ -20,7 +20,7 @@ from retention.policy import (
     load_policy,
     parse_policy,
 )
-from retention.soql_filter import Comparison, Value
+from retention.soql_filter import Comparison, SubSelect, Value
 from sandbox.objects import get_object
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,7 +64,10 @@ def error_of(tmp_path: Path, text: str, name: str = "bad.yaml") -> PolicyError:
 
 
 def describe(name: str) -> dict:
-    return get_object(name).describe("59.0")
+    return get_object(name).describe("66.0")
+
+
+HOLDS = {"PrivacyHold": get_object("PrivacyHold").describe("66.0")}
 
 
 # ----------------------------------------------------------------------------------------- examples
@@ -77,7 +80,8 @@ def test_every_example_loads_and_passes_describe():
         "accounts_bulk_api", "closed_cases_hard_delete", "inactive_contacts", "stale_leads_mask",
     ]
     for policy in policies:
-        assert check_against_describe(policy, describe(policy.object)) == [], policy.id
+        others = {name: describe(name) for name in policy.related_fields()}
+        assert check_against_describe(policy, describe(policy.object), others) == [], policy.id
 
 
 def test_examples_show_one_thing_each():
@@ -85,9 +89,11 @@ def test_examples_show_one_thing_each():
     contacts = by_id["inactive_contacts"]
     assert contacts.dag_id == "retention__inactive_contacts"
     assert (contacts.action, contacts.schedule, contacts.select.older_than_days) == ("delete", "0 3 * * *", 730)
-    assert contacts.select.filter == Comparison(
+    assert contacts.select.filter.items[0] == Comparison(
         "LeadSource", "!=", Value("string", "Partner Referral", "Partner Referral")
     )
+    # Contacts with cases cannot be deleted: an anti-join leaves them out.
+    assert contacts.select.filter.items[1].value == SubSelect("ContactId", "Case", None)
     assert {k: str(v) for k, v in contacts.retain.fields.items()} == {
         "LastName": "keep", "Email": "email_domain", "Birthdate": "year", "MailingCountry": "keep",
     }
@@ -96,8 +102,11 @@ def test_examples_show_one_thing_each():
     assert {k: v.strategy for k, v in leads.mask.items()} == {
         "FirstName": "anonymize", "LastName": "pseudonymize", "Email": "hash", "Phone": "nullify",
     }
+    assert leads.select.where == "IsConverted = false"  # a converted lead is read only
     cases = by_id["closed_cases_hard_delete"]
-    assert cases.action == "hard_delete" and cases.select.exclude_privacy_holds
+    # A PrivacyHold cannot name a Case: the cases of held contacts are kept out by the filter instead.
+    assert cases.action == "hard_delete" and not cases.select.exclude_privacy_holds
+    assert cases.related_fields() == {"PrivacyHold": {"ReferenceRecordId", "IsActive"}}
     assert cases.retain.fields["Subject"] == Transform(kind="truncate", n=40)
     accounts = by_id["accounts_bulk_api"]
     assert accounts.source == "salesforce_api" and accounts.schedule is None
@@ -391,7 +400,7 @@ mask:
   HasOptedOutOfEmail: {{strategy: static, value: 1}}
   Unknown: nullify
 """
-    problems = check_against_describe(parse_policy(text.encode()), describe("Contact"))
+    problems = check_against_describe(parse_policy(text.encode()), describe("Contact"), HOLDS)
     assert problems[:9] == [
         "select.date_field: 'LastName' is string, not a date or datetime",
         "select.where: unknown field 'Nope' on Contact",
@@ -416,8 +425,8 @@ mask:
 
 def test_check_against_describe_is_case_insensitive_and_checks_the_object():
     p = parse_policy(VALID.replace("LastName: keep", "lastname: keep").encode())
-    assert check_against_describe(p, describe("Contact")) == []
-    problems = check_against_describe(p, describe("Lead"))
+    assert check_against_describe(p, describe("Contact"), HOLDS) == []
+    problems = check_against_describe(p, describe("Lead"), HOLDS)
     assert problems[0] == "object: describe is for Lead, the policy is for Contact"
     assert "retain.fields.Birthdate: unknown field 'Birthdate' on Lead" in problems
 
@@ -425,7 +434,7 @@ def test_check_against_describe_is_case_insensitive_and_checks_the_object():
 def test_check_against_describe_refuses_delete_when_not_deletable():
     p = parse_policy(VALID.encode())
     undeletable = {**describe("Contact"), "deletable": False}
-    assert check_against_describe(p, undeletable) == ["action: Contact records are not deletable"]
+    assert check_against_describe(p, undeletable, HOLDS) == ["action: Contact records are not deletable"]
 
 
 def test_alerts_key_is_validated_with_file_key_and_reason(tmp_path):
@@ -442,3 +451,85 @@ def test_alerts_key_is_validated_with_file_key_and_reason(tmp_path):
         load_policy(bad)
     text = str(err.value)
     assert "bad.yaml: alerts.email: " in text and "not-an-address" in text and "alerts.when" in text
+
+
+def test_privacy_holds_need_the_privacy_center_objects_and_a_holdable_object():
+    """PrivacyHold exists only for users with the Privacy Center license and "Manage Privacy Hold", and its
+    ReferenceRecordId "Refers To Account, Contact, Individual, Lead, User" (Object Reference: PrivacyHold):
+    https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_privacyhold.htm
+    """
+    contacts = parse_policy(VALID.encode())
+    assert contacts.related_fields() == {"PrivacyHold": {"ReferenceRecordId", "IsActive", "EndDate"}}
+    problems = check_against_describe(contacts, describe("Contact"), {"PrivacyHold": None})
+    assert len(problems) == 1 and "PrivacyHold is not available to the API user" in problems[0]
+    assert "exclude_privacy_holds: false" in problems[0]
+    cases = parse_policy(VALID.replace("object: Contact", "object: Case").replace("LastName: keep", "Subject: keep")
+                         .replace("Birthdate: year", "ClosedDate: year").encode())
+    problems = check_against_describe(cases, describe("Case"), HOLDS)
+    assert ["select.exclude_privacy_holds: a PrivacyHold cannot refer to Case records "
+                        "(ReferenceRecordId refers to Account, Contact, Individual, Lead, User); set "
+                        "exclude_privacy_holds: false"] == [p for p in problems if "exclude_privacy_holds" in p]
+    no_holds = "  older_than_days: 730\n  exclude_privacy_holds: false"
+    unheld = parse_policy(VALID.replace("  older_than_days: 730", no_holds).encode())
+    assert unheld.related_fields() == {}
+
+
+CASCADE = """
+cascade:
+  - object: Contact
+    relationship: AccountId
+    retain:
+      table: account_contact
+      fields: {LastName: keep, Email: email_domain}
+  - object: Opportunity
+    relationship: AccountId
+    retain:
+      table: account_opportunity
+      fields: {Name: keep, Amount: keep}
+"""
+ACCOUNTS = (EXAMPLES / "accounts_bulk_api.yaml").read_text()
+
+
+def _accounts(extra: str = CASCADE) -> str:
+    start = ACCOUNTS.index("\ncascade:") if "\ncascade:" in ACCOUNTS else len(ACCOUNTS)
+    end = ACCOUNTS.find("\nsource:")
+    return ACCOUNTS[:start] + "\n" + extra + ACCOUNTS[end:] if start < end else ACCOUNTS[:start] + extra
+
+
+def test_cascade_children_are_checked_against_the_parents_describe():
+    """A child belongs under cascade: only when deleting the parent deletes it: describe's childRelationships
+    entry has cascadeDelete true (SOAP API Developer Guide, DescribeSObjectResult, ChildRelationship)."""
+    policy = parse_policy(_accounts().encode())
+    assert [c.object for c in policy.cascade] == ["Contact", "Opportunity"]
+    others = {name: describe(name) for name in policy.related_fields()}
+    assert check_against_describe(policy, describe("Account"), others) == []
+    cases = CASCADE.replace("Opportunity", "Case").replace("Amount: keep", "Subject: keep")
+    problems = check_against_describe(parse_policy(_accounts(cases).encode()), describe("Account"),
+                                      {**others, "Case": describe("Case")})
+    assert problems == ["cascade[1]: deleting Account does not delete Case records through AccountId (describe "
+                        "childRelationships); list only children a delete takes with it"]
+    wrong_field = CASCADE.replace("Amount: keep", "Nope: keep")
+    problems = check_against_describe(parse_policy(_accounts(wrong_field).encode()), describe("Account"), others)
+    assert problems == ["cascade[1].retain.fields.Nope: unknown field 'Nope' on Opportunity"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (CASCADE.replace("account_opportunity", "account_contact"), "used by more than one cascade child"),
+    (CASCADE.replace("account_opportunity", "account"), "is the parent's table"),
+    (CASCADE.replace("object: Opportunity", "object: Contact"), "Contact.AccountId is listed twice"),
+])
+def test_cascade_tables_and_children_are_distinct(extra, message):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(_accounts(extra).encode())
+    err = info.value
+    assert any(key == "cascade" and message in reason for key, reason in err.problems), err.problems
+
+
+def test_cascade_is_refused_with_mask():
+    text = (EXAMPLES / "stale_leads_mask.yaml").read_text() + CASCADE.replace("AccountId", "ConvertedAccountId")
+    with pytest.raises(PolicyError) as info:
+        parse_policy(text.encode())
+    err = info.value
+    assert ("cascade", "only for action: delete or hard_delete (masking a parent takes no child with it)") in \
+        err.problems
+

@@ -64,11 +64,11 @@ def _one(conn, query: str, params=None):
 
 def test_counts_returned_match_tables_and_defaults(conn, seeded):
     counts, _ = seeded
-    assert counts == {"Account": 200, "Contact": 2000, "Lead": 1000, "Case": 500, "PrivacyHoldReason": 4,
-                      "PrivacyHold": 15}
+    assert counts == {"Account": 200, "Contact": 2000, "Lead": 1000, "Opportunity": 400, "Case": 500,
+                      "PrivacyHoldReason": 4, "PrivacyHold": 15}
     for name, n in counts.items():
         assert _one(conn, f"SELECT count(*) FROM org.{name.lower()}") == n, name
-    assert seeding.default_counts(0) == {"accounts": 1, "leads": 0, "cases": 0, "holds": 0}
+    assert seeding.default_counts(0) == {"accounts": 1, "leads": 0, "cases": 0, "opportunities": 0, "holds": 0}
     assert seeding.default_counts(10)["holds"] == 3
 
 
@@ -90,9 +90,11 @@ def test_same_seed_reproduces_rows_and_ids_other_seed_differs(conn, seeded):
 def test_explicit_counts_and_empty_org(conn, seeded):
     try:
         counts = _reseed(conn, contacts=0)
-        assert counts == {"Account": 1, "Contact": 0, "Lead": 0, "Case": 0, "PrivacyHoldReason": 4, "PrivacyHold": 0}
-        counts = _reseed(conn, contacts=50, accounts=3, leads=0, cases=7, holds=4)
-        assert counts == {"Account": 3, "Contact": 50, "Lead": 0, "Case": 7, "PrivacyHoldReason": 4, "PrivacyHold": 4}
+        assert counts == {"Account": 1, "Contact": 0, "Lead": 0, "Opportunity": 0, "Case": 0, "PrivacyHoldReason": 4,
+                          "PrivacyHold": 0}
+        counts = _reseed(conn, contacts=50, accounts=3, leads=0, cases=7, holds=4, opportunities=5)
+        assert counts == {"Account": 3, "Contact": 50, "Lead": 0, "Opportunity": 5, "Case": 7,
+                          "PrivacyHoldReason": 4, "PrivacyHold": 4}
         prefixes = {r[0] for r in conn.execute("SELECT DISTINCT left(referencerecordid, 3) FROM org.privacyhold")}
         assert prefixes == {"003", "001"}  # contacts and accounts: there are no leads, and a Case cannot be held
     finally:

@@ -14,9 +14,12 @@ from retention.soql_filter import (
     FilterError,
     Not,
     Or,
+    SubSelect,
     Value,
     check_types,
     fields,
+    mirror_column,
+    other_objects,
     parse,
     relative_range,
     to_soql,
@@ -103,7 +106,8 @@ def test_syntax_errors_name_position_and_reason(text, column, reason):
         "Name = 'x' --",
         "Name = 'x' /* */",
         "Name = 'x' UNION SELECT Id FROM User",
-        "Name = 'x' OR Id IN (SELECT Id FROM Contact)",
+        "Id IN (SELECT ContactId FROM Case WHERE AccountId IN (SELECT Id FROM Account))",
+        "Id IN (SELECT ContactId FROM Case; DELETE FROM Case)",
         "Name = 'x') OR (1 = 1",
     ],
 )
@@ -348,3 +352,80 @@ def test_to_sql_runs_with_soql_semantics(pg, text, names):
     where, params = to_sql(parse(text), today=TODAY, types={"Ts": "datetime"})
     rows = pg.execute(sql.SQL("SELECT name FROM mirror WHERE {} ORDER BY name").format(where), params).fetchall()
     assert [r[0] for r in rows] == names
+
+
+# ------------------------------------------------------------------------------ semi- and anti-joins
+
+
+def test_subselects_parse_render_and_name_their_objects():
+    """Semi-joins and anti-joins as SOQL writes them ("Comparison Operators", SOQL and SOSL Reference):
+    https://developer.salesforce.com/docs/platform/salesforce-soql-sosl/guide/sforce-api-calls-soql-select-comparisonoperators.html
+    """
+    expr = parse("Id not in (select ContactId from Case where IsClosed = false) AND AccountId IN "
+                 "(SELECT Id FROM Account)")
+    assert expr.items[0] == Comparison("Id", "NOT IN", SubSelect("ContactId", "Case", Comparison(
+        "IsClosed", "=", Value("boolean", False))))
+    assert to_soql(expr) == ("Id NOT IN (SELECT ContactId FROM Case WHERE IsClosed = false) AND AccountId IN "
+                             "(SELECT Id FROM Account)")
+    assert parse(to_soql(expr)) == expr
+    assert fields(expr) == {"Id", "AccountId"}
+    assert other_objects(expr) == {"Case": {"ContactId", "IsClosed"}, "Account": {"Id"}}
+    assert mirror_column("Id") == "sfid" and mirror_column("AccountId") == "accountid"
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("Id IN (SELECT ContactId FROM Case) AND Id IN (SELECT ContactId FROM Case) AND Id IN "
+     "(SELECT ContactId FROM Case)", "at most 2 sub-selects"),
+    ("Id IN (SELECT ContactId FROM Case WHERE AccountId IN (SELECT Id FROM Account))", "cannot contain another"),
+    ("Id IN (SELECT ContactId, AccountId FROM Case)", "selects one ID or reference field"),
+    ("Id IN (SELECT ContactId Case)", "expected FROM"),
+])
+def test_subselect_limits(text, reason):
+    with pytest.raises(FilterError) as err:
+        parse(text)
+    assert reason in err.value.reason
+
+
+def test_check_types_of_subselects(contact):
+    def describe_of(name):
+        obj = get_object(name)
+        return obj.describe("66.0") if obj else None
+
+    ok = parse("Id NOT IN (SELECT ContactId FROM Case WHERE IsClosed = false)")
+    assert check_types(ok, contact, describe_of) == []
+    assert check_types(parse("LastName IN (SELECT ContactId FROM Case)"), contact, describe_of) == [
+        "'LastName' is string: a sub-select (IN (SELECT ...)) needs an ID or reference field on its left"]
+    assert check_types(parse("Id IN (SELECT Subject FROM Case)"), contact, describe_of) == [
+        "sub-select: 'Subject' is string; a sub-select selects an ID or reference field"]
+    assert check_types(parse("Id IN (SELECT ContactId FROM Nope)"), contact, describe_of) == [
+        "sub-select: Nope is not an object the API user can read"]
+    assert check_types(parse("Id IN (SELECT ContactId FROM Case WHERE Nope = 1)"), contact, describe_of) == [
+        "sub-select: unknown field 'Nope' on Case"]
+
+
+def test_subselects_run_on_the_mirror_as_exists(pg):
+    """Rendered against Connect-shaped tables (sfid, isdeleted): an anti-join keeps a null reference, a deleted
+    row of the other object counts for nothing, and the inner filter's values are parameters."""
+    from psycopg import sql
+
+    pg.execute("CREATE TEMP TABLE m_contact (sfid varchar(18), lastname text, accountid varchar(18), "
+               "isdeleted boolean)")
+    pg.execute("CREATE TEMP TABLE m_case (sfid varchar(18), contactid varchar(18), isclosed boolean, "
+               "isdeleted boolean)")
+    pg.execute("INSERT INTO m_contact VALUES ('003A', 'Open case', 'a', false), ('003B', 'Closed case', 'a', false),"
+               " ('003C', 'No case', null, false), ('003D', 'Deleted case', 'b', false)")
+    pg.execute("INSERT INTO m_case VALUES ('500A', '003A', false, false), ('500B', '003B', true, false), "
+               "('500D', '003D', false, true), ('500N', null, false, false)")
+
+    def names(text):
+        where, params = to_sql(parse(text), lambda n: sql.Identifier("c", mirror_column(n)), today=TODAY,
+                               relation=lambda name: (sql.Identifier(f"m_{name.lower()}"), {"IsClosed": "boolean"}))
+        query = sql.SQL("SELECT lastname FROM m_contact c WHERE {} ORDER BY lastname").format(where)
+        return [r[0] for r in pg.execute(query, params).fetchall()]
+
+    assert names("Id NOT IN (SELECT ContactId FROM Case)") == ["Deleted case", "No case"]
+    assert names("Id IN (SELECT ContactId FROM Case WHERE IsClosed = false)") == ["Open case"]
+    assert names("Id NOT IN (SELECT ContactId FROM Case WHERE IsClosed = true) AND LastName != 'x'") == [
+        "Deleted case", "No case", "Open case"]
+    assert names("AccountId NOT IN (SELECT Id FROM Case)") == ["Closed case", "Deleted case", "No case", "Open case"]
+

@@ -21,6 +21,8 @@ EVIDENCE_FIELDS = (
     "eligible", "held", "staged", "retained", "acted", "failed", "salesforce_count", "bulk_job_ids",
     "holds_applied", "validation", "status", "message", "started_at", "finished_at", "timings",
 )
+# Columns added later: hashed only when set, so rows written before they existed verify as they were sealed.
+LATER_EVIDENCE_FIELDS = ("refused", "blocked", "blocked_records", "cascade")
 LOCK_KEY = "retention.runs"
 
 
@@ -35,6 +37,7 @@ def _plain(value):
 def row_hash(row: dict, prev_hash: str | None) -> str:
     """The hash of one ledger row, chained to the previous row's hash."""
     body = {name: _plain(row.get(name)) for name in EVIDENCE_FIELDS}
+    body.update({name: _plain(row[name]) for name in LATER_EVIDENCE_FIELDS if row.get(name) is not None})
     body["prev_hash"] = prev_hash
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -39,7 +39,7 @@ STATUS_COLUMNS = (
     ("_retention_run", "text NOT NULL"),
     ("_retained_at", "timestamptz NOT NULL"),
     ("_action", "text NOT NULL"),
-    ("_action_status", "text NOT NULL"),  # pending | submitting | submitted | done | failed | held
+    ("_action_status", "text NOT NULL"),  # pending | submitting | submitted | done | failed | refused | held
     ("_action_error", "text"),
     ("_action_at", "timestamptz"),
     ("_bulk_job_id", "text"),
@@ -48,6 +48,17 @@ ACTION_OPERATION = {"delete": "delete", "hard_delete": "hardDelete", "mask": "up
 # Per-record errors meaning the record is already in the state we want (e.g. a retry after the job
 # ran): the action is done, not failed.
 ALREADY_DONE = {"delete": ("ENTITY_IS_DELETED",), "hard_delete": ("ENTITY_IS_DELETED",), "mask": ()}
+# Per-record refusals no retry changes: Salesforce refuses the record the same way until a person changes the
+# record or the org (a converted lead is read only; a record in use by another cannot be deleted; a validation
+# rule or the user's access says no). They become `refused`: kept retained, reported with the code, never
+# selected again, a warning rather than a failed run. Every other code (UNABLE_TO_LOCK_ROW,
+# API_TEMPORARILY_UNAVAILABLE, one not known here) stays `failed`: the run fails and the record is retried.
+PERMANENT_REFUSALS = frozenset({
+    "CANNOT_UPDATE_CONVERTED_LEAD", "DELETE_FAILED", "DELETE_REQUIRED_ON_CASCADE", "INSUFFICIENT_ACCESS_OR_READONLY",
+    "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+})
+# Action statuses of records a later run must not select again: their retained copy is final.
+SETTLED = ("done", "refused")
 
 
 class RetentionError(Exception):
@@ -129,12 +140,14 @@ def _cutoff_value(field_type: str, cutoff: dt.datetime):
 
 
 def _already_done(policy: Policy, alias: str) -> sql.Composable:
-    """Records an earlier run already retained and acted on (in the cache, or since purged from it). They
-    are not eligible again: a masked record must never overwrite its retained original."""
+    """Records an earlier run already retained and acted on, or that Salesforce refused for good (in the cache,
+    or since purged from it). They are not eligible again: a masked record must never overwrite its retained
+    original, and a refused one would only be refused again."""
+    settled = sql.SQL(", ").join(map(sql.Literal, SETTLED))
     return sql.SQL(
-        "(EXISTS (SELECT 1 FROM {cache} c WHERE c.sfid = {a}.sfid AND c._action_status = 'done') OR EXISTS "
-        "(SELECT 1 FROM {purged} p WHERE p.policy_id = {policy} AND p.sfid = {a}.sfid AND p.action_status = 'done'))"
-    ).format(cache=sql.Identifier(CACHE_SCHEMA, policy.retain.table), a=sql.Identifier(alias),
+        "(EXISTS (SELECT 1 FROM {cache} c WHERE c.sfid = {a}.sfid AND c._action_status IN ({s})) OR EXISTS "
+        "(SELECT 1 FROM {purged} p WHERE p.policy_id = {policy} AND p.sfid = {a}.sfid AND p.action_status IN ({s})))"
+    ).format(cache=sql.Identifier(CACHE_SCHEMA, policy.retain.table), a=sql.Identifier(alias), s=settled,
              purged=sql.Identifier(LEDGER_SCHEMA, "purged_records"), policy=sql.Literal(policy.id))
 
 
@@ -162,9 +175,18 @@ def ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
                                                                                    sql.SQL(pg_type)))
 
 
-def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: dict) -> dict:
-    """Stage the eligible, non-held records from the Connect mirror with one INSERT ... SELECT."""
+def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: dict,
+                        others: dict[str, dict | None] | None = None) -> dict:
+    """Stage the eligible, non-held records from the Connect mirror with one INSERT ... SELECT.
+
+    :param others: describes of the objects the filter's sub-selects read (their mirror tables are joined).
+    """
     from retention import soql_filter
+
+    others = {k.lower(): v for k, v in (others or {}).items()}
+
+    def relation(name: str):
+        return sql.Identifier(MIRROR_SCHEMA, name.lower()), field_types(others.get(name.lower()) or {"fields": []})
 
     types = field_types(describe)
     date_type = types[policy.select.date_field]
@@ -175,8 +197,8 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
     params: list = [_cutoff_value(date_type, run.cutoff)]
     if policy.select.where:
         where_sql, where_params = soql_filter.to_sql(
-            soql_filter.parse(policy.select.where), lambda n: sql.Identifier("m", n.lower()),
-            today=run.cutoff.date(), types=types,
+            soql_filter.parse(policy.select.where), lambda n: sql.Identifier("m", soql_filter.mirror_column(n)),
+            today=run.cutoff.date(), types=types, relation=relation,
         )
         base.append(sql.SQL("({})").format(where_sql))
         params += where_params
@@ -232,11 +254,26 @@ def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, cou
     return f"SELECT {head} FROM {policy.object} WHERE {' AND '.join(clauses)}"
 
 
+HOLDS_UNAVAILABLE = ("PrivacyHold is not available to the API user: it needs the Privacy Center license and the "
+                     "\"Manage Privacy Hold\" permission (and API version 59.0 or later). Nothing was touched.")
+
+
 def active_holds(sf: SalesforceBulk2Hook) -> set[str]:
-    """Record ids under an active PrivacyHold in the org now (IsActive, EndDate empty or not passed)."""
-    result = sf.conn.query_all(
-        "SELECT ReferenceRecordId FROM PrivacyHold WHERE IsActive = true AND (EndDate = null OR EndDate >= TODAY)"
-    )
+    """Record ids under an active PrivacyHold in the org now (IsActive, EndDate empty or not passed).
+
+    :raises RetentionError: the org or the user has no PrivacyHold (no Privacy Center licence or permission),
+        which Salesforce reports as an unknown type: acting without the holds could touch a held record.
+    """
+    from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+    try:
+        result = sf.conn.query_all(
+            "SELECT ReferenceRecordId FROM PrivacyHold WHERE IsActive = true AND (EndDate = null OR EndDate >= TODAY)"
+        )
+    except SalesforceMalformedRequest as err:
+        if "INVALID_TYPE" in str(err.content):
+            raise RetentionError(HOLDS_UNAVAILABLE) from err
+        raise
     return {r["ReferenceRecordId"] for r in result["records"]}
 
 
@@ -329,7 +366,7 @@ def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
     values = sql.SQL(", ").join([sql.Identifier("s", "sfid"),
                                  *(sql.Identifier("s", n.lower()) for n in policy.retain.fields),
                                  sql.SQL("%(policy)s, %(run)s, now(), %(action)s, 'pending', NULL, NULL, NULL")])
-    # A record already acted on keeps its row untouched: its retained copy is the original.
+    # A record already acted on (or refused for good) keeps its row untouched: its retained copy is the original.
     updates = sql.SQL(", ").join(
         [sql.SQL("{c} = excluded.{c}").format(c=c) for c in cols]
         + [sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(n))
@@ -339,7 +376,7 @@ def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
     with store.connect() as conn:
         return conn.execute(
             sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM {subset} s ON CONFLICT (sfid) DO UPDATE SET "
-                    "{updates} WHERE {t}._action_status NOT IN ('done', 'submitting', 'submitted')").format(
+                    "{updates} WHERE {t}._action_status NOT IN ('done', 'refused', 'submitting', 'submitted')").format(
                 t=table, names=names, values=values, subset=run.subset, updates=updates),
             {"policy": policy.id, "run": run.run_key, "action": policy.action},
         ).rowcount
@@ -407,25 +444,36 @@ def mark(store: RetentionStoreHook, policy: Policy, run: Run, ids: list[str], st
                 sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (status, job_id, error, ids, run.run_key))
 
 
+def outcome_status(policy: Policy, outcome) -> str:
+    """done, refused (Salesforce will never take it: see PERMANENT_REFUSALS) or failed (retried)."""
+    code = (outcome.error or "").split(":", 1)[0]
+    if outcome.success or code in ALREADY_DONE[policy.action]:
+        return "done"
+    return "refused" if code in PERMANENT_REFUSALS else "failed"
+
+
 def record_outcomes(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str, outcomes) -> dict[str, int]:
-    """Write each record's outcome beside its retained row; failures stay retained and are reported."""
-    done, failed = [], []
+    """Write each record's outcome beside its retained row; refused and failed records stay retained and are
+    reported with Salesforce's code."""
+    done: list[str] = []
+    others: list[tuple[str, str, str]] = []
     for o in outcomes:
-        code = (o.error or "").split(":", 1)[0]
-        if o.success or code in ALREADY_DONE[policy.action]:
+        status = outcome_status(policy, o)
+        if status == "done":
             done.append(o.record_id)
         else:
-            failed.append(o)
+            others.append((status, o.error, o.record_id))
     table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
     with store.connect() as conn:
         conn.execute(sql.SQL("UPDATE {} SET _action_status = 'done', _action_error = NULL, _action_at = now(), "
                              "_bulk_job_id = %s WHERE sfid = ANY(%s)").format(table), (job_id, done))
         with conn.cursor() as cur:
             cur.executemany(
-                sql.SQL("UPDATE {} SET _action_status = 'failed', _action_error = %s, _action_at = now(), "
+                sql.SQL("UPDATE {} SET _action_status = %s, _action_error = %s, _action_at = now(), "
                         "_bulk_job_id = %s WHERE sfid = %s").format(table),
-                [(o.error, job_id, o.record_id) for o in failed])
-    return {"done": len(done), "failed": len(failed)}
+                [(status, error, job_id, record_id) for status, error, record_id in others])
+    return {"done": len(done), "refused": sum(1 for s, _, _ in others if s == "refused"),
+            "failed": sum(1 for s, _, _ in others if s == "failed")}
 
 
 def staged_records(store: RetentionStoreHook, run: Run, ids: list[str], fields: list[str]) -> list[dict]:
@@ -474,6 +522,13 @@ def action_summary(store: RetentionStoreHook, policy: Policy, run: Run) -> dict[
     return out
 
 
+def action_error(store: RetentionStoreHook, policy: Policy, sfid: str) -> str | None:
+    with store.connect() as conn:
+        row = conn.execute(sql.SQL("SELECT _action_error FROM {} WHERE sfid = %s").format(
+            sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (sfid,)).fetchone()
+    return row[0] if row else None
+
+
 def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], sent: dict[str, dict]) -> bool:
     """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
@@ -508,7 +563,7 @@ def same_value(sent, have) -> bool:
 
 def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts: dict, bulk_job_ids: list[str],
                  holds_applied: list[str], validation: dict | None, status: str, message: str,
-                 timings: dict) -> int:
+                 timings: dict, blocked_records: dict[str, str] | None = None, cascade: dict | None = None) -> int:
     """Append the run's evidence to the ledger and chain it to the row before (tamper evidence)."""
     from retention import evidence
 
@@ -518,14 +573,16 @@ def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts:
             sql.SQL(
                 "INSERT INTO {} (policy_id, run_key, dag_run_id, policy_hash, object, action, source, cutoff, dry_run, "
                 "eligible, held, staged, retained, acted, failed, salesforce_count, bulk_job_ids, holds_applied, "
-                "validation, status, message, started_at, timings) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
+                "validation, status, message, started_at, timings, refused, blocked, blocked_records, cascade) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s) RETURNING id"
             ).format(sql.Identifier(LEDGER_SCHEMA, "runs")),
             (policy.id, run.run_key, run.dag_run_id, policy.source_hash, policy.object, policy.action, policy.source,
              run.cutoff, run.dry_run, counts.get("eligible"), counts.get("held"), counts.get("staged"),
              counts.get("retained"), counts.get("acted"), counts.get("failed"), counts.get("salesforce"),
              json.dumps(bulk_job_ids), json.dumps(holds_applied), json.dumps(validation, default=str), status,
-             message, run.started_at, json.dumps(timings)),
+             message, run.started_at, json.dumps(timings), counts.get("refused", 0), counts.get("blocked", 0),
+             json.dumps(blocked_records or {}), json.dumps(cascade or {})),
         ).fetchone()[0]
         evidence.seal_last_row(conn, row_id)
         return row_id

@@ -437,6 +437,24 @@ class Guards(_Model):
     max_records_per_run: int = Field(50_000, ge=1)
 
 
+class CascadeChild(_Model):
+    """Records of a child object that Salesforce deletes with their parent (a cascade delete): they are
+    retained in their own cache table, counted and validated like the parent's, before any parent goes.
+
+    :param object: the child sObject, e.g. Contact.
+    :param relationship: the child's lookup field to the parent, e.g. AccountId.
+    :param retain: what is kept of each child (as the policy's own ``retain``).
+    """
+
+    object: ApiName
+    relationship: FieldName
+    retain: Retain
+
+
+# What a privacy hold needs read: the held record, whether the hold is on, and until when.
+HOLD_FIELDS = ("ReferenceRecordId", "IsActive", "EndDate")
+
+
 class Policy(_Model):
     """One retention policy file. Build with ``load_policy``; ``path`` and ``source_hash`` identify the file."""
 
@@ -454,6 +472,7 @@ class Policy(_Model):
     guards: Guards = Guards()
     alerts: Alerts | None = None
     source: Literal["heroku_connect", "salesforce_api"] = "heroku_connect"
+    cascade: list[CascadeChild] = Field(default_factory=list, validate_default=True)
 
     _path: Path | None = PrivateAttr(None)
     _source_hash: str | None = PrivateAttr(None)
@@ -502,6 +521,28 @@ class Policy(_Model):
             raise ValueError(problem)
         return value
 
+    @field_validator("cascade")
+    @classmethod
+    def _cascade(cls, value: list[CascadeChild], info: ValidationInfo) -> list[CascadeChild]:
+        action = info.data.get("action")
+        if value and action == "mask":
+            raise ValueError("only for action: delete or hard_delete (masking a parent takes no child with it)")
+        seen: dict[str, str] = {}
+        parent_table = info.data["retain"].table if info.data.get("retain") else None
+        for n, child in enumerate(value):
+            key = f"{child.object.lower()}.{child.relationship.lower()}"
+            if key in seen:
+                raise ValueError(f"{child.object}.{child.relationship} is listed twice (also cascade[{seen[key]}])")
+            seen[key] = str(n)
+            if child.retain.table == parent_table:
+                raise ValueError(f"cascade[{n}].retain.table {child.retain.table!r} is the parent's table; "
+                                 "each object needs its own")
+        tables = [c.retain.table for c in value]
+        dupes = sorted({t for t in tables if tables.count(t) > 1})
+        if dupes:
+            raise ValueError(f"cache table {dupes[0]!r} is used by more than one cascade child; each needs its own")
+        return value
+
     @property
     def dag_id(self) -> str:
         return DAG_ID_PREFIX + self.id
@@ -518,11 +559,24 @@ class Policy(_Model):
         return self._source_hash
 
     def referenced_fields(self) -> set[str]:
-        """Every Salesforce field the policy reads or writes, as written (checked against describe at run time)."""
+        """Every field of the policy's object it reads or writes, as written (checked against describe at run time)."""
         names = {self.select.date_field, *self.retain.fields, *(self.mask or {})}
         if self.select.filter is not None:
             names |= soql_filter.fields(self.select.filter)
         return names
+
+    def related_fields(self) -> dict[str, set[str]]:
+        """Fields of other objects the policy reads: privacy holds, its filter's sub-selects, its cascade children
+        ({object: {fields}}). Each object must be readable, and mapped in Heroku Connect for the mirror source."""
+        out: dict[str, set[str]] = {}
+        if self.select.exclude_privacy_holds:
+            out["PrivacyHold"] = set(HOLD_FIELDS)
+        if self.select.filter is not None:
+            for name, names in soql_filter.other_objects(self.select.filter).items():
+                out.setdefault(name, set()).update(names)
+        for child in self.cascade:
+            out.setdefault(child.object, set()).update({child.relationship, *child.retain.fields})
+        return out
 
     def cutoff(self, logical_date: datetime) -> datetime:
         """Records whose date_field is before this instant are eligible. Naive datetimes are taken as UTC."""
@@ -559,11 +613,14 @@ _TRANSFORM_TYPES = {
 }
 
 
-def check_against_describe(policy: Policy, describe: Mapping[str, Any]) -> list[str]:
+def check_against_describe(policy: Policy, describe: Mapping[str, Any],
+                           others: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[str]:
     """Problems between a policy and the object's Salesforce describe, one readable line each.
 
-    Pure (no I/O): the run fetches describe and refuses to start while this list is not empty.
+    ``others`` holds the describe of every object in ``policy.related_fields()`` (None: the API user cannot see
+    it). Pure (no I/O): the run fetches the describes and refuses to start while this list is not empty.
     """
+    others = {k.lower(): v for k, v in (others or {}).items()}
     by_lower = {f["name"].lower(): f for f in describe.get("fields", [])}
     sobject = describe.get("name") or policy.object
     problems: list[str] = []
@@ -582,7 +639,10 @@ def check_against_describe(policy: Policy, describe: Mapping[str, Any]) -> list[
             problems.append(f"select.date_field: '{info['name']}' is {info.get('type')}, not a date or datetime")
 
     if policy.select.filter is not None:
-        problems += [f"select.where: {p}" for p in soql_filter.check_types(policy.select.filter, describe)]
+        problems += [f"select.where: {p}" for p in soql_filter.check_types(
+            policy.select.filter, describe, lambda name: others.get(name.lower()))]
+    problems += _check_holds(policy, sobject, others)
+    problems += _check_cascade(policy, describe, others)
 
     for name, transform in policy.retain.fields.items():
         key = f"retain.fields.{name}"
@@ -609,6 +669,52 @@ def check_against_describe(policy: Policy, describe: Mapping[str, Any]) -> list[
             strategy.strategy, info.get("type", ""), strategy.options, field_length=info.get("length") or None
         )
         problems += [f"{key}: {problem}" for problem in found]
+    return problems
+
+
+def _check_holds(policy: Policy, sobject: str, others: Mapping[str, Any]) -> list[str]:
+    if not policy.select.exclude_privacy_holds:
+        return []
+    holds = others.get("privacyhold")
+    if holds is None:
+        return ["select.exclude_privacy_holds: PrivacyHold is not available to the API user: it needs the Privacy "
+                "Center license and the \"Manage Privacy Hold\" permission (and API version 59.0 or later). Grant "
+                "them, or set exclude_privacy_holds: false to act without checking privacy holds"]
+    target = {f["name"].lower(): f for f in holds.get("fields", [])}.get("referencerecordid")
+    if target is None:
+        return ["select.exclude_privacy_holds: PrivacyHold has no ReferenceRecordId field for this user"]
+    refers_to = target.get("referenceTo") or []
+    # Cascade children of a kind no hold can name (an Opportunity) are protected through their parent only.
+    if policy.object.lower() not in {r.lower() for r in refers_to}:
+        return [f"select.exclude_privacy_holds: a PrivacyHold cannot refer to {policy.object} records "
+                f"(ReferenceRecordId refers to {', '.join(refers_to)}); set exclude_privacy_holds: false"]
+    return []
+
+
+def _check_cascade(policy: Policy, describe: Mapping[str, Any], others: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    relations = {(r.get("childSObject", "").lower(), (r.get("field") or "").lower()): r
+                 for r in describe.get("childRelationships", [])}
+    for n, child in enumerate(policy.cascade):
+        key = f"cascade[{n}]"
+        rel = relations.get((child.object.lower(), child.relationship.lower()))
+        if rel is None or not rel.get("cascadeDelete"):
+            problems.append(f"{key}: deleting {policy.object} does not delete {child.object} records through "
+                            f"{child.relationship} (describe childRelationships); list only children a delete "
+                            "takes with it")
+            continue
+        info = others.get(child.object.lower())
+        if info is None:
+            problems.append(f"{key}.object: {child.object} is not an object the API user can read")
+            continue
+        fields = {f["name"].lower(): f for f in info.get("fields", [])}
+        for name, transform in child.retain.fields.items():
+            field_info = fields.get(name.lower())
+            if field_info is None:
+                problems.append(f"{key}.retain.fields.{name}: unknown field '{name}' on {child.object}")
+            elif (rule := _TRANSFORM_TYPES.get(transform.kind)) and field_info.get("type") not in rule.types:
+                problems.append(f"{key}.retain.fields.{name}: {transform} needs {rule.needs}; '{field_info['name']}' "
+                                f"is {field_info.get('type')}")
     return problems
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 UTC = dt.UTC
 # Rows whose action finished. Rows of a run in progress (pending, submitting, submitted) are never purged:
 # their copy is what makes the coming delete or mask safe.
-PURGEABLE = ("done", "failed", "held")
+PURGEABLE = ("done", "failed", "refused", "held")
 # A purge refuses holds mirrored longer ago than this: a hold placed since would not be seen.
 MAX_HOLDS_AGE = dt.timedelta(hours=1)
 

@@ -11,6 +11,11 @@ Grammar (as SOQL): ``field op value`` with ``= != <> < <= > >=``, ``field [NOT] 
 datetimes (``2024-01-31T00:00:00Z``) and relative date literals (``TODAY``, ``LAST_N_DAYS:30``, ...).
 Fields are plain API names: no relationship paths, no functions. Mixing AND and OR without
 parentheses is an error, as it is in SOQL.
+
+An ID or reference field may also be tested against another object's records with a semi-join or an
+anti-join, ``Id NOT IN (SELECT ContactId FROM Case [WHERE ...])``: the way a policy keeps out records the
+platform would refuse to delete (a contact with cases). As in SOQL: at most two of them, none nested, one
+field in each sub-select; its object must be mapped in Heroku Connect when the policy reads the mirror.
 """
 
 from __future__ import annotations
@@ -59,10 +64,20 @@ class Value:
 
 
 @dataclass(frozen=True)
+class SubSelect:
+    """``(SELECT field FROM sobject [WHERE where])`` on the right of IN / NOT IN."""
+
+    field: str
+    sobject: str
+    where: Expr | None
+    pos: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
 class Comparison:
     field: str
     op: str  # = != < <= > >= IN, NOT IN, LIKE
-    value: Value | tuple[Value, ...]
+    value: Value | tuple[Value, ...] | SubSelect
     pos: int = field(default=0, compare=False)
 
 
@@ -90,7 +105,9 @@ RELATIVE_DATES = frozenset({
     "NEXT_MONTH", "LAST_90_DAYS", "NEXT_90_DAYS", "THIS_YEAR", "LAST_YEAR", "NEXT_YEAR",
 })
 RELATIVE_N_DATES = frozenset({"LAST_N_DAYS", "NEXT_N_DAYS", "N_DAYS_AGO"})
-_KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "LIKE", "NULL", "TRUE", "FALSE"})
+_KEYWORDS = frozenset({"AND", "OR", "NOT", "IN", "LIKE", "NULL", "TRUE", "FALSE", "SELECT", "FROM", "WHERE"})
+# SOQL's limits on semi-joins and anti-joins in one query.
+MAX_SUBSELECTS = 2
 _OPS = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 _TOKEN_RE = re.compile(
@@ -210,6 +227,8 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.subselects = 0
+        self.nested = False
 
     def peek(self, ahead: int = 0) -> _Token:
         tok = self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
@@ -294,10 +313,10 @@ class _Parser:
             return Comparison(name.text, op, value, name.pos)
         if tok.kw("IN"):
             self.advance()
-            return Comparison(name.text, "IN", self.value_list(), name.pos)
+            return Comparison(name.text, "IN", self.subselect() or self.value_list(), name.pos)
         if tok.kw("NOT") and self.peek(1).kw("IN"):
             self.i += 2
-            return Comparison(name.text, "NOT IN", self.value_list(), name.pos)
+            return Comparison(name.text, "NOT IN", self.subselect() or self.value_list(), name.pos)
         if tok.kw("LIKE"):
             self.advance()
             value = self.value()
@@ -307,6 +326,35 @@ class _Parser:
         raise self.error(
             f"expected an operator (= != < <= > >= IN NOT IN LIKE) after {name.text}, found {_describe(tok)}"
         )
+
+    def subselect(self) -> SubSelect | None:
+        """``(SELECT field FROM Object [WHERE ...])``, or None when a value list follows IN."""
+        if not (self.peek().kind == "punct" and self.peek().text == "(" and self.peek(1).kw("SELECT")):
+            return None
+        start = self.expect("(")
+        if self.nested:
+            raise self.error("a sub-select cannot contain another one", start)
+        self.subselects += 1
+        if self.subselects > MAX_SUBSELECTS:
+            raise self.error(f"at most {MAX_SUBSELECTS} sub-selects (IN / NOT IN (SELECT ...)) in a filter", start)
+        self.advance()  # SELECT
+        name = self.field_name()
+        if self.peek().kind == "punct" and self.peek().text == ",":
+            raise self.error("a sub-select selects one ID or reference field")
+        if not self.peek().kw("FROM"):
+            raise self.error(f"expected FROM after the sub-select's field, found {_describe(self.peek())}")
+        self.advance()
+        sobject = self.field_name()
+        where = None
+        if self.peek().kw("WHERE"):
+            self.advance()
+            self.nested = True
+            try:
+                where = self.condition()
+            finally:
+                self.nested = False
+        self.expect(")")
+        return SubSelect(name.text, sobject.text, where, start.pos)
 
     def value_list(self) -> tuple[Value, ...]:
         self.expect("(")
@@ -350,7 +398,7 @@ def parse(text: str) -> Expr:
 
 
 def comparisons(expr: Expr) -> list[Comparison]:
-    """Every comparison in the filter, in source order."""
+    """Every comparison of the filter's own object, in source order (not those inside sub-selects)."""
     if isinstance(expr, Comparison):
         return [expr]
     if isinstance(expr, Not):
@@ -359,8 +407,24 @@ def comparisons(expr: Expr) -> list[Comparison]:
 
 
 def fields(expr: Expr) -> set[str]:
-    """The field names the filter reads, as written."""
+    """The field names of the filter's own object the filter reads, as written."""
     return {c.field for c in comparisons(expr)}
+
+
+def subselects(expr: Expr) -> list[SubSelect]:
+    return [c.value for c in comparisons(expr) if isinstance(c.value, SubSelect)]
+
+
+def other_objects(expr: Expr) -> dict[str, set[str]]:
+    """Fields read of other objects through sub-selects: {object: {fields}} (those objects must be readable,
+    and mapped in Heroku Connect when the policy reads the mirror)."""
+    out: dict[str, set[str]] = {}
+    for sub in subselects(expr):
+        names = out.setdefault(sub.sobject, set())
+        names.add(sub.field)
+        if sub.where is not None:
+            names |= fields(sub.where)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- SOQL
@@ -413,6 +477,10 @@ def to_soql(expr: Expr) -> str:
 
     def render(node: Expr, nested: bool) -> str:
         if isinstance(node, Comparison):
+            if isinstance(node.value, SubSelect):
+                sub = node.value
+                where = f" WHERE {render(sub.where, False)}" if sub.where is not None else ""
+                return f"{node.field} {node.op} (SELECT {sub.field} FROM {sub.sobject}{where})"
             if isinstance(node.value, tuple):
                 values = ", ".join(_soql_literal(v) for v in node.value)
                 return f"{node.field} {node.op} ({values})"
@@ -483,12 +551,19 @@ def _utc_naive(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
+def mirror_column(name: str) -> str:
+    """A field's column in a Heroku Connect table: the lower-cased API name, and ``sfid`` for Id (Connect's own
+    ``id`` column is its serial key, never the Salesforce Id)."""
+    return "sfid" if name.lower() == "id" else name.lower()
+
+
 def to_sql(
     expr: Expr,
     column: Callable[[str], sql.Composable] = _default_column,
     *,
     today: date,
     types: Mapping[str, str] | None = None,
+    relation: Callable[[str], tuple[sql.Composable, Mapping[str, str]]] | None = None,
 ) -> tuple[sql.Composed, list]:
     """Render the filter for Postgres (the Connect mirror) with SOQL's semantics; every value is a ``%s`` param.
 
@@ -497,11 +572,36 @@ def to_sql(
         replays the same decision.
     :param types: optional field name -> Salesforce type (from describe); ID fields then compare on their
         case-sensitive 15-character prefix, and datetime bounds of relative dates are timestamps.
+    :param relation: for sub-selects: an object's mirror table and its field types.
     """
     from psycopg import sql
 
     params: list = []
     by_lower = {k.lower(): v for k, v in (types or {}).items()}
+    joins = 0
+
+    def subselect(col: sql.Composable, node: Comparison) -> sql.Composable:
+        """[NOT] EXISTS over the other object's live mirror rows: SOQL's semi-/anti-join (a null on the left
+        is in no set)."""
+        nonlocal joins
+        if relation is None:
+            raise ValueError("a filter with a sub-select needs the mirror tables of the other objects")
+        sub: SubSelect = node.value
+        table, sub_types = relation(sub.sobject)
+        joins += 1
+        alias = f"j{joins}"
+        inner = [sql.SQL("{} = {}").format(sql.Identifier(alias, mirror_column(sub.field)), col),
+                 sql.SQL("NOT coalesce({}, false)").format(sql.Identifier(alias, "isdeleted"))]
+        if sub.where is not None:
+            where, inner_params = to_sql(sub.where, lambda n: sql.Identifier(alias, mirror_column(n)), today=today,
+                                         types=sub_types)
+            inner.append(sql.SQL("({})").format(where))
+            params.extend(inner_params)  # the inner placeholders come after the outer ones rendered so far
+        exists = sql.SQL("EXISTS (SELECT 1 FROM {} AS {} WHERE {})").format(
+            table, sql.Identifier(alias), sql.SQL(" AND ").join(inner))
+        if node.op == "IN":
+            return exists
+        return sql.SQL("({} IS NULL OR NOT {})").format(col, exists)
 
     def bind(value: Any) -> sql.Composable:
         params.append(value)
@@ -548,6 +648,8 @@ def to_sql(
             # Two-valued like SOQL: a comparison with null is false, so its negation is true.
             return sql.SQL("(({}) IS NOT TRUE)").format(render(node.item))
         col, ftype = column(node.field), by_lower.get(node.field.lower())
+        if isinstance(node.value, SubSelect):
+            return subselect(col, node)
         if node.op == "LIKE":
             return sql.SQL("{} ILIKE {}").format(col, bind(node.value.like))  # backslash is ILIKE's escape too
         if node.op in ("IN", "NOT IN"):
@@ -569,8 +671,11 @@ _ALLOWED_KINDS = {
 }
 
 
-def check_types(expr: Expr, describe: Mapping[str, Any]) -> list[str]:
-    """Problems Salesforce would refuse at query time: unknown fields, values of the wrong type, LIKE on non-text."""
+def check_types(expr: Expr, describe: Mapping[str, Any],
+                describe_of: Callable[[str], Mapping[str, Any] | None] | None = None) -> list[str]:
+    """Problems Salesforce would refuse at query time: unknown fields, values of the wrong type, LIKE on non-text,
+    sub-selects on fields that are not IDs. ``describe_of(name)`` describes a sub-select's object (None: the user
+    cannot see it)."""
     by_lower = {f["name"].lower(): f for f in describe.get("fields", [])}
     sobject = describe.get("name", "the object")
     problems: list[str] = []
@@ -583,6 +688,9 @@ def check_types(expr: Expr, describe: Mapping[str, Any]) -> list[str]:
         name = info["name"]
         if info.get("filterable") is False:
             problems.append(f"field '{name}' ({ftype}) cannot be used in a filter")
+            continue
+        if isinstance(comp.value, SubSelect):
+            problems += _check_subselect(name, ftype, comp.value, describe_of)
             continue
         if comp.op == "LIKE":
             if ftype not in TEXT_TYPES:
@@ -604,3 +712,20 @@ def check_types(expr: Expr, describe: Mapping[str, Any]) -> list[str]:
                     f"'{name}' is {ftype}: expected {' or '.join(allowed)} value, got {lit.kind} {_soql_literal(lit)}"
                 )
     return problems
+
+
+def _check_subselect(name: str, ftype: str, sub: SubSelect,
+                     describe_of: Callable[[str], Mapping[str, Any] | None] | None) -> list[str]:
+    if ftype not in ID_TYPES:
+        return [f"'{name}' is {ftype}: a sub-select (IN (SELECT ...)) needs an ID or reference field on its left"]
+    other = describe_of(sub.sobject) if describe_of is not None else None
+    if other is None:
+        return [f"sub-select: {sub.sobject} is not an object the API user can read"]
+    info = {f["name"].lower(): f for f in other.get("fields", [])}.get(sub.field.lower())
+    if info is None:
+        return [f"sub-select: unknown field '{sub.field}' on {other.get('name', sub.sobject)}"]
+    if info.get("type") not in ID_TYPES:
+        return [f"sub-select: '{info['name']}' is {info.get('type')}; a sub-select selects an ID or reference field"]
+    if sub.where is None:
+        return []
+    return [f"sub-select: {p}" for p in check_types(sub.where, other)]

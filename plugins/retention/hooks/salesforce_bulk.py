@@ -74,6 +74,16 @@ class SalesforceBulk2Hook(SalesforceHook):
     def _client(self, object_name: str):
         return getattr(self.conn.bulk2, object_name)._client
 
+    def describe_or_none(self, object_name: str) -> dict | None:
+        """The object's describe, or None when the API user cannot see it (Salesforce answers 404 NOT_FOUND for
+        an object that does not exist for this user, e.g. PrivacyHold without the Privacy Center licence)."""
+        from simple_salesforce.exceptions import SalesforceResourceNotFound
+
+        try:
+            return self.describe_object(object_name)
+        except SalesforceResourceNotFound:
+            return None
+
     def count(self, soql: str) -> int:
         """``SELECT COUNT() ...`` through REST."""
         return self.conn.query(soql)["totalSize"]

@@ -38,7 +38,7 @@ class ConfirmAndReportOperator(PolicyOperator):
         validated = ti.xcom_pull(task_ids="validate_row_counts") or {}
         acted = ti.xcom_pull(task_ids="delete_or_mask") or {}
         summary = pipeline.action_summary(store, policy, run)
-        done, failed = summary.get("done", []), summary.get("failed", [])
+        done, failed, refused = summary.get("done", []), summary.get("failed", []), summary.get("refused", [])
         sent = pipeline.sent_values(store, run) if policy.action == "mask" else {}
 
         not_applied = self._check_org(sf, done, sent)
@@ -57,11 +57,12 @@ class ConfirmAndReportOperator(PolicyOperator):
 
         counts = {"eligible": extracted["eligible"], "held": extracted["held"] + len(acted.get("held_at_action", [])),
                   "staged": extracted["staged"], "retained": (validated.get("counts") or {}).get("retained"),
-                  "acted": len(done), "failed": len(failed),
+                  "acted": len(done), "failed": len(failed), "refused": len(refused),
                   "salesforce": (validated.get("counts") or {}).get("salesforce")}
         status = "succeeded" if not failed else "partially_failed"
-        message = (f"{policy.id}: {len(done)} {DONE_VERB[policy.action]}, {len(failed)} failed (kept retained, see "
-                   f"cache.{policy.retain.table}._action_error), {counts['held']} held")
+        message = (f"{policy.id}: {len(done)} {DONE_VERB[policy.action]}, {len(refused)} refused by Salesforce, "
+                   f"{len(failed)} failed (both kept retained, see cache.{policy.retain.table}._action_error), "
+                   f"{counts['held']} held")
         if acted.get("hard_delete_fallback"):
             message += ("; hard delete not permitted for this user: fell back to delete (records are in the "
                         "recycle bin)")
@@ -72,6 +73,10 @@ class ConfirmAndReportOperator(PolicyOperator):
         )
         pipeline.drop_staging(store, run)
         self.log.info("ledger row %d: %s", ledger_id, message)
+        if refused:
+            self.log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and "
+                             "are not selected again", len(refused), refused[0],
+                             pipeline.action_error(store, policy, refused[0]))
         if failed:
             raise pipeline.RetentionError(message)
         return {"ledger_id": ledger_id, "status": status, **counts}

@@ -23,7 +23,7 @@ class DeleteOrMaskOperator(PolicyOperator):
         store, sf, policy = self.store(), self.salesforce(), self.policy
         jobs: list[str] = []
         operations: list[str] = []  # what each job really did (a hardDelete may have fallen back to delete)
-        totals = {"done": 0, "failed": 0}
+        totals = {"done": 0, "refused": 0, "failed": 0}
         # Jobs an earlier attempt left behind. One still Open never got its records (the attempt died
         # before closing it): abort it and let its records go out again below. Any other was submitted:
         # collect its outcome, never submit those records a second time.
@@ -74,8 +74,8 @@ class DeleteOrMaskOperator(PolicyOperator):
             self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
             jobs.append(job_id)
             operations.append(operation)
-        self.log.info("%s: %d done, %d failed in Salesforce, %d newly held", run.run_key, totals["done"],
-                      totals["failed"], len(held_now))
+        self.log.info("%s: %d done, %d refused, %d failed in Salesforce, %d newly held", run.run_key,
+                      totals["done"], totals["refused"], totals["failed"], len(held_now))
         used = sorted(set(operations))
         return {"bulk_job_ids": jobs, **totals, "held_at_action": held_now,
                 "operation_used": ",".join(used) or None,

@@ -21,7 +21,8 @@ class ExtractOperator(PolicyOperator):
 
         sf = self.salesforce()
         describe = sf.describe_object(self.policy.object)
-        problems = check_against_describe(self.policy, describe)
+        others = {name: sf.describe_or_none(name) for name in self.policy.related_fields()}
+        problems = check_against_describe(self.policy, describe, others)
         if problems:
             raise pipeline.RetentionError(
                 f"policy {self.policy.id} does not fit {self.policy.object} in Salesforce: " + "; ".join(problems))
@@ -30,7 +31,7 @@ class ExtractOperator(PolicyOperator):
         if self.policy.source == "salesforce_api":
             out = pipeline.extract_from_salesforce(store, sf, self.policy, run, describe)
         else:
-            out = pipeline.extract_from_mirror(store, self.policy, run, describe)
+            out = pipeline.extract_from_mirror(store, self.policy, run, describe, others)
         out["field_types"] = {n: t for n, t in pipeline.field_types(describe).items()
                               if n in set(pipeline.staged_fields(self.policy))}
         out["cutoff"] = run.cutoff.isoformat()
