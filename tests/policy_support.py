@@ -7,6 +7,13 @@ import json
 import os
 
 HASH_KEY = "test-hash-key-0123456789abcdef"
+# The example policies' selections, as SQL over the org: inactive_contacts leaves out Partner Referrals and
+# contacts with cases (Salesforce refuses to delete those); stale_leads_mask leaves out converted leads.
+INACTIVE_CONTACTS = """SELECT * FROM org.contact c WHERE NOT isdeleted AND lastmodifieddate < %s
+                       AND leadsource IS DISTINCT FROM 'Partner Referral'
+                       AND NOT EXISTS (SELECT 1 FROM org.case k WHERE k.contactid = c.id AND NOT k.isdeleted)
+                       ORDER BY id"""
+STALE_LEADS = "SELECT * FROM org.lead WHERE NOT isdeleted AND createddate < %s AND NOT isconverted ORDER BY id"
 ACTIVE_HOLDS = """SELECT referencerecordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
                   AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""
 

@@ -15,7 +15,15 @@ import time
 import pytest
 import requests
 
-from tests.policy_support import ACTIVE_HOLDS, cache_rows, org_rows, policy_dags, policy_world, store_rows
+from tests.policy_support import (
+    ACTIVE_HOLDS,
+    INACTIVE_CONTACTS,
+    cache_rows,
+    org_rows,
+    policy_dags,
+    policy_world,
+    store_rows,
+)
 
 TODAY = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
 # Logical dates distinct from the other modules' runs (each date is a separate retention decision).
@@ -29,8 +37,7 @@ RUN_KEYS = [f"{policy}__{date:%Y%m%dT%H%M%S}" for policy, date in (
     ("closed_cases_hard_delete", CASES_DENIED), ("accounts_bulk_api", ACCOUNTS_RATE_LIMITED),
     ("inactive_contacts", CONTACTS_CRASH_BEFORE_UPLOAD))]
 
-ELIGIBLE_CONTACTS = """SELECT id FROM org.contact WHERE NOT isdeleted AND lastmodifieddate < %s
-                       AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id"""
+ELIGIBLE_CONTACTS = INACTIVE_CONTACTS
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from retention import masking, transforms
 from tests.policy_support import (
     ACTIVE_HOLDS,
     HASH_KEY,
+    INACTIVE_CONTACTS,
+    STALE_LEADS,
     cache_rows,
     lose_staged_rows,
     org_rows,
@@ -62,8 +64,7 @@ def _run(dag, logical_date=LOGICAL_DATE, **conf):
 def test_inactive_contacts_are_retained_then_deleted(world, sf):
     sandbox = world
     cutoff = LOGICAL_DATE - dt.timedelta(days=730)
-    matching = org_rows(sandbox, """SELECT * FROM org.contact WHERE NOT isdeleted AND lastmodifieddate < %s
-                                    AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id""", (cutoff,))
+    matching = org_rows(sandbox, INACTIVE_CONTACTS, (cutoff,))
     assert len(matching) > 20
     held_by_test = matching[0]["id"]
     hold(sf, held_by_test)
@@ -116,8 +117,7 @@ def test_inactive_contacts_are_retained_then_deleted(world, sf):
 def test_stale_leads_are_retained_then_masked(world, sf):
     sandbox = world
     cutoff = LOGICAL_DATE - dt.timedelta(days=365)
-    matching = org_rows(sandbox, "SELECT * FROM org.lead WHERE NOT isdeleted AND createddate < %s ORDER BY id",
-                        (cutoff,))
+    matching = org_rows(sandbox, STALE_LEADS, (cutoff,))
     held = {r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
     expected = {r["id"]: r for r in matching if r["id"] not in held}
     assert len(expected) > 20
@@ -237,9 +237,7 @@ def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatc
     sandbox = world
     later = LOGICAL_DATE + dt.timedelta(days=800)
     cutoff = later - dt.timedelta(days=730)
-    eligible_sql = """SELECT id FROM org.contact WHERE NOT isdeleted AND lastmodifieddate < %s
-                      AND leadsource IS DISTINCT FROM 'Partner Referral' ORDER BY id"""
-    live_before = org_rows(sandbox, eligible_sql, (cutoff,))
+    live_before = org_rows(sandbox, INACTIVE_CONTACTS, (cutoff,))
     assert len(live_before) > 5
     lose_staged_rows(monkeypatch)
     capfd.readouterr()
@@ -255,7 +253,7 @@ def test_a_validation_failure_stops_before_anything_is_deleted(world, monkeypatc
     assert "Nothing was deleted or masked." in out
     docs = out.split("Data Docs: ", 1)[1].split()[0].rstrip(".\"'")
     assert docs.endswith("index.html") and os.path.exists(docs)  # the validation report, linked from the log
-    assert org_rows(sandbox, eligible_sql, (cutoff,)) == live_before  # nothing deleted
+    assert org_rows(sandbox, INACTIVE_CONTACTS, (cutoff,)) == live_before  # nothing deleted
 
 
 def test_analysts_read_the_cache_and_nothing_else(world):

@@ -161,25 +161,36 @@ def held_in_mirror(alias: str) -> sql.Composable:
 
 def ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
     """Create ``cache.<table>`` (or add columns a changed policy now retains)."""
+    ensure_table(conn, policy.retain.table, policy.retain.fields, types)
+
+
+def ensure_table(conn, name: str, fields: dict, types: dict[str, str], *, parent: bool = False) -> None:
+    """Create one cache table (or add the columns a changed policy now retains); a cascade child's table also
+    keeps its parent's sfid."""
     from retention import transforms
 
-    table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
-    retained = [(name, transforms.result_type(t.kind, STAGING_TYPES.get(types[name], "text")))
-                for name, t in policy.retain.fields.items()]
+    table = sql.Identifier(CACHE_SCHEMA, name)
+    retained = [(field, transforms.result_type(t.kind, STAGING_TYPES.get(types[field], "text")))
+                for field, t in fields.items()]
     cols = [sql.SQL("sfid varchar(18) PRIMARY KEY")]
+    cols += [sql.SQL("_parent_sfid varchar(18) NOT NULL")] if parent else []
     cols += [sql.SQL("{} {}").format(_column(n), sql.SQL(t)) for n, t in retained]
     cols += [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in STATUS_COLUMNS]
     conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(table, sql.SQL(", ").join(cols)))
-    for name, pg_type in retained:
-        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(table, _column(name),
+    for field, pg_type in retained:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(table, _column(field),
                                                                                    sql.SQL(pg_type)))
+    if parent:
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (_parent_sfid)").format(
+            sql.Identifier(f"{name[:50]}_parent"), table))
 
 
 def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: dict,
-                        others: dict[str, dict | None] | None = None) -> dict:
+                        others: dict[str, dict | None] | None = None, sf: SalesforceBulk2Hook | None = None) -> dict:
     """Stage the eligible, non-held records from the Connect mirror with one INSERT ... SELECT.
 
-    :param others: describes of the objects the filter's sub-selects read (their mirror tables are joined).
+    :param others: describes of the objects the policy reads besides its own (sub-selects, cascade children).
+    :param sf: the org, asked which parents have children a delete would take (cascade checks).
     """
     from retention import soql_filter
 
@@ -227,10 +238,44 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
         held_ids = ([r[0] for r in conn.execute(held_query, params).fetchall()]
                     if policy.select.exclude_privacy_holds else [])
         out = {"eligible": eligible, "held": held, "done": already, "staged": staged, "held_ids": held_ids}
+        out = _with_children(conn, sf, policy, run, describe, others, out, holds=None)
         if run.dry_run:
             out["preview"] = preview_rows(conn, policy, run)
             conn.rollback()
     return out
+
+
+def _with_children(conn, sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, describe: dict,
+                   others: dict[str, dict | None], out: dict, *, holds: set[str] | None) -> dict:
+    """Stage the cascade children of the staged parents, and take out the parents a delete must not touch: those
+    with a held child (counted as held) and those with children the policy does not retain (blocked, with the
+    reason). ``holds``: the org's held record ids (None: read holds from the Connect mirror)."""
+    from retention import cascade
+
+    relations = cascade.undeclared(policy, describe)
+    if not policy.cascade and not relations:
+        return out
+    others = {k.lower(): v for k, v in (others or {}).items()}
+    types = {policy.object: field_types(describe),
+             **{c.object: field_types(others[c.object.lower()]) for c in policy.cascade}}
+    date_type = types[policy.object][policy.select.date_field]
+    cascade.ensure_cache_tables(conn, policy, types)
+    if policy.source == "salesforce_api":
+        children = cascade.stage_from_salesforce(conn, sf, policy, run, types)
+    else:
+        children = cascade.stage_from_mirror(conn, policy, run, types)
+    held_via = cascade.held_parents(conn, policy, run, holds) if policy.select.exclude_privacy_holds else {}
+    blocked = {p: r for p, r in cascade.blocked_parents(conn, sf, policy, run, describe, date_type).items()
+               if p not in held_via}
+    cascade.drop_parents(conn, policy, run, sorted(set(held_via) | set(blocked)))
+    staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+    for child, count in zip(children, cascade.staged_counts(conn, policy, run), strict=True):
+        child["staged"] = count
+    _guard(policy, staged + sum(c["staged"] for c in children))
+    return {**out, "eligible": staged, "staged": staged, "held": out["held"] + len(held_via),
+            "held_ids": sorted({*out["held_ids"], *held_via}), "held_via_children": held_via, "blocked": blocked,
+            "children": children, "date_type": date_type,
+            "cascade_relations": [vars(r) for r in relations]}
 
 
 def _guard(policy: Policy, eligible: int) -> None:
@@ -278,7 +323,7 @@ def active_holds(sf: SalesforceBulk2Hook) -> set[str]:
 
 
 def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,
-                            describe: dict) -> dict:
+                            describe: dict, others: dict[str, dict | None] | None = None) -> dict:
     """Stage the eligible records from a Bulk 2.0 query, each page streamed into COPY as it arrives."""
     types = field_types(describe)
     fields = staged_fields(policy)
@@ -304,6 +349,8 @@ def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, 
         _guard(policy, staged)
         held_ids = sorted(r[0] for r in held_rows)
         out = {"eligible": staged, "held": len(held_ids), "done": already, "staged": staged, "held_ids": held_ids}
+        out = _with_children(conn, sf, policy, run, describe, others, out,
+                             holds=holds if policy.select.exclude_privacy_holds else None)
         if run.dry_run:
             out["preview"] = preview_rows(conn, policy, run)
             conn.rollback()
@@ -315,31 +362,46 @@ def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, 
 
 
 def subset(store: RetentionStoreHook, policy: Policy, run: Run, hash_key: bytes | None) -> int:
-    """Project and transform the retained fields into the run's subset table (inside Postgres)."""
+    """Project and transform the retained fields into the run's subset table (and each cascade child's), inside
+    Postgres."""
+    from retention import cascade
+
     with store.connect() as conn:
-        return _subset(conn, policy, run, hash_key)
+        rows = _subset(conn, policy, run, hash_key)
+        cascade.subset(conn, policy, run, hash_key)
+        return rows
 
 
 def _subset(conn, policy: Policy, run: Run, hash_key: bytes | None) -> int:
+    return subset_table(conn, policy.retain.fields, run.staging, run.subset, hash_key)
+
+
+def subset_table(conn, fields: dict, staging: sql.Identifier, subset: sql.Identifier, hash_key: bytes | None, *,
+                 parent_column: str | None = None) -> int:
+    """Write ``subset`` (sfid, [_parent_sfid], the retained fields transformed) from ``staging``, in Postgres."""
     from retention import transforms
 
     types = dict(conn.execute(
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (run.staging.as_string(conn),),
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped", (staging.as_string(conn),),
     ).fetchall())
-    fields = list(policy.retain.fields.items())
-    if any(t.kind == "hash" for _, t in fields) and not hash_key:
+    items = list(fields.items())
+    if any(t.kind == "hash" for _, t in items) and not hash_key:
         raise RetentionError("policy retains a hashed field but no hash key is configured (Airflow connection "
                              "'retention_hash_key' or variable 'retention_hash_key')")
-    col_defs = [sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
-        sql.SQL("{} {}").format(_column(n), sql.SQL(transforms.result_type(t.kind, types[n.lower()])))
-        for n, t in fields]
-    exprs = [sql.Identifier("s", "sfid")] + [
-        transforms.expression(t.kind, t.n, sql.Identifier("s", n.lower()), schema=LEDGER_SCHEMA) for n, t in fields]
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.subset))
-    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(run.subset, sql.SQL(", ").join(col_defs)))
+    col_defs = [sql.SQL("sfid varchar(18) PRIMARY KEY")]
+    exprs: list[sql.Composable] = [sql.Identifier("s", "sfid")]
+    if parent_column:
+        col_defs.append(sql.SQL("_parent_sfid varchar(18) NOT NULL"))
+        exprs.append(sql.Identifier("s", parent_column.lower()))
+    col_defs += [sql.SQL("{} {}").format(_column(n), sql.SQL(transforms.result_type(t.kind, types[n.lower()])))
+                 for n, t in items]
+    exprs += [transforms.expression(t.kind, t.n, sql.Identifier("s", n.lower()), schema=LEDGER_SCHEMA)
+              for n, t in items]
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(subset))
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(subset, sql.SQL(", ").join(col_defs)))
     return conn.execute(
-        sql.SQL("INSERT INTO {} SELECT {} FROM {} s").format(run.subset, sql.SQL(", ").join(exprs), run.staging),
+        sql.SQL("INSERT INTO {} SELECT {} FROM {} s").format(subset, sql.SQL(", ").join(exprs), staging),
         {transforms.KEY_PARAM: hash_key or b""},
     ).rowcount
 
@@ -359,12 +421,24 @@ def _jsonable(value):
 
 
 def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
-    """Upsert the subset into ``cache.<table>`` keyed by sfid, in one transaction (idempotent)."""
-    table = sql.Identifier(CACHE_SCHEMA, policy.retain.table)
-    cols = [_column(n) for n in policy.retain.fields]
+    """Upsert the subset (and each cascade child's) into the cache keyed by sfid, in one transaction (idempotent);
+    returns the parent rows written."""
+    from retention import cascade
+
+    with store.connect() as conn:
+        rows = upsert_retained(conn, policy.retain.table, list(policy.retain.fields), run.subset, policy, run)
+        cascade.load(conn, policy, run)
+    return rows
+
+
+def upsert_retained(conn, name: str, fields: list[str], subset: sql.Identifier, policy: Policy, run: Run, *,
+                    parent: bool = False) -> int:
+    table = sql.Identifier(CACHE_SCHEMA, name)
+    cols = [_column(n) for n in fields] + ([sql.Identifier("_parent_sfid")] if parent else [])
     names = sql.SQL(", ").join([sql.Identifier("sfid"), *cols, *(sql.Identifier(n) for n, _ in STATUS_COLUMNS)])
     values = sql.SQL(", ").join([sql.Identifier("s", "sfid"),
-                                 *(sql.Identifier("s", n.lower()) for n in policy.retain.fields),
+                                 *(sql.Identifier("s", n.lower()) for n in fields),
+                                 *([sql.Identifier("s", "_parent_sfid")] if parent else []),
                                  sql.SQL("%(policy)s, %(run)s, now(), %(action)s, 'pending', NULL, NULL, NULL")])
     # A record already acted on (or refused for good) keeps its row untouched: its retained copy is the original.
     updates = sql.SQL(", ").join(
@@ -373,13 +447,12 @@ def load_to_cache(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
            for n in ("_retention_policy", "_retention_run", "_retained_at", "_action", "_action_status",
                      "_action_error", "_action_at", "_bulk_job_id")]
     )
-    with store.connect() as conn:
-        return conn.execute(
-            sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM {subset} s ON CONFLICT (sfid) DO UPDATE SET "
-                    "{updates} WHERE {t}._action_status NOT IN ('done', 'refused', 'submitting', 'submitted')").format(
-                t=table, names=names, values=values, subset=run.subset, updates=updates),
-            {"policy": policy.id, "run": run.run_key, "action": policy.action},
-        ).rowcount
+    return conn.execute(
+        sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM {subset} s ON CONFLICT (sfid) DO UPDATE SET "
+                "{updates} WHERE {t}._action_status NOT IN ('done', 'refused', 'submitting', 'submitted')").format(
+            t=table, names=names, values=values, subset=subset, updates=updates),
+        {"policy": policy.id, "run": run.run_key, "action": policy.action},
+    ).rowcount
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,6 +624,16 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], s
     return len(rows) == len(ids)
 
 
+def mirror_shows_gone(store: RetentionStoreHook, object_name: str, ids: list[str]) -> bool:
+    """True once none of ``ids`` is left in Connect's mirror of the object (or the object is not mapped)."""
+    mirror = sql.Identifier(MIRROR_SCHEMA, object_name.lower())
+    with store.connect() as conn:
+        if not ids or not table_exists(conn, mirror):
+            return True
+        return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE sfid = ANY(%s)").format(mirror),
+                            (ids,)).fetchone()[0] == 0
+
+
 def same_value(sent, have) -> bool:
     if sent is None or have is None:
         return sent is None and have is None
@@ -588,7 +671,10 @@ def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts:
         return row_id
 
 
-def drop_staging(store: RetentionStoreHook, run: Run) -> None:
+def drop_staging(store: RetentionStoreHook, run: Run, policy: Policy | None = None) -> None:
+    from retention import cascade
+
+    children = cascade.tables(run, policy) if policy is not None else []
     with store.connect() as conn:
-        for table in (run.staging, run.subset, run.sent):
+        for table in (run.staging, run.subset, run.sent, *children):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))

@@ -37,17 +37,29 @@ class ConfirmAndReportOperator(PolicyOperator):
         extracted = self.extracted(context)
         validated = ti.xcom_pull(task_ids="validate_row_counts") or {}
         acted = ti.xcom_pull(task_ids="delete_or_mask") or {}
+        if policy.cascade:
+            from retention import cascade
+
+            with store.connect() as conn:
+                cascade.follow_parents(conn, policy, run)  # again: a crash may have come between
+                children = cascade.summary(conn, policy, run)
+        else:
+            children = {}
         summary = pipeline.action_summary(store, policy, run)
         done, failed, refused = summary.get("done", []), summary.get("failed", []), summary.get("refused", [])
         sent = pipeline.sent_values(store, run) if policy.action == "mask" else {}
 
-        not_applied = self._check_org(sf, done, sent)
+        not_applied = self._check_org(sf, policy.object, done, sent)
+        for name, child in children.items():
+            not_applied += self._check_org(sf, name, child["ids"].get("done", []), {})
         if not_applied:
             raise pipeline.RetentionError(
                 f"{len(not_applied)} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
                 f"{', '.join(not_applied[:5])}; their retained rows are kept")
         deadline = time.monotonic() + self.mirror_timeout
-        while done and not pipeline.mirror_reflects(store, policy, done, sent):
+        while done and not (pipeline.mirror_reflects(store, policy, done, sent) and all(
+                pipeline.mirror_shows_gone(store, name, child["ids"].get("done", []))
+                for name, child in children.items())):
             if time.monotonic() > deadline:
                 raise pipeline.RetentionError(
                     f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records "
@@ -58,11 +70,17 @@ class ConfirmAndReportOperator(PolicyOperator):
         counts = {"eligible": extracted["eligible"], "held": extracted["held"] + len(acted.get("held_at_action", [])),
                   "staged": extracted["staged"], "retained": (validated.get("counts") or {}).get("retained"),
                   "acted": len(done), "failed": len(failed), "refused": len(refused),
+                  "blocked": len(extracted.get("blocked", {})),
                   "salesforce": (validated.get("counts") or {}).get("salesforce")}
         status = "succeeded" if not failed else "partially_failed"
         message = (f"{policy.id}: {len(done)} {DONE_VERB[policy.action]}, {len(refused)} refused by Salesforce, "
                    f"{len(failed)} failed (both kept retained, see cache.{policy.retain.table}._action_error), "
                    f"{counts['held']} held")
+        for name, child in children.items():
+            message += f"; {child.get('done', 0)} {name} records went with their parents (cache.{child['table']})"
+        if counts["blocked"]:
+            message += (f"; {counts['blocked']} kept back: a delete would take children the policy does not retain "
+                        "(see the ledger's blocked_records)")
         if acted.get("hard_delete_fallback"):
             message += ("; hard delete not permitted for this user: fell back to delete (records are in the "
                         "recycle bin)")
@@ -70,8 +88,10 @@ class ConfirmAndReportOperator(PolicyOperator):
             store, policy, run, counts=counts, bulk_job_ids=acted.get("bulk_job_ids", []),
             holds_applied=sorted(set(extracted.get("held_ids", [])) | set(acted.get("held_at_action", []))),
             validation=validated, status=status, message=message, timings={},
+            blocked_records=extracted.get("blocked"),
+            cascade={name: {k: v for k, v in child.items() if k != "ids"} for name, child in children.items()},
         )
-        pipeline.drop_staging(store, run)
+        pipeline.drop_staging(store, run, policy)
         self.log.info("ledger row %d: %s", ledger_id, message)
         if refused:
             self.log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and "
@@ -81,12 +101,12 @@ class ConfirmAndReportOperator(PolicyOperator):
             raise pipeline.RetentionError(message)
         return {"ledger_id": ledger_id, "status": status, **counts}
 
-    def _check_org(self, sf, done: list[str], sent: dict[str, dict]) -> list[str]:
+    def _check_org(self, sf, object_name: str, done: list[str], sent: dict[str, dict]) -> list[str]:
         """Ids the org does not show as acted on (still live for deletes; values differ for masks)."""
         policy = self.policy
         fields = sorted({k for v in sent.values() for k in v}) if policy.action == "mask" else []
         wrong: list[str] = []
-        head = f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} WHERE Id IN ("
+        head = f"SELECT {', '.join(['Id', *fields])} FROM {object_name} WHERE Id IN ("
         for soql in id_in_queries(head, [i for i in done if i.isalnum()]):
             records = sf.conn.query_all(soql)["records"]
             if policy.action != "mask":

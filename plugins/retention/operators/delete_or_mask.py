@@ -17,6 +17,7 @@ class DeleteOrMaskOperator(PolicyOperator):
     """Delete, hard-delete or mask this run's retained records; each record's outcome goes beside its row."""
 
     def execute_run(self, context: Context, run: pipeline.Run) -> dict[str, Any]:
+        from retention import cascade
         from retention.hooks.salesforce_bulk import HardDeleteNotPermitted, to_csv
         from retention.masking import to_bulk_csv_value
 
@@ -41,12 +42,30 @@ class DeleteOrMaskOperator(PolicyOperator):
             operations.append(info.get("operation") or pipeline.ACTION_OPERATION[policy.action])
 
         ids = pipeline.pending_ids(store, policy, run)
-        held_now = sorted(set(ids) & pipeline.active_holds(sf)) if policy.select.exclude_privacy_holds else []
+        extracted = self.extracted(context)
+        held_now: list[str] = []
+        if policy.select.exclude_privacy_holds and ids:
+            holds = pipeline.active_holds(sf)
+            held_now = sorted(set(ids) & holds)
+            if policy.cascade:
+                with store.connect() as conn:
+                    held_now = sorted({*held_now, *cascade.held_via_children(conn, policy, run, ids, holds)})
         if held_now:
-            self.log.warning("%d records came under a privacy hold since extract; they are kept and not touched",
-                             len(held_now))
+            self.log.warning("%d records came under a privacy hold since extract (themselves or a child); they are "
+                             "kept and not touched", len(held_now))
             pipeline.mark(store, policy, run, held_now, "held")
             ids = [i for i in ids if i not in set(held_now)]
+        if ids and (policy.cascade or extracted.get("cascade_relations")):
+            # Children can be added between extract and now; a delete would take them unretained.
+            with store.connect() as conn:
+                changed = cascade.children_changed(conn, sf, policy, run, extracted.get("cascade_relations", []),
+                                                   extracted["date_type"], ids)
+            for parent, reason in changed.items():
+                pipeline.mark(store, policy, run, [parent], "failed", error=reason)
+            if changed:
+                self.log.warning("%d records keep their children this time (e.g. %s); the next run retains the "
+                                 "children first", len(changed), next(iter(changed.values())))
+            ids = [i for i in ids if i not in changed]
         if ids:
             operation = pipeline.ACTION_OPERATION[policy.action]
             if policy.action == "mask":
@@ -74,6 +93,9 @@ class DeleteOrMaskOperator(PolicyOperator):
             self._add(totals, pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
             jobs.append(job_id)
             operations.append(operation)
+        if policy.cascade:
+            with store.connect() as conn:
+                cascade.follow_parents(conn, policy, run)
         self.log.info("%s: %d done, %d refused, %d failed in Salesforce, %d newly held", run.run_key,
                       totals["done"], totals["refused"], totals["failed"], len(held_now))
         used = sorted(set(operations))

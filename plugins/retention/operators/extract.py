@@ -29,9 +29,9 @@ class ExtractOperator(PolicyOperator):
         store = self.store()
         store.ensure_schema()
         if self.policy.source == "salesforce_api":
-            out = pipeline.extract_from_salesforce(store, sf, self.policy, run, describe)
+            out = pipeline.extract_from_salesforce(store, sf, self.policy, run, describe, others)
         else:
-            out = pipeline.extract_from_mirror(store, self.policy, run, describe, others)
+            out = pipeline.extract_from_mirror(store, self.policy, run, describe, others, sf)
         out["field_types"] = {n: t for n, t in pipeline.field_types(describe).items()
                               if n in set(pipeline.staged_fields(self.policy))}
         out["cutoff"] = run.cutoff.isoformat()
@@ -39,6 +39,13 @@ class ExtractOperator(PolicyOperator):
         self.log.info("%s: cutoff %s, %d eligible, %d held by privacy holds, %d already retained and acted on, "
                       "%d staged", run.run_key, run.cutoff.isoformat(), out["eligible"], out["held"],
                       out.get("done", 0), out["staged"])
+        for child in out.get("children", []):
+            self.log.info("%s: %d %s records go with their parents and are staged for cache.%s", run.run_key,
+                          child["staged"], child["object"], child["table"])
+        if out.get("blocked"):
+            first, reason = next(iter(out["blocked"].items()))
+            self.log.warning("%d records are kept back: a delete would take children the policy does not retain "
+                             "(e.g. %s: %s)", len(out["blocked"]), first, reason)
         if run.dry_run:
             self.log.info("DRY RUN preview (nothing was changed): %d would be retained then %s; sample of the "
                           "retained rows:\n%s", out["eligible"], self.policy.action,

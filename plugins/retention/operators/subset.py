@@ -28,7 +28,8 @@ class SubsetOperator(PolicyOperator):
     """Write the run's retained subset table from its staging table."""
 
     def execute_run(self, context: Context, run: pipeline.Run) -> int:
-        needs_key = any(t.kind == "hash" for t in self.policy.retain.fields.values())
+        needs_key = any(t.kind == "hash" for retain in (self.policy.retain, *(c.retain for c in self.policy.cascade))
+                        for t in retain.fields.values())
         rows = pipeline.subset(self.store(), self.policy, run, hash_key() if needs_key else None)
         self.log.info("%s: %d rows in the retained subset", run.run_key, rows)
         return rows
