@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sandbox import org, results
-from sandbox.config import API_VERSION, Settings
+from sandbox.config import Settings
 from sandbox.faults import FaultError, Faults
 from sandbox.objects import BY_PREFIX, OBJECTS, get_object
 from sandbox.orgconfig import OrgSettings
@@ -48,6 +48,50 @@ class ApiError(Exception):
 
 def session_expired() -> ApiError:
     return ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+
+
+# ---------------------------------------------------------------------------------------------
+# API versions. "Versions 31.0 through 68.0: Supported" and "Versions 21.0 through 30.0: As of Summer '25,
+# these versions are retired and unavailable" (7.0-20.0 since Summer '22): API End-of-Life Policy,
+# https://developer.salesforce.com/docs/platform/connect-rest-api/guide/intro_api_eol. 68.0 (Winter '27) is
+# the current release; a later number is no version at all.
+OLDEST_API_VERSION = 31
+CURRENT_API_VERSION = 68
+_VERSION = re.compile(r"(\d+)\.0")
+_SEASONS = ("Summer", "Winter", "Spring")  # three releases a year; 31.0 was Summer '14, 32.0 Winter '15
+
+
+def version_label(major: int) -> str:
+    """The release name of an API version, as the Versions resource labels it ("Summer '14" for 31.0)."""
+    cycle, season = divmod(major - 31, 3)
+    year = 14 + cycle + (season > 0)
+    return f"{_SEASONS[season]} '{year:02d}"
+
+
+def api_version_status(version: str) -> str:
+    """``supported``, ``retired`` (below 31.0) or ``unknown`` (past the current release, or not a version)."""
+    found = _VERSION.fullmatch(version)
+    if not found:
+        return "unknown"
+    major = int(found.group(1))
+    if major < OLDEST_API_VERSION:
+        return "retired"
+    return "supported" if major <= CURRENT_API_VERSION else "unknown"
+
+
+def check_rest_version(version: str) -> None:
+    """REST (and Bulk API 2.0, which lives under /services/data) at a version it does not serve.
+
+    A retired version: "REST API returns 410: GONE" (KB 005321531); the body is not documented, so it carries
+    REST's error shape with UNSUPPORTED_API_VERSION, the code SOAP API documents for the same case. A version
+    past the current release is an unknown resource: 404 NOT_FOUND, REST's answer for a URI that names nothing.
+    """
+    status = api_version_status(version)
+    if status == "retired":
+        raise ApiError(410, "UNSUPPORTED_API_VERSION",
+                       f"API version {version} is retired and unavailable; use {OLDEST_API_VERSION}.0 or later")
+    if status == "unknown":
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
 
 
 @dataclass
@@ -106,12 +150,16 @@ def bearer(request: Request) -> str | None:
 
 
 def rest_call(handler: Callable) -> Callable:
-    """Wrap a REST handler: authenticate, apply faults, count the call, render errors."""
+    """Wrap a REST handler: check the API version, authenticate, apply faults, count the call, render errors.
+
+    A request at a version the org does not serve is answered before authentication and not counted: the
+    resource does not exist, whoever asks (the docs do not say whether such calls count; none is served)."""
 
     @functools.wraps(handler)
     def wrapped(request: Request) -> Response:
         svc: OrgService = request.app.state.svc
         try:
+            check_rest_version(request.path_params["ver"])
             svc.check_session(bearer(request))
             svc.count_call()
             svc.before_call()
@@ -173,7 +221,7 @@ def soap_login(request: Request) -> Response:
         )
         return Response(fault, status_code=500, media_type="text/xml")
     host = request.headers.get("host", f"localhost:{svc.settings.sf_port}")
-    version = request.path_params.get("ver", API_VERSION)
+    version = request.path_params["ver"]
     token = svc.new_session()
     org_id = svc.settings.org_id
     xml = (
@@ -225,9 +273,13 @@ def oauth_token(request: Request) -> Response:
 # ---------------------------------------------------------------------------------------------
 # REST resources.
 
-@rest_call
-def versions(request: Request, svc: OrgService) -> Response:
-    return JSONResponse([{"label": "Winter '24", "url": f"/services/data/v{API_VERSION}", "version": API_VERSION}])
+def versions(request: Request) -> Response:
+    """``GET /services/data``: every version the org serves. "Authentication: none", and calls to it "do not
+    count towards your org's limit", so it carries no Sforce-Limit-Info either (Versions; Limit Info Header)."""
+    return JSONResponse([
+        {"label": version_label(major), "url": f"/services/data/v{major}.0", "version": f"{major}.0"}
+        for major in range(OLDEST_API_VERSION, CURRENT_API_VERSION + 1)
+    ])
 
 
 @rest_call
