@@ -64,7 +64,8 @@ def test_query_pages_at_the_requested_batch_size_and_returns_every_record_once(h
 
     first = sf.query(soql, headers=headers)
     assert first["totalSize"] == 1000 and not first["done"]
-    assert len(first["records"]) == 200 and first["nextRecordsUrl"].startswith("/services/data/v59.0/query/")
+    assert len(first["records"]) == 200
+    assert first["nextRecordsUrl"].startswith(f"/services/data/v{sf.sf_version}/query/")
     pages, page = [first], first
     while not page["done"]:
         page = sf.query_more(page["nextRecordsUrl"], identifier_is_url=True, headers=headers)
