@@ -201,6 +201,10 @@ def json_body(request: Request):
 
 _SOAP_FIELD = re.compile(r"<(?:\w+:)?(username|password)>(.*?)</(?:\w+:)?\1>", re.S)
 
+# "SOAP API login() is not available in API versions 65.0 and later" (KB 005132110,
+# https://help.salesforce.com/s/articleView?id=005132110).
+SOAP_LOGIN_LAST_VERSION = 64
+
 
 def _unescape_xml(text: str) -> str:
     return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
@@ -213,23 +217,44 @@ def _credentials_ok(settings: Settings, username: str, password: str) -> bool:
     )
 
 
+def soap_fault(code: str, message: str, *, element: str = "UnexpectedErrorFault") -> Response:
+    """A SOAP fault as the partner API sends it (HTTP 500); simple-salesforce reads ``sf:exceptionCode`` and
+    ``sf:exceptionMessage``. The docs name the codes but not which fault element carries each: login()'s bad
+    credentials are a LoginFault, anything else here an UnexpectedErrorFault (both ApiFaults)."""
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com">'
+        f"<soapenv:Body><soapenv:Fault><faultcode>sf:{code}</faultcode>"
+        f"<faultstring>{code}: {message}</faultstring><detail><sf:{element}><sf:exceptionCode>{code}"
+        f"</sf:exceptionCode><sf:exceptionMessage>{message}</sf:exceptionMessage></sf:{element}></detail>"
+        "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+    return Response(xml, status_code=500, media_type="text/xml")
+
+
 def soap_login(request: Request) -> Response:
+    """SOAP ``login()``: refused at a retired or unknown version, from 65.0 whatever the org's setting, and
+    while the org has not enabled it; then the credentials decide. The checks come in that order so that a
+    refused call says nothing about the password."""
     svc: OrgService = request.app.state.svc
+    version = request.path_params["ver"]
+    if api_version_status(version) != "supported":
+        # "If you request any resource or use an operation from a retired API version, SOAP API returns
+        # 500:UNSUPPORTED_API_VERSION error code." The message and a version past the current release
+        # (refused the same way, the stricter choice) are not documented.
+        return soap_fault("UNSUPPORTED_API_VERSION", f"API version {version} is not supported by this org")
+    if int(version.split(".")[0]) > SOAP_LOGIN_LAST_VERSION:
+        return soap_fault("INVALID_OPERATION", f"The SOAP Login operation is not available in the API version "
+                          f"specified ({version}). Refer to the documentation for supported versions.")
+    if not svc.org.config.soap_login:
+        return soap_fault("INVALID_OPERATION", "SOAP API login() is disabled by default in this org. Contact the "
+                          "org administrator to enable SOAP API login().")
     body = request.scope.get("sandbox.body", b"").decode("utf-8", "replace")
     found = {k: _unescape_xml(v) for k, v in _SOAP_FIELD.findall(body)}
     if not _credentials_ok(svc.settings, found.get("username", ""), found.get("password", "")):
-        fault = (
-            '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
-            'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com">'
-            "<soapenv:Body><soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode>"
-            "<faultstring>INVALID_LOGIN: Invalid username, password, security token; or user locked out."
-            "</faultstring><detail><sf:LoginFault><sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode>"
-            "<sf:exceptionMessage>Invalid username, password, security token; or user locked out."
-            "</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
-        )
-        return Response(fault, status_code=500, media_type="text/xml")
+        return soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.",
+                          element="LoginFault")
     host = request.headers.get("host", f"localhost:{svc.settings.sf_port}")
-    version = request.path_params["ver"]
     token = svc.new_session()
     org_id = svc.settings.org_id
     xml = (
