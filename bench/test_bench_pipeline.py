@@ -45,9 +45,9 @@ def _token(sandbox) -> str:
     from simple_salesforce import SalesforceLogin
 
     env = sandbox.env
-    session, _ = SalesforceLogin(username=env["SALESFORCE_USERNAME"], password=env["SALESFORCE_PASSWORD"],
-                                 security_token=env["SALESFORCE_SECURITY_TOKEN"],
-                                 domain=f"localhost:{env['SANDBOX_SF_PORT']}/services/Soap/u/59.0#")
+    session, _ = SalesforceLogin(username=env["SALESFORCE_USERNAME"], consumer_key=env["SALESFORCE_CONSUMER_KEY"],
+                                 privatekey_file=env["SALESFORCE_PRIVATE_KEY_FILE"],
+                                 domain=f"localhost:{env['SANDBOX_SF_PORT']}/services/oauth2/token#")
     return session
 
 

@@ -36,9 +36,10 @@ def sf(sandbox):
     from simple_salesforce import Salesforce
 
     env = sandbox.env
-    return Salesforce(username=env["SALESFORCE_USERNAME"], password=env["SALESFORCE_PASSWORD"],
-                      security_token=env["SALESFORCE_SECURITY_TOKEN"],
-                      domain=f"localhost:{env['SANDBOX_SF_PORT']}/services/Soap/u/59.0#")
+    return Salesforce(username=env["SALESFORCE_USERNAME"], consumer_key=env["SALESFORCE_CONSUMER_KEY"],
+                      privatekey_file=env["SALESFORCE_PRIVATE_KEY_FILE"],
+                      domain=f"localhost:{env['SANDBOX_SF_PORT']}/services/oauth2/token#",
+                      version=env["SALESFORCE_API_VERSION"])
 
 
 def _rows(pages) -> int:

@@ -18,7 +18,7 @@ import time
 import warnings
 from pathlib import Path
 
-from sandbox import postgres
+from sandbox import postgres, tls
 from sandbox.config import API_VERSION, Settings
 
 # pgserver's import warns about XDG_RUNTIME_DIR on headless machines; it does not use that folder here.
@@ -75,9 +75,8 @@ def cmd_up(s: Settings, args) -> int:
     s.home.mkdir(parents=True, exist_ok=True)
     pg, started_pg = _postgres(s)
     postgres.ensure_databases(pg)
-    from sandbox import tls
-
     certs = tls.ensure_certificates(s.tls_dir)
+    tls.ensure_connected_app_keys(s.tls_dir)
     log = open(s.home / "sandbox.log", "ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sandbox", "serve", "--base-url", pg.base_url],
@@ -219,14 +218,15 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
     from urllib.parse import urlsplit
 
     parts = urlsplit(base_url)
+    keys = tls.ConnectedAppKeys.in_folder(s.tls_dir)
+    # OAuth 2.0 JWT bearer flow, as against a real org (SOAP login() is gone from API 65.0): the stock hook signs
+    # an assertion with the connected app's private key. The domain points simple-salesforce's token URL,
+    # https://{domain}.salesforce.com/services/oauth2/token, at the sandbox (the fragment is never sent).
     salesforce_conn = {
         "conn_type": "salesforce",
         "login": s.username,
-        "password": s.password,
-        # simple-salesforce builds https://{domain}.salesforce.com/services/Soap/u/{version}; this domain
-        # points the SOAP login at the sandbox (the fragment is never sent).
-        "extra": {"security_token": s.security_token, "domain": f"localhost:{s.sf_port}/services/Soap/u/{API_VERSION}#",
-                  "version": API_VERSION},
+        "extra": {"consumer_key": s.consumer_key, "private_key_file_path": str(keys.private_key),
+                  "domain": s.login_domain, "version": API_VERSION},
     }
     store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
                   "password": parts.password or "", "schema": "retention_store"}
@@ -244,6 +244,7 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "SALESFORCE_SECURITY_TOKEN": s.security_token,
         "SALESFORCE_CONSUMER_KEY": s.consumer_key,
         "SALESFORCE_CONSUMER_SECRET": s.consumer_secret,
+        "SALESFORCE_PRIVATE_KEY_FILE": str(keys.private_key),
         "SALESFORCE_API_VERSION": API_VERSION,
         "SANDBOX_ORG_URL": pg.url("sandbox_org"),
         "RETENTION_STORE_URL": pg.url("retention_store"),

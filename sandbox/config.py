@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-API_VERSION = "59.0"
+# The API version the sandbox's exported connection and clients use: the product's default (see
+# retention.hooks.salesforce_bulk.DEFAULT_API_VERSION), a current release past SOAP login()'s last version.
+API_VERSION = "66.0"
 
 
 def _int(name: str, default: int) -> int:
@@ -45,6 +47,12 @@ class Settings:
     @property
     def instance_url(self) -> str:
         return f"https://localhost:{self.sf_port}"
+
+    @property
+    def login_domain(self) -> str:
+        """simple-salesforce's ``domain`` that reaches the sandbox's token endpoint: the client builds
+        ``https://{domain}.salesforce.com/services/oauth2/token``, and the fragment after ``#`` is never sent."""
+        return f"localhost:{self.sf_port}/services/oauth2/token#"
 
     @property
     def connect_api_url(self) -> str:

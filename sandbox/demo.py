@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
 
         from sandbox.postgres import Postgres
 
-        sf = Salesforce(username=settings.username, password=settings.password,
-                        security_token=settings.security_token,
-                        domain=f"localhost:{settings.sf_port}/services/Soap/u/59.0#")
+        sf = Salesforce(username=settings.username, consumer_key=settings.consumer_key,
+                        privatekey_file=env["SALESFORCE_PRIVATE_KEY_FILE"], domain=settings.login_domain,
+                        version=env["SALESFORCE_API_VERSION"])
         mirror = cli._counts(Postgres(state["base_url"], embedded=True).url("retention_store"), "salesforce")
         print(f"\n{'object':<20}{'org (SOQL)':>12}{'mirror (SQL)':>14}  Connect mapping state")
         for obj in OBJECTS.values():

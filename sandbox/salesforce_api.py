@@ -16,15 +16,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import org, results
-from sandbox.config import API_VERSION, Settings
+from sandbox import org, results, tls
+from sandbox.config import Settings
 from sandbox.faults import FaultError, Faults
 from sandbox.objects import BY_PREFIX, OBJECTS, visible_object
 from sandbox.orgconfig import OrgSettings
@@ -48,6 +48,50 @@ class ApiError(Exception):
 
 def session_expired() -> ApiError:
     return ApiError(401, "INVALID_SESSION_ID", "Session expired or invalid")
+
+
+# ---------------------------------------------------------------------------------------------
+# API versions. "Versions 31.0 through 68.0: Supported" and "Versions 21.0 through 30.0: As of Summer '25,
+# these versions are retired and unavailable" (7.0-20.0 since Summer '22): API End-of-Life Policy,
+# https://developer.salesforce.com/docs/platform/connect-rest-api/guide/intro_api_eol. 68.0 (Winter '27) is
+# the current release; a later number is no version at all.
+OLDEST_API_VERSION = 31
+CURRENT_API_VERSION = 68
+_VERSION = re.compile(r"(\d+)\.0")
+_SEASONS = ("Summer", "Winter", "Spring")  # three releases a year; 31.0 was Summer '14, 32.0 Winter '15
+
+
+def version_label(major: int) -> str:
+    """The release name of an API version, as the Versions resource labels it ("Summer '14" for 31.0)."""
+    cycle, season = divmod(major - 31, 3)
+    year = 14 + cycle + (season > 0)
+    return f"{_SEASONS[season]} '{year:02d}"
+
+
+def api_version_status(version: str) -> str:
+    """``supported``, ``retired`` (below 31.0) or ``unknown`` (past the current release, or not a version)."""
+    found = _VERSION.fullmatch(version)
+    if not found:
+        return "unknown"
+    major = int(found.group(1))
+    if major < OLDEST_API_VERSION:
+        return "retired"
+    return "supported" if major <= CURRENT_API_VERSION else "unknown"
+
+
+def check_rest_version(version: str) -> None:
+    """REST (and Bulk API 2.0, which lives under /services/data) at a version it does not serve.
+
+    A retired version: "REST API returns 410: GONE" (KB 005321531); the body is not documented, so it carries
+    REST's error shape with UNSUPPORTED_API_VERSION, the code SOAP API documents for the same case. A version
+    past the current release is an unknown resource: 404 NOT_FOUND, REST's answer for a URI that names nothing.
+    """
+    status = api_version_status(version)
+    if status == "retired":
+        raise ApiError(410, "UNSUPPORTED_API_VERSION",
+                       f"API version {version} is retired and unavailable; use {OLDEST_API_VERSION}.0 or later")
+    if status == "unknown":
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
 
 
 @dataclass
@@ -109,6 +153,14 @@ class OrgService:
     def limit_header(self) -> dict[str, str]:
         return {"Sforce-Limit-Info": f"api-usage={self.api_usage}/{DAILY_API_LIMIT}"}
 
+    @functools.cached_property
+    def connected_app_key(self):
+        """The public key of the certificate uploaded to the connected app, which JWT assertions must verify with."""
+        from cryptography import x509
+
+        cert = tls.ConnectedAppKeys.in_folder(self.settings.tls_dir).cert
+        return x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+
 
 def bearer(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
@@ -116,12 +168,16 @@ def bearer(request: Request) -> str | None:
 
 
 def rest_call(handler: Callable) -> Callable:
-    """Wrap a REST handler: authenticate, apply faults, count the call, render errors."""
+    """Wrap a REST handler: check the API version, authenticate, apply faults, count the call, render errors.
+
+    A request at a version the org does not serve is answered before authentication and not counted: the
+    resource does not exist, whoever asks (the docs do not say whether such calls count; none is served)."""
 
     @functools.wraps(handler)
     def wrapped(request: Request) -> Response:
         svc: OrgService = request.app.state.svc
         try:
+            check_rest_version(request.path_params["ver"])
             svc.check_session(bearer(request))
             svc.count_call()
             svc.before_call()
@@ -155,6 +211,10 @@ def json_body(request: Request):
 
 _SOAP_FIELD = re.compile(r"<(?:\w+:)?(username|password)>(.*?)</(?:\w+:)?\1>", re.S)
 
+# "SOAP API login() is not available in API versions 65.0 and later" (KB 005132110,
+# https://help.salesforce.com/s/articleView?id=005132110).
+SOAP_LOGIN_LAST_VERSION = 64
+
 
 def _unescape_xml(text: str) -> str:
     return (text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&apos;", "'")
@@ -167,23 +227,44 @@ def _credentials_ok(settings: Settings, username: str, password: str) -> bool:
     )
 
 
+def soap_fault(code: str, message: str, *, element: str = "UnexpectedErrorFault") -> Response:
+    """A SOAP fault as the partner API sends it (HTTP 500); simple-salesforce reads ``sf:exceptionCode`` and
+    ``sf:exceptionMessage``. The docs name the codes but not which fault element carries each: login()'s bad
+    credentials are a LoginFault, anything else here an UnexpectedErrorFault (both ApiFaults)."""
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com">'
+        f"<soapenv:Body><soapenv:Fault><faultcode>sf:{code}</faultcode>"
+        f"<faultstring>{code}: {message}</faultstring><detail><sf:{element}><sf:exceptionCode>{code}"
+        f"</sf:exceptionCode><sf:exceptionMessage>{message}</sf:exceptionMessage></sf:{element}></detail>"
+        "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+    return Response(xml, status_code=500, media_type="text/xml")
+
+
 def soap_login(request: Request) -> Response:
+    """SOAP ``login()``: refused at a retired or unknown version, from 65.0 whatever the org's setting, and
+    while the org has not enabled it; then the credentials decide. The checks come in that order so that a
+    refused call says nothing about the password."""
     svc: OrgService = request.app.state.svc
+    version = request.path_params["ver"]
+    if api_version_status(version) != "supported":
+        # "If you request any resource or use an operation from a retired API version, SOAP API returns
+        # 500:UNSUPPORTED_API_VERSION error code." The message and a version past the current release
+        # (refused the same way, the stricter choice) are not documented.
+        return soap_fault("UNSUPPORTED_API_VERSION", f"API version {version} is not supported by this org")
+    if int(version.split(".")[0]) > SOAP_LOGIN_LAST_VERSION:
+        return soap_fault("INVALID_OPERATION", f"The SOAP Login operation is not available in the API version "
+                          f"specified ({version}). Refer to the documentation for supported versions.")
+    if not svc.org.config.soap_login:
+        return soap_fault("INVALID_OPERATION", "SOAP API login() is disabled by default in this org. Contact the "
+                          "org administrator to enable SOAP API login().")
     body = request.scope.get("sandbox.body", b"").decode("utf-8", "replace")
     found = {k: _unescape_xml(v) for k, v in _SOAP_FIELD.findall(body)}
     if not _credentials_ok(svc.settings, found.get("username", ""), found.get("password", "")):
-        fault = (
-            '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
-            'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:sf="urn:fault.partner.soap.sforce.com">'
-            "<soapenv:Body><soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode>"
-            "<faultstring>INVALID_LOGIN: Invalid username, password, security token; or user locked out."
-            "</faultstring><detail><sf:LoginFault><sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode>"
-            "<sf:exceptionMessage>Invalid username, password, security token; or user locked out."
-            "</sf:exceptionMessage></sf:LoginFault></detail></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
-        )
-        return Response(fault, status_code=500, media_type="text/xml")
+        return soap_fault("INVALID_LOGIN", "Invalid username, password, security token; or user locked out.",
+                          element="LoginFault")
     host = request.headers.get("host", f"localhost:{svc.settings.sf_port}")
-    version = request.path_params.get("ver", API_VERSION)
     token = svc.new_session()
     org_id = svc.settings.org_id
     xml = (
@@ -200,44 +281,168 @@ def soap_login(request: Request) -> Response:
     return Response(xml, media_type="text/xml")
 
 
-def oauth_token(request: Request) -> Response:
-    svc: OrgService = request.app.state.svc
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# How far ahead a JWT bearer assertion's exp may be. Salesforce's help asks for an expiration "within 3 minutes";
+# the excerpt of the flow's page we hold is truncated before the claim rules, so the exact window is not
+# confirmed: refusing anything later (beyond a little clock skew) is the stricter choice. An exp already
+# passed gets no leeway.
+JWT_MAX_AHEAD_SECONDS = 3 * 60
+JWT_CLOCK_SKEW_SECONDS = 10
+# The connected app's selected OAuth scope: "Manage user data via APIs (api)", all this product needs.
+CONNECTED_APP_SCOPE = "api"
+
+
+def oauth_error(error: str, description: str) -> JSONResponse:
+    """A token endpoint refusal: HTTP 400, JSON ``{error, error_description}``. "If an error occurs in the OAuth
+    2.0 JWT bearer flow, the authorizing server replies with a standard OAuth error response" (OAuth 2.0
+    Authorization Errors); the sandbox answers every flow's errors that way."""
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+
+
+def _issue_token(request: Request, svc: OrgService, *, scope: str | None) -> JSONResponse:
     s = svc.settings
-    form = {k: v[0] for k, v in parse_qs(request.scope.get("sandbox.body", b"").decode()).items()}
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("basic "):
-        key, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
-        form.setdefault("client_id", key)
-        form.setdefault("client_secret", secret)
-    grant = form.get("grant_type")
-    client_ok = form.get("client_id") == s.consumer_key and form.get("client_secret") == s.consumer_secret
-    if grant == "password":
-        ok = client_ok and _credentials_ok(s, form.get("username", ""), form.get("password", ""))
-    elif grant == "client_credentials":
-        ok = client_ok
-    else:
-        return JSONResponse({"error": "unsupported_grant_type", "error_description": "grant type not supported"},
-                            status_code=400)
-    if not ok:
-        return JSONResponse({"error": "invalid_grant", "error_description": "authentication failure"},
-                            status_code=400)
     host = request.headers.get("host", f"localhost:{s.sf_port}")
-    return JSONResponse({
+    body = {
         "access_token": svc.new_session(),
         "instance_url": f"https://{host}",
         "id": f"https://{host}/id/{s.org_id}/{org.DEFAULT_OWNER}",
         "token_type": "Bearer",
         "issued_at": str(int(time.time() * 1000)),
         "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
-    })
+    }
+    if scope:
+        body["scope"] = scope
+    return JSONResponse(body)
+
+
+def _client_refused(svc: OrgService, form: dict) -> JSONResponse | None:
+    """The connected app's own credentials (consumer key and secret), from the form or HTTP Basic."""
+    if form.get("client_id") != svc.settings.consumer_key:
+        return oauth_error("invalid_client_id", "client identifier invalid")
+    if form.get("client_secret") != svc.settings.consumer_secret:
+        return oauth_error("invalid_client", "invalid client credentials")
+    return None
+
+
+def _audience_is_here(aud, svc: OrgService) -> bool:
+    """Salesforce wants aud to name its login server (https://login.salesforce.com, https://test.salesforce.com,
+    or an Experience Cloud site URL). Here the sandbox is the login server: an https URL whose host and port are
+    the sandbox's own. Its path is not checked, because simple-salesforce builds aud from the connection's domain
+    (``https://{domain}.salesforce.com``), which against the sandbox is ``localhost:<port>/services/oauth2/token#``."""
+    for value in aud if isinstance(aud, list) else [aud]:
+        if not isinstance(value, str):
+            continue
+        url = urlsplit(value)
+        try:
+            port = url.port
+        except ValueError:
+            continue
+        if url.scheme == "https" and url.hostname in ("localhost", "127.0.0.1") and port == svc.settings.sf_port:
+            return True
+    return False
+
+
+def _jwt_bearer(request: Request, svc: OrgService, form: dict) -> JSONResponse:
+    """OAuth 2.0 JWT bearer flow: the assertion names the connected app (iss), the user (sub) and the login
+    server (aud), expires soon (exp), and is signed (RS256) with the key whose certificate the app holds."""
+    import jwt
+
+    s = svc.settings
+    assertion = form.get("assertion", "")
+    try:
+        header = jwt.get_unverified_header(assertion)
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return oauth_error("invalid_grant", "invalid assertion: not a signed JWT")
+    if header.get("alg") != "RS256":
+        return oauth_error("invalid_grant", "invalid assertion: the JWT must be signed with RS256")
+    if claims.get("iss") != s.consumer_key:
+        return oauth_error("invalid_client_id", "client identifier invalid")
+    try:
+        jwt.decode(assertion, svc.connected_app_key, algorithms=["RS256"],
+                   options={"verify_aud": False, "verify_exp": False})
+    except jwt.InvalidSignatureError:
+        return oauth_error("invalid_grant", "invalid assertion: the signature does not verify with the "
+                           "connected app's certificate")
+    except jwt.PyJWTError as err:
+        return oauth_error("invalid_grant", f"invalid assertion: {err}")
+    if not _audience_is_here(claims.get("aud"), svc):
+        return oauth_error("invalid_grant", f"audience is invalid: aud must name this login server "
+                           f"(https://localhost:{s.sf_port}), got {claims.get('aud')!r}")
+    try:
+        # A NumericDate; Salesforce's own example claims set sends it as a string ("exp": "1333685628").
+        exp = int(claims["exp"]) if not isinstance(claims.get("exp"), bool) else None
+    except (KeyError, TypeError, ValueError):
+        exp = None
+    if exp is None:
+        return oauth_error("invalid_grant", "invalid assertion: exp is missing or not a NumericDate")
+    now = time.time()
+    if exp <= now:
+        return oauth_error("invalid_grant", "invalid assertion: the JWT has expired (exp has passed)")
+    if exp > now + JWT_MAX_AHEAD_SECONDS + JWT_CLOCK_SKEW_SECONDS:
+        return oauth_error("invalid_grant", "invalid assertion: exp is more than 3 minutes ahead")
+    # "If both are specified, prn is used" (Help KB 000204593).
+    subject = claims["prn"] if "prn" in claims else claims.get("sub")
+    if subject != s.username:
+        return oauth_error("invalid_grant", "invalid assertion: sub is not the username of a user of this org")
+    if not svc.org.config.jwt_preapproved:
+        # The flow "does require prior approval of the client app"; simple-salesforce matches this text.
+        return oauth_error("invalid_grant", "user hasn't approved this consumer")
+    # No refresh_token: the JWT bearer flow issues none (the client signs a new assertion instead).
+    return _issue_token(request, svc, scope=CONNECTED_APP_SCOPE)
+
+
+def _client_credentials(request: Request, svc: OrgService, form: dict) -> JSONResponse:
+    """Client credentials flow: the app's key and secret alone, acting as the app's run-as user.
+
+    simple-salesforce uses this flow only for a My Domain (its ``domain`` neither ``login`` nor ``test``),
+    which the sandbox's ``localhost:<port>/services/oauth2/token#`` domain is."""
+    refused = _client_refused(svc, form)
+    if refused:
+        return refused
+    if not svc.org.config.client_credentials_user:
+        return oauth_error("invalid_grant", "no client credentials user enabled")
+    # The sandbox has one user: the run-as user's session is the API user's.
+    return _issue_token(request, svc, scope=CONNECTED_APP_SCOPE)
+
+
+def _username_password(request: Request, svc: OrgService, form: dict) -> JSONResponse:
+    """Username-password flow: deprecated and discouraged, but not blocked unless the org says so
+    (OauthOidcSettings.blockOAuthUnPwFlow, "The default value is false"). It "doesn't support scopes"."""
+    refused = _client_refused(svc, form)
+    if refused:
+        return refused
+    if not _credentials_ok(svc.settings, form.get("username", ""), form.get("password", "")):
+        return oauth_error("invalid_grant", "authentication failure")
+    return _issue_token(request, svc, scope=None)
+
+
+def oauth_token(request: Request) -> Response:
+    """``POST /services/oauth2/token``: the JWT bearer, client credentials and username-password flows."""
+    svc: OrgService = request.app.state.svc
+    form = {k: v[0] for k, v in parse_qs(request.scope.get("sandbox.body", b"").decode()).items()}
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("basic "):
+        key, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        form.setdefault("client_id", key)
+        form.setdefault("client_secret", secret)
+    flow = {JWT_BEARER_GRANT: _jwt_bearer, "client_credentials": _client_credentials,
+            "password": _username_password}.get(form.get("grant_type", ""))
+    if flow is None:
+        return oauth_error("unsupported_grant_type", "grant type not supported")
+    return flow(request, svc, form)
 
 
 # ---------------------------------------------------------------------------------------------
 # REST resources.
 
-@rest_call
-def versions(request: Request, svc: OrgService) -> Response:
-    return JSONResponse([{"label": "Winter '24", "url": f"/services/data/v{API_VERSION}", "version": API_VERSION}])
+def versions(request: Request) -> Response:
+    """``GET /services/data``: every version the org serves. "Authentication: none", and calls to it "do not
+    count towards your org's limit", so it carries no Sforce-Limit-Info either (Versions; Limit Info Header)."""
+    return JSONResponse([
+        {"label": version_label(major), "url": f"/services/data/v{major}.0", "version": f"{major}.0"}
+        for major in range(OLDEST_API_VERSION, CURRENT_API_VERSION + 1)
+    ])
 
 
 @rest_call

@@ -51,6 +51,7 @@ def serve(settings: Settings, org_url: str, store_url: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     prepare_org(org_url)
     certs = tls.ensure_certificates(settings.tls_dir)
+    tls.ensure_connected_app_keys(settings.tls_dir)
     pool = ConnectionPool(org_url, min_size=2, max_size=20, open=True, name="org")
     svc = OrgService(settings, pool)
     sf_app = create_app(svc, extra_routes=bulk2.routes() + bulk1.routes())

@@ -78,3 +78,53 @@ def ensure_certificates(folder: Path) -> Certificates:
     out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     out.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return out
+
+
+@dataclass(frozen=True)
+class ConnectedAppKeys:
+    """The connected app's JWT signing pair: the private key a team keeps (and points its Airflow connection
+    at), and the certificate uploaded to the connected app ("Use digital signatures"), which the org verifies
+    JWT bearer assertions with."""
+
+    private_key: Path
+    cert: Path
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> ConnectedAppKeys:
+        return cls(folder / "jwt-private.pem", folder / "jwt-cert.pem")
+
+
+def ensure_connected_app_keys(folder: Path) -> ConnectedAppKeys:
+    """Create the connected app's RSA key pair and self-signed certificate in ``folder`` once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = ConnectedAppKeys.in_folder(folder)
+    if out.private_key.exists() and out.cert.exists():
+        return out
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    # The JWT bearer flow signs with RS256 ({"alg":"RS256"}), so the pair is RSA.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Retention sandbox connected app")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .sign(key, hashes.SHA256())
+    )
+    out.private_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    out.private_key.chmod(0o600)
+    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return out

@@ -24,8 +24,8 @@ def sf(sandbox) -> Salesforce:
     extra = conn["extra"] if isinstance(conn["extra"], dict) else json.loads(conn["extra"])
     return Salesforce(
         username=sandbox.env["SALESFORCE_USERNAME"],
-        password=sandbox.env["SALESFORCE_PASSWORD"],
-        security_token=sandbox.env["SALESFORCE_SECURITY_TOKEN"],
+        consumer_key=sandbox.env["SALESFORCE_CONSUMER_KEY"],
+        privatekey_file=sandbox.env["SALESFORCE_PRIVATE_KEY_FILE"],
         domain=extra["domain"],
         version=sandbox.env["SALESFORCE_API_VERSION"],
     )

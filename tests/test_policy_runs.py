@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from pathlib import Path
 
 import pytest
 
@@ -282,10 +283,12 @@ def test_the_pipeline_never_writes_to_the_connect_schema(world, sf):
 
 
 def test_secrets_stay_out_of_logs_xcom_and_the_ledger(world, capfd):
-    """Invariant 5: the Salesforce password, the Heroku token and the hash key appear nowhere we write."""
+    """Invariant 5: the Salesforce credentials (the connected app's private key the connection signs its JWT
+    with, and the user's password), the Heroku token and the hash key appear nowhere we write."""
     import psycopg
 
-    secrets = [HASH_KEY, world.env["SALESFORCE_PASSWORD"], world.env["HEROKU_CONNECT_TOKEN"]]
+    private_key = Path(world.env["SALESFORCE_PRIVATE_KEY_FILE"]).read_text().splitlines()[1]  # key material
+    secrets = [HASH_KEY, private_key, world.env["SALESFORCE_PASSWORD"], world.env["HEROKU_CONNECT_TOKEN"]]
     capfd.readouterr()
     later = LOGICAL_DATE + dt.timedelta(days=500)
     run, states = _run(policy_dags().retention__inactive_contacts, later)

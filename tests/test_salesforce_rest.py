@@ -64,7 +64,8 @@ def test_query_pages_at_the_requested_batch_size_and_returns_every_record_once(h
 
     first = sf.query(soql, headers=headers)
     assert first["totalSize"] == 1000 and not first["done"]
-    assert len(first["records"]) == 200 and first["nextRecordsUrl"].startswith("/services/data/v59.0/query/")
+    assert len(first["records"]) == 200
+    assert first["nextRecordsUrl"].startswith(f"/services/data/v{sf.sf_version}/query/")
     pages, page = [first], first
     while not page["done"]:
         page = sf.query_more(page["nextRecordsUrl"], identifier_is_url=True, headers=headers)
@@ -181,31 +182,27 @@ def test_collections_honour_all_or_none(sf):
         sf.restful("composite/sobjects", method="POST", json={"allOrNone": False, "records": too_many})
 
 
-def test_oauth_client_credentials_and_password_grants(sandbox):
+def test_oauth_username_password_grant(sandbox):
+    """The username-password flow is deprecated but not blocked by default (OauthOidcSettings.blockOAuthUnPwFlow,
+    "The default value is false"), and answers without a scope ("doesn't support scopes"):
+    https://help.salesforce.com/apex/HTViewHelpDoc?id=remoteaccess_oauth_username_password_flow.htm
+    (JWT bearer, client credentials and SOAP login() are in test_login.py)."""
     env = sandbox.env
-    port = env["SANDBOX_SF_PORT"]
-    creds = Salesforce(consumer_key=env["SALESFORCE_CONSUMER_KEY"], consumer_secret=env["SALESFORCE_CONSUMER_SECRET"],
-                       domain=f"localhost:{port}/services/oauth2/token#")
-    assert creds.query("SELECT COUNT() FROM Account")["done"] is True
     password = Salesforce(username=env["SALESFORCE_USERNAME"], password=env["SALESFORCE_PASSWORD"],
                           consumer_key=env["SALESFORCE_CONSUMER_KEY"],
                           consumer_secret=env["SALESFORCE_CONSUMER_SECRET"],
-                          domain=f"localhost:{port}/services/oauth2/token#")
+                          domain=f"localhost:{env['SANDBOX_SF_PORT']}/services/oauth2/token#")
     assert password.limits()["DailyApiRequests"]["Max"] > 0
-    r = requests.post(f"{sandbox.instance_url}/services/oauth2/token", data={"grant_type": "password",
-                      "client_id": "wrong", "client_secret": "x", "username": "u", "password": "p"},
-                      verify=sandbox.ca, timeout=10)
-    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
-
-
-def test_wrong_password_is_an_invalid_login(sandbox):
-    from simple_salesforce.exceptions import SalesforceAuthenticationFailed
-
-    extra = connection(sandbox)["extra"]
-    with pytest.raises(SalesforceAuthenticationFailed) as err:
-        Salesforce(username=sandbox.env["SALESFORCE_USERNAME"], password="wrong", security_token="x",
-                   domain=extra["domain"])
-    assert err.value.code == "INVALID_LOGIN"
+    token_url = f"{sandbox.instance_url}/services/oauth2/token"
+    form = {"grant_type": "password", "client_id": env["SALESFORCE_CONSUMER_KEY"],
+            "client_secret": env["SALESFORCE_CONSUMER_SECRET"], "username": env["SALESFORCE_USERNAME"],
+            "password": env["SALESFORCE_PASSWORD"]}
+    ok = requests.post(token_url, data=form, verify=sandbox.ca, timeout=10)
+    assert ok.status_code == 200 and "scope" not in ok.json() and "refresh_token" not in ok.json()
+    for change, error in (({"password": "wrong"}, "invalid_grant"), ({"client_id": "wrong"}, "invalid_client_id"),
+                          ({"client_secret": "wrong"}, "invalid_client")):
+        r = requests.post(token_url, data={**form, **change}, verify=sandbox.ca, timeout=10)
+        assert r.status_code == 400 and r.json()["error"] == error, r.text
 
 
 def test_every_rest_response_reports_api_usage(sf):

@@ -105,10 +105,14 @@ def test_repo_settings_apply_to_airflow_db(airflow_db, sandbox, sandbox_env):
 
     sf = db_connection("salesforce_default")
     assert sf["conn_type"] == "salesforce"
-    assert (sf["login"], sf["password"]) == (sandbox.env["SALESFORCE_USERNAME"], sandbox.env["SALESFORCE_PASSWORD"])
-    assert sf["extra"]["security_token"] == sandbox.env["SALESFORCE_SECURITY_TOKEN"]
-    assert sf["extra"]["domain"] == f"localhost:{sandbox.env['SANDBOX_SF_PORT']}/services/Soap/u/" \
-                                    f"{sandbox.env['SALESFORCE_API_VERSION']}#"
+    # OAuth 2.0 JWT bearer: a username, no password and no security token (SOAP login() is gone from API 65.0).
+    assert (sf["login"], sf["password"]) == (sandbox.env["SALESFORCE_USERNAME"], None)
+    assert sf["extra"] == {
+        "consumer_key": sandbox.env["SALESFORCE_CONSUMER_KEY"],
+        "private_key_file_path": sandbox.env["SALESFORCE_PRIVATE_KEY_FILE"],
+        "domain": f"localhost:{sandbox.env['SANDBOX_SF_PORT']}/services/oauth2/token#",
+        "version": "66.0",
+    }
 
     store = db_connection("retention_store")
     assert (store["conn_type"], store["host"], store["port"], store["schema"]) == (
@@ -125,10 +129,11 @@ def test_repo_settings_apply_to_airflow_db(airflow_db, sandbox, sandbox_env):
 
     # No secret is committed: the file holds placeholders only.
     text = SETTINGS_FILE.read_text()
-    for name in ("SALESFORCE_PASSWORD", "SALESFORCE_SECURITY_TOKEN", "HEROKU_CONNECT_TOKEN", "RETENTION_STORE_URL"):
+    for name in ("SALESFORCE_PRIVATE_KEY_FILE", "HEROKU_CONNECT_TOKEN", "RETENTION_STORE_URL"):
         assert sandbox.env[name] not in text
         assert f"${{{name}}}" in text
     assert sandbox_env["RETENTION_HASH_KEY"] not in text
+    assert sandbox.env["SALESFORCE_PASSWORD"] not in text and "SALESFORCE_SECURITY_TOKEN" not in text
 
     # Applying the same file again changes nothing.
     again = actions(apply_settings(load_settings(SETTINGS_FILE, env=sandbox_env)))

@@ -14,8 +14,21 @@ import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
+from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
+
+if TYPE_CHECKING:
+    from simple_salesforce import Salesforce
+
+# The API version when the connection names none. simple-salesforce would use its own default, 59.0 (Winter '24):
+# a version Salesforce will retire in turn; 66.0 (Spring '26) is current and past SOAP login()'s last version.
+DEFAULT_API_VERSION = "66.0"
+# "SOAP API login() is not available in API versions 65.0 and later" (Salesforce KB 005132110): a username,
+# password and security token connection at such a version can only fail, so the hook says why before calling.
+SOAP_LOGIN_UNAVAILABLE_FROM = 65.0
 
 # Salesforce keeps a Bulk 2.0 query's pages for days; 50,000 rows a page keeps each page a few MB.
 QUERY_PAGE_SIZE = 50_000
@@ -23,6 +36,11 @@ QUERY_PAGE_SIZE = 50_000
 # Salesforce; a retry picks up its outcome by id).
 INGEST_TIMEOUT_SECONDS = 60 * 60
 FINAL_STATES = ("JobComplete", "Failed", "Aborted")
+
+
+class SoapLoginUnavailable(AirflowFailException):
+    """The connection logs in with SOAP ``login()`` at an API version that no longer offers it. Retrying cannot
+    help: the connection has to change."""
 
 
 class BulkJobError(Exception):
@@ -70,6 +88,34 @@ class SalesforceBulk2Hook(SalesforceHook):
     def __init__(self, salesforce_conn_id: str = "salesforce_default", *, poll_interval: float = 0.5, **kwargs):
         super().__init__(salesforce_conn_id=salesforce_conn_id, **kwargs)
         self.poll_interval = poll_interval
+
+    def _get_field(self, extras: dict, field_name: str):
+        """The provider's extra lookup, with the API version defaulting to ``DEFAULT_API_VERSION``. The provider's
+        ``conn`` reads every extra, the version included, through this method; the login tests check that the
+        default reaches the client."""
+        value = super()._get_field(extras, field_name)
+        if field_name == "version" and value is None:
+            return DEFAULT_API_VERSION
+        return value
+
+    @cached_property
+    def conn(self) -> Salesforce:
+        """The provider's client at the connection's API version (default ``DEFAULT_API_VERSION``), refused
+        before any call to the org when it would log in with SOAP at a version without ``login()``."""
+        connection = self.get_connection(self.conn_id)
+        extras = connection.extra_dejson
+        version = self._get_field(extras, "version")
+        # simple-salesforce chooses SOAP login() for username + password with a security token or an org id.
+        soap = connection.login and connection.password and (
+            self._get_field(extras, "security_token") or self._get_field(extras, "organization_id"))
+        if soap and _version_number(version) >= SOAP_LOGIN_UNAVAILABLE_FROM:
+            raise SoapLoginUnavailable(
+                f"Salesforce connection {self.conn_id!r} logs in with username, password and security token "
+                f"(SOAP login()) at API version {version}, but SOAP login() is unavailable from API 65.0. "
+                "Configure OAuth 2.0 instead: JWT bearer (login + consumer_key + private_key_file_path) or client "
+                "credentials (consumer_key + consumer_secret with a My Domain as domain); see README 'Running "
+                "against a real org'.")
+        return super().conn
 
     def _client(self, object_name: str):
         return getattr(self.conn.bulk2, object_name)._client
@@ -161,6 +207,13 @@ class SalesforceBulk2Hook(SalesforceHook):
         out += [RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
                 for row in _rows(client.get_ingest_results(job_id, "unprocessedrecords"))]
         return out
+
+
+def _version_number(version: str) -> float:
+    try:
+        return float(version)
+    except (TypeError, ValueError):
+        return 0.0  # not a version number: Salesforce itself refuses it
 
 
 def _rows(text: str) -> list[dict]:
