@@ -364,6 +364,8 @@ OBJECTS: dict[str, SObject] = {
     o.name.lower(): o for o in (ACCOUNT, CONTACT, LEAD, OPPORTUNITY, CASE, PRIVACY_HOLD_REASON, PRIVACY_HOLD)
 }
 BY_PREFIX: dict[str, SObject] = {o.key_prefix: o for o in OBJECTS.values()}
+# Key prefix -> object name for every type a lookup may name, modelled here or not (User, Group, Individual).
+REFERENCE_PREFIXES = {"005": "User", "00G": "Group", **HELD_TYPES, **{p: o.name for p, o in BY_PREFIX.items()}}
 
 # Fields the org derives from others when a record is written.
 DERIVED = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from psycopg import sql
 
 from sandbox import ids, rules
-from sandbox.objects import COMPUTED, DERIVED, OBJECTS, SYSTEM_FIELDS, Field, SObject
+from sandbox.objects import COMPUTED, DERIVED, OBJECTS, REFERENCE_PREFIXES, SYSTEM_FIELDS, Field, SObject
 
 SCHEMA = "org"
 UTC = dt.UTC
@@ -142,6 +142,11 @@ def coerce(obj: SObject, f: Field, value):
             text = str(value)
             if not ids.is_valid(text):
                 raise RecordError("MALFORMED_ID", f"{f.name}: id value of incorrect type: {text}", [f.name])
+            # A lookup takes only the types describe lists in referenceTo (PrivacyHold.ReferenceRecordId takes no
+            # Case); the StatusCode is FIELD_INTEGRITY_EXCEPTION, worded as real orgs word it.
+            if f.reference_to and REFERENCE_PREFIXES.get(text[:3]) not in f.reference_to:
+                raise RecordError("FIELD_INTEGRITY_EXCEPTION",
+                                  f"field integrity exception: {f.name} (id value of incorrect type): {text}", [f.name])
             return text if len(text) == 18 else ids.to18(text)
         if f.type == "boolean":
             if isinstance(value, bool):

@@ -149,7 +149,9 @@ def test_stale_leads_are_retained_then_masked(world, sf):
     assert row["status"] == "succeeded" and row["acted"] == len(expected)
 
 
-def test_closed_cases_are_retained_then_hard_deleted_except_held_ones(world, sf):
+def test_closed_cases_are_retained_then_hard_deleted_except_those_of_held_contacts(world, sf):
+    """A PrivacyHold cannot name a Case (ReferenceRecordId "Refers To Account, Contact, Individual, Lead, User",
+    Object Reference: PrivacyHold): the example keeps the cases of a held contact out with an anti-join."""
     sandbox = world
     # Seeded cases span three years: a logical date two years ahead makes the older half eligible.
     logical_date = LOGICAL_DATE + dt.timedelta(days=730)
@@ -157,10 +159,12 @@ def test_closed_cases_are_retained_then_hard_deleted_except_held_ones(world, sf)
     matching = org_rows(sandbox, """SELECT * FROM org."case" WHERE NOT isdeleted AND isclosed AND closeddate < %s
                                     ORDER BY id""", (cutoff,))
     assert len(matching) > 5
-    hold(sf, matching[-1]["id"])
-    held = {r["referencerecordid"] for r in org_rows(sandbox, ACTIVE_HOLDS)}
-    expected = {r["id"]: r for r in matching if r["id"] not in held}
-    held_matching = {r["id"] for r in matching if r["id"] in held}
+    hold(sf, next(r["contactid"] for r in reversed(matching) if r["contactid"]))
+    held = {r["referencerecordid"] for r in org_rows(
+        sandbox, "SELECT referencerecordid FROM org.privacyhold WHERE NOT isdeleted AND isactive")}
+    expected = {r["id"]: r for r in matching if r["contactid"] not in held}
+    held_matching = {r["id"] for r in matching if r["contactid"] in held}
+    assert held_matching
 
     run, states = _run(policy_dags().retention__closed_cases_hard_delete, logical_date)
     assert run.state == "success", states
@@ -177,17 +181,40 @@ def test_closed_cases_are_retained_then_hard_deleted_except_held_ones(world, sf)
                                       (list(expected) + list(held_matching),))}
     assert left == held_matching  # hard-deleted records are gone, not in the recycle bin; held ones stay
     (row,) = ledger(sandbox, "closed_cases_hard_delete", logical_date)
-    assert row["action"] == "hard_delete" and row["acted"] == len(expected) and row["held"] == len(held_matching)
+    assert row["action"] == "hard_delete" and row["acted"] == len(expected) and row["held"] == 0
 
 
-def test_accounts_are_read_through_the_bulk_api_then_deleted(world, sf):
+ACCOUNTS = """SELECT * FROM org.account a WHERE NOT isdeleted AND lastmodifieddate < %(cutoff)s
+               AND NOT EXISTS (SELECT 1 FROM org.case k WHERE k.accountid = a.id AND NOT k.isdeleted)
+               AND NOT EXISTS (SELECT 1 FROM org.opportunity o WHERE o.accountid = a.id AND o.iswon
+                               AND NOT o.isdeleted)"""
+HELD_IDS = "SELECT referencerecordid FROM org.privacyhold h WHERE NOT isdeleted AND isactive AND " \
+           "(enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"
+
+
+def test_accounts_are_read_through_the_bulk_api_then_deleted_with_their_children(world, sf):
+    """Deleting an account takes its contacts and opportunities with it ("Guidelines for Deleting Accounts",
+    Salesforce Help): the example retains them first, each in its own table, and holds an account whose contact
+    is held. Accounts with cases or Closed Won opportunities, which Salesforce refuses to delete, are left out."""
     sandbox = world
-    logical_date = LOGICAL_DATE + dt.timedelta(days=3 * 365)  # seeded accounts are mostly recent
+    logical_date = LOGICAL_DATE + dt.timedelta(days=4 * 365)  # seeded accounts are mostly recent
     cutoff = logical_date - dt.timedelta(days=1825)
-    matching = org_rows(sandbox, "SELECT * FROM org.account WHERE NOT isdeleted AND lastmodifieddate < %s",
-                        (cutoff,))
-    expected = {r["id"]: r for r in matching}
-    assert len(expected) > 3
+    candidates = org_rows(sandbox, ACCOUNTS + " ORDER BY id", {"cutoff": cutoff})
+    with_contacts = [a["id"] for a in candidates if org_rows(
+        sandbox, "SELECT 1 FROM org.contact WHERE accountid = %s AND NOT isdeleted", (a["id"],))]
+    assert len(with_contacts) >= 2, "the seed should give some deletable accounts with contacts"
+    held_child = org_rows(sandbox, "SELECT id FROM org.contact WHERE accountid = %s AND NOT isdeleted LIMIT 1",
+                          (with_contacts[0],))[0]["id"]
+    hold(sf, held_child)
+    expected = {r["id"]: r for r in org_rows(
+        sandbox, ACCOUNTS + f" AND a.id NOT IN ({HELD_IDS}) AND NOT EXISTS (SELECT 1 FROM org.contact c "
+        f"WHERE c.accountid = a.id AND NOT c.isdeleted AND c.id IN ({HELD_IDS}))", {"cutoff": cutoff})}
+    assert with_contacts[0] not in expected and with_contacts[1] in expected
+    contacts = {r["id"]: r for r in org_rows(sandbox, "SELECT * FROM org.contact WHERE accountid = ANY(%s) "
+                                                      "AND NOT isdeleted", (list(expected),))}
+    opportunities = {r["id"]: r for r in org_rows(sandbox, "SELECT * FROM org.opportunity WHERE accountid = ANY(%s) "
+                                                           "AND NOT isdeleted", (list(expected),))}
+    assert contacts and opportunities
 
     dag = policy_dags().retention__accounts_bulk_api
     assert "wait_for_connect_sync" not in dag.task_ids  # reads Salesforce, not the mirror
@@ -204,8 +231,29 @@ def test_accounts_are_read_through_the_bulk_api_then_deleted(world, sf):
     gone = org_rows(sandbox, "SELECT count(*) AS live FROM org.account WHERE id = ANY(%s) AND NOT isdeleted",
                     (list(expected),))
     assert gone[0]["live"] == 0
+    # The children were retained before their parents went, and went with them (into the recycle bin).
+    retained_contacts = cache_rows(sandbox, "account_contact")
+    assert set(retained_contacts) == set(contacts)
+    for sfid, org in contacts.items():
+        row = retained_contacts[sfid]
+        assert row["_parent_sfid"] == org["accountid"] and row["lastname"] == org["lastname"]
+        assert row["email"] == transforms.apply("email_domain", None, org["email"], key=b"k")
+        assert row["_action_status"] == "done" and row["_retention_run"].startswith("accounts_bulk_api__")
+    retained_opportunities = cache_rows(sandbox, "account_opportunity")
+    assert set(retained_opportunities) == set(opportunities)
+    assert all(retained_opportunities[i]["closedate"] == o["closedate"].year for i, o in opportunities.items())
+    children = list(contacts) + list(opportunities)
+    assert org_rows(sandbox, "SELECT count(*) AS live FROM org.contact WHERE id = ANY(%(c)s) AND NOT isdeleted "
+                    "UNION ALL SELECT count(*) FROM org.opportunity WHERE id = ANY(%(c)s) AND NOT isdeleted",
+                    {"c": children}) == [{"live": 0}, {"live": 0}]
+    # The account whose contact is held stays, with all its contacts.
+    assert org_rows(sandbox, "SELECT isdeleted FROM org.account WHERE id = %s", (with_contacts[0],)) == [
+        {"isdeleted": False}]
     (row,) = ledger(sandbox, "accounts_bulk_api", logical_date)
     assert row["source"] == "salesforce_api" and row["eligible"] == len(expected) == row["acted"]
+    assert with_contacts[0] in row["holds_applied"] and row["blocked"] == 0
+    assert row["cascade"]["Contact"]["done"] == len(contacts)
+    assert row["cascade"]["Opportunity"]["done"] == len(opportunities)
 
 
 def test_dry_run_changes_nothing_and_prints_a_preview(world, capsys):

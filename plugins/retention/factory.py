@@ -107,7 +107,9 @@ def build_dag(policy: Policy) -> DAG:
         steps: list[BaseOperator] = []
         if policy.source == "heroku_connect":
             # Holds are read from the mirror too: a hold placed in the org must be there before extract.
-            holds = ("PrivacyHold",) if policy.select.exclude_privacy_holds else ()
+            # Every other object the run reads from the mirror must be current too: privacy holds, the filter's
+            # sub-selects, cascade children.
+            holds = tuple(sorted(policy.related_fields()))
             steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object,
                                            also_wait_for=holds))
         steps += [
