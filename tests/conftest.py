@@ -76,6 +76,20 @@ class Sandbox:
         return psycopg.connect(self.env["RETENTION_STORE_URL"], autocommit=True)
 
     @contextlib.contextmanager
+    def org_settings(self, **changes):
+        """Change the org's licences, settings or the API user's permissions for the block (through the admin
+        endpoint, as `/__sandbox/org` takes them); the org is reset to its start afterwards."""
+        import requests
+
+        url = f"{self.instance_url}/__sandbox/org"
+        r = requests.post(url, json=changes, verify=self.ca, timeout=10)
+        assert r.status_code == 200, r.text
+        try:
+            yield
+        finally:
+            requests.post(url, json={"reset": True}, verify=self.ca, timeout=10).raise_for_status()
+
+    @contextlib.contextmanager
     def fault(self, kind: str, **options):
         """Switch a fault on for the block, through the admin endpoint the CLI uses."""
         import requests

@@ -21,7 +21,9 @@ ACTIVE_HOLDS = """SELECT referencerecordid FROM org.privacyhold WHERE NOT isdele
 def place_hold(sf, record_id: str, name: str = "Test hold", **fields) -> str:
     """Put ``record_id`` under a PrivacyHold (active unless ``IsActive`` says otherwise), as a privacy officer
     does: every hold names a PrivacyHoldReason (PrivacyHoldReasonId is required)."""
-    reason = sf.query("SELECT Id FROM PrivacyHoldReason ORDER BY Name LIMIT 1")["records"][0]["Id"]
+    found = sf.query("SELECT Id FROM PrivacyHoldReason ORDER BY Name LIMIT 1")["records"]
+    reason = found[0]["Id"] if found else sf.PrivacyHoldReason.create(
+        {"Name": "Litigation", "Detail": "Records under legal hold"})["id"]
     values = {"Name": name, "ReferenceRecordId": record_id, "PrivacyHoldReasonId": reason, "IsActive": True, **fields}
     return sf.PrivacyHold.create(values)["id"]
 
@@ -87,3 +89,15 @@ def lose_staged_rows(monkeypatch, count: int = 2) -> None:
         return real_subset(store, policy, run, key)
 
     monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)
+
+
+# accounts_bulk_api's selection: accounts past the cutoff without cases or Closed Won opportunities (Salesforce
+# refuses to delete those), and neither held themselves nor through a held contact (the delete would take it).
+UNREFUSED_ACCOUNTS = """SELECT * FROM org.account a WHERE NOT isdeleted AND lastmodifieddate < %(cutoff)s
+               AND NOT EXISTS (SELECT 1 FROM org.case k WHERE k.accountid = a.id AND NOT k.isdeleted)
+               AND NOT EXISTS (SELECT 1 FROM org.opportunity o WHERE o.accountid = a.id AND o.iswon
+                               AND NOT o.isdeleted)"""
+ELIGIBLE_ACCOUNTS = UNREFUSED_ACCOUNTS + f""" AND a.id NOT IN ({ACTIVE_HOLDS})
+               AND NOT EXISTS (SELECT 1 FROM org.contact c WHERE c.accountid = a.id AND NOT c.isdeleted
+                               AND c.id IN ({ACTIVE_HOLDS})) ORDER BY id"""
+

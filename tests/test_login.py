@@ -6,7 +6,6 @@ Each test names the Salesforce documentation page it holds the sandbox to."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from pathlib import Path
@@ -23,16 +22,8 @@ LOGIN_CALL = "https://developer.salesforce.com/docs/platform/api/guide/sforce-ap
 SOAP_EOL = "https://developer.salesforce.com/docs/platform/api/guide/api-eol-soap.html"
 
 
-@contextlib.contextmanager
 def org_settings(sandbox, **changes):
-    """Change org settings through the admin endpoint for the block; always restore the start."""
-    url = f"{sandbox.instance_url}/__sandbox/org"
-    r = requests.post(url, json=changes, verify=sandbox.ca, timeout=10)
-    assert r.status_code == 200, r.text
-    try:
-        yield
-    finally:
-        requests.post(url, json={"reset": True}, verify=sandbox.ca, timeout=10).raise_for_status()
+    return sandbox.org_settings(**changes)
 
 
 def token_domain(sandbox) -> str:

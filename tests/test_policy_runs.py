@@ -14,9 +14,11 @@ import pytest
 from retention import masking, transforms
 from tests.policy_support import (
     ACTIVE_HOLDS,
+    ELIGIBLE_ACCOUNTS,
     HASH_KEY,
     INACTIVE_CONTACTS,
     STALE_LEADS,
+    UNREFUSED_ACCOUNTS,
     cache_rows,
     lose_staged_rows,
     org_rows,
@@ -184,14 +186,6 @@ def test_closed_cases_are_retained_then_hard_deleted_except_those_of_held_contac
     assert row["action"] == "hard_delete" and row["acted"] == len(expected) and row["held"] == 0
 
 
-ACCOUNTS = """SELECT * FROM org.account a WHERE NOT isdeleted AND lastmodifieddate < %(cutoff)s
-               AND NOT EXISTS (SELECT 1 FROM org.case k WHERE k.accountid = a.id AND NOT k.isdeleted)
-               AND NOT EXISTS (SELECT 1 FROM org.opportunity o WHERE o.accountid = a.id AND o.iswon
-                               AND NOT o.isdeleted)"""
-HELD_IDS = "SELECT referencerecordid FROM org.privacyhold h WHERE NOT isdeleted AND isactive AND " \
-           "(enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"
-
-
 def test_accounts_are_read_through_the_bulk_api_then_deleted_with_their_children(world, sf):
     """Deleting an account takes its contacts and opportunities with it ("Guidelines for Deleting Accounts",
     Salesforce Help): the example retains them first, each in its own table, and holds an account whose contact
@@ -199,16 +193,14 @@ def test_accounts_are_read_through_the_bulk_api_then_deleted_with_their_children
     sandbox = world
     logical_date = LOGICAL_DATE + dt.timedelta(days=4 * 365)  # seeded accounts are mostly recent
     cutoff = logical_date - dt.timedelta(days=1825)
-    candidates = org_rows(sandbox, ACCOUNTS + " ORDER BY id", {"cutoff": cutoff})
+    candidates = org_rows(sandbox, UNREFUSED_ACCOUNTS + " ORDER BY id", {"cutoff": cutoff})
     with_contacts = [a["id"] for a in candidates if org_rows(
         sandbox, "SELECT 1 FROM org.contact WHERE accountid = %s AND NOT isdeleted", (a["id"],))]
     assert len(with_contacts) >= 2, "the seed should give some deletable accounts with contacts"
     held_child = org_rows(sandbox, "SELECT id FROM org.contact WHERE accountid = %s AND NOT isdeleted LIMIT 1",
                           (with_contacts[0],))[0]["id"]
     hold(sf, held_child)
-    expected = {r["id"]: r for r in org_rows(
-        sandbox, ACCOUNTS + f" AND a.id NOT IN ({HELD_IDS}) AND NOT EXISTS (SELECT 1 FROM org.contact c "
-        f"WHERE c.accountid = a.id AND NOT c.isdeleted AND c.id IN ({HELD_IDS}))", {"cutoff": cutoff})}
+    expected = {r["id"]: r for r in org_rows(sandbox, ELIGIBLE_ACCOUNTS, {"cutoff": cutoff})}
     assert with_contacts[0] not in expected and with_contacts[1] in expected
     contacts = {r["id"]: r for r in org_rows(sandbox, "SELECT * FROM org.contact WHERE accountid = ANY(%s) "
                                                       "AND NOT isdeleted", (list(expected),))}
