@@ -108,8 +108,12 @@ def build_dag(policy: Policy) -> DAG:
         if policy.source == "heroku_connect":
             # Holds are read from the mirror too: a hold placed in the org must be there before extract.
             holds = ("PrivacyHold",) if policy.select.exclude_privacy_holds else ()
+            # The mirror columns the run reads: a mapping without one fails the sensor, naming it.
+            required = {policy.object: sorted(policy.referenced_fields())}
+            if holds:
+                required["PrivacyHold"] = ["ReferenceRecordId", "IsActive", "EndDate"]
             steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object,
-                                           also_wait_for=holds))
+                                           also_wait_for=holds, required_fields=required))
         steps += [
             ExtractOperator(task_id="extract", pool=SALESFORCE_POOL, **common),
             SubsetOperator(task_id="subset", **common),
