@@ -64,7 +64,10 @@ class Settings:
     pg_port: int
     sf_port: int
     connect_port: int
-    # Seconds between Connect polls of each mapping (a new mapping's sf_polling_seconds).
+    # Seconds between Connect polls of each mapping (a new mapping's sf_polling_seconds). This deliberately
+    # undercuts real Connect (600 s by default, per mapping; 10 minutes at least on the demo plan:
+    # https://devcenter.heroku.com/articles/heroku-connect) so that the demo and the tests do not wait
+    # minutes; a test that needs Connect's real staleness sets a long interval with PUT /mappings/{id}.
     sync_interval: float
     username: str = "retention@sandbox.example"
     password: str = "sandbox-password"

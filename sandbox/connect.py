@@ -267,7 +267,9 @@ class ConnectSync:
     :param org_url: URL of the sandbox org database (schema ``org``).
     :param store_url: URL of the retention store database that holds the mirror.
     :param mappings: sObject API name -> the fields its mapping selects (Connect's required fields are added).
-    :param interval: a new mapping's polling interval (``sf_polling_seconds``), in seconds.
+    :param interval: a new mapping's polling interval (``sf_polling_seconds``), in seconds. Real Connect's
+        default is 600 and the demo plan's minimum 10 minutes; the sandbox passes seconds (SANDBOX_SYNC_INTERVAL)
+        on purpose, to keep demo and tests fast, and any positive interval is accepted.
     :param schema: the Connect schema in the store.
     :param org_id: the Salesforce org id written to ``_hcmeta``.
     """
@@ -625,7 +627,10 @@ class ConnectSync:
         return {"upserted": upserted, "deleted": deleted, "full": full}
 
     def _write_counts(self, store, obj: SObject) -> tuple[int, int]:
-        """Trigger-log writes to the table still waiting, and those that failed in the last 24 h."""
+        """Trigger-log writes to the table still waiting, and those that failed in the last 24 h.
+
+        What Connect counts as ``counts.pending`` is not documented (the plugin only types it); the sandbox
+        counts writes still waiting, so that a mapping never looks settled over unsent writes."""
         return store.execute(
             sql.SQL(
                 "SELECT (SELECT count(*) FROM {log} WHERE state IN ('NEW', 'PENDING') AND table_name = %s), "

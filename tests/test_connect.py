@@ -514,8 +514,9 @@ def test_hook_discovers_its_connection_after_registering_its_user(server, sync, 
 
 
 def test_hook_asks_for_resource_name_when_the_app_has_several_connections(airflow_connection, monkeypatch):
-    """An app may have several Connect add-ons; GET /connections?app=&resource_name= picks one
-    (heroku-connect-plugin: "Multiple connections found. Please use '--resource' ...")."""
+    """Discovery "returns all Connect add-ons ... that you have access to" (https://devcenter.heroku.com/articles/heroku-connect-api);
+    an app may have several, and GET /connections?app=&resource_name= picks one (heroku-connect-plugin:
+    "Multiple connections found. Please use '--resource' ...")."""
     from retention.hooks.heroku_connect import HerokuConnectError, HerokuConnectHook
 
     two = [{"id": "a", "resource_name": "herokuconnect-a", "region_url": "https://x"},

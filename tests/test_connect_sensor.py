@@ -106,6 +106,8 @@ def test_sensor_fails_at_once_naming_the_fields_the_mapping_does_not_sync(sandbo
 
 
 def test_sensor_times_out_with_a_clear_message(sandbox, airflow_db, sf, connect, capsys):
+    """A paused connection ("A user manually paused the connection":
+    https://devcenter.heroku.com/articles/connection-states-reference) times the sensor out, saying so."""
     from tests.dags import connect_sensor_dags
 
     connect.pause()
