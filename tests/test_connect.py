@@ -165,6 +165,11 @@ def test_the_mirror_has_only_the_mapped_fields_and_config_fields_says_which(pg, 
                                           "WHERE table_schema = 'salesforce' AND table_name = 'contact'")}
     assert cols == MAPPED_CONTACT_COLUMNS
     assert not {"description", "mobilephone", "mailingcountry", "accountid"} & cols
+    # CreatedDate and Name are "selected by default when creating a mapping but can be deselected":
+    # this module's Account mapping leaves CreatedDate out.
+    account_cols = {r[0] for r in store_query(pg, "SELECT column_name FROM information_schema.columns "
+                                                  "WHERE table_schema = 'salesforce' AND table_name = 'account'")}
+    assert "name" in account_cols and "createddate" not in account_cols
     fields = contact_mapping(base, http)["config"]["fields"]
     assert set(fields) == {*CONTACT_FIELDS, "Id", "SystemModstamp", "IsDeleted"}
     assert {f.lower() for f in fields} - {"id"} == cols - {"id", "sfid", "_hc_lastop", "_hc_err"}
@@ -222,6 +227,7 @@ def test_org_changes_reach_mirror_and_state_is_as_of_the_last_poll(pg, sync, api
     assert mirror_row(pg, soft) is None and mirror_row(pg, hard) is None
     final = contact_mapping(base, http)
     assert final["state"] == "DATA_SYNCED" and final["counts"]["pending"] == 0
+    assert final["state_description"] == "OK"  # the state's label in the reference
     assert final["counts"]["sf"] == final["counts"]["db"] == after["counts"]["sf"] - 2
     assert final["config"]["access"] == "read_only" and "LastName" in final["config"]["fields"]
     assert final["actively_writing"] is False and final["is_polling"] is True
