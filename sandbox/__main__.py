@@ -97,7 +97,8 @@ def cmd_up(s: Settings, args) -> int:
     where = f"embedded, {s.pg_dir}" if pg.embedded else "external"
     print(f"Postgres      {pg.base_url.rsplit('/', 1)[0]}  ({where})")
     print(f"Salesforce    {s.instance_url}  (user {s.username})")
-    print(f"Connect API   {s.connect_api_url}  (sync every {s.sync_interval:g}s)")
+    print(f"Connect API   {s.connect_api_url}  (discovery on {s.connect_url}; each mapping polls every "
+          f"{s.sync_interval:g}s)")
     print(f"CA bundle     {certs.ca}")
     print("Ready your shell with:  eval \"$(python -m sandbox env)\"")
     return 0
@@ -230,8 +231,10 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
     }
     store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
                   "password": parts.password or "", "schema": "retention_store"}
-    connect_conn = {"conn_type": "heroku_connect", "host": s.connect_api_url, "password": s.connect_token,
-                    "extra": {"connection_id": s.connection_id}}
+    # The discovery form, as in production: the hook finds the connection and its region's API root
+    # from the app's name (the sandbox's Connect server plays hc-central.heroku.com too).
+    connect_conn = {"conn_type": "heroku_connect", "password": s.connect_token,
+                    "extra": {"app_name": s.connect_app_name, "discovery_url": s.connect_url}}
     return {
         "SANDBOX_HOME": str(s.home),
         "SANDBOX_PG_PORT": str(s.pg_port),
@@ -248,8 +251,11 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "SALESFORCE_API_VERSION": API_VERSION,
         "SANDBOX_ORG_URL": pg.url("sandbox_org"),
         "RETENTION_STORE_URL": pg.url("retention_store"),
-        "HEROKU_CONNECT_API_URL": s.connect_api_url,
         "HEROKU_CONNECT_TOKEN": s.connect_token,
+        "HEROKU_CONNECT_APP_NAME": s.connect_app_name,
+        "HEROKU_CONNECT_DISCOVERY_URL": s.connect_url,
+        # What discovery finds (the region's API root and the connection id), for scripts and tests.
+        "HEROKU_CONNECT_API_URL": s.connect_api_url,
         "HEROKU_CONNECT_CONNECTION_ID": s.connection_id,
         # The sandbox's keyed-hash secret (airflow_settings.yaml reads RETENTION_HASH_KEY); a real
         # deployment keeps its own in a secrets backend.

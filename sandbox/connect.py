@@ -6,9 +6,14 @@ unchanged against a real Connect schema. Our own sessions run with ``xmlbinary =
 therefore Connect ops; any plain client write (default ``base64``) lands in ``_trigger_log``, which is
 how the product proves the mirror is read-only to it.
 
-Mappings are read-only and poll on ``SystemModstamp``; deletions come from ``org.deletions``. Rows are
-streamed with COPY (org -> temp table in the store -> one upsert), so a million-row load never sits in
-memory. Watermarks live in ``<schema>._sandbox_mappings`` so a restarted loop resumes where it stopped.
+Like Connect, each mapping selects its fields (only those become columns; Connect's required fields are
+always added), polls on ``SystemModstamp`` on its own interval (``sf_polling_seconds``), and reports its
+state and counts as of its last poll: ``DATA_SYNCED`` says "all rows have been synced since the last poll"
+(https://devcenter.heroku.com/articles/mapping-states-reference), nothing about the org since. Deletions
+come from ``org.deletions``. Rows are streamed with COPY (org -> temp table in the store -> one upsert),
+so a million-row load never sits in memory. Mapping configuration, watermarks and the add-on's access
+list live in the store (``<schema>._sandbox_mappings``, ``_hcmeta``), so a restarted loop resumes where
+it stopped.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import json
 import logging
 import re
 import threading
-import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -29,7 +33,7 @@ from psycopg.rows import dict_row
 from sandbox.objects import Field, SObject, get_object
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +41,23 @@ UTC = dt.UTC
 # Rows whose transaction committed after our read can carry a SystemModstamp below the watermark;
 # each poll re-reads from the previous read's horizon minus this margin (the upsert is idempotent).
 OVERLAP = dt.timedelta(seconds=2)
-# Above this many changes real Connect switches to the Bulk API and reports POLLING_SF_BULK.
-BULK_THRESHOLD = 10_000
 # Trigger-log columns Connect never reports as changes (they are its own bookkeeping).
 EXCLUDED_COLUMNS = ("_hc_lastop", "_hc_err")
 HCVER = 12
-# "This org row version was committed after the poll's snapshot": its xmin widened to a 64-bit xid
-# (epoch taken from the current snapshot) and checked against the snapshot the poll stored.
-_UNSEEN = (
-    "NOT pg_visible_in_snapshot(greatest(0, ((pg_snapshot_xmax(pg_current_snapshot())::text::bigint >> 32) << 32)"
-    " + xmin::text::bigint - CASE WHEN xmin::text::bigint > (pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-    " & 4294967295) THEN 4294967296 ELSE 0 END)::text::xid8, %(snapshot)s::pg_snapshot)"
-)
+# Fields every mapping has: "Some fields in the list are pre-selected and can't be removed from the mapping
+# as they're required for Heroku Connect to perform synchronization"
+# (https://devcenter.heroku.com/articles/managing-heroku-connect-mappings). That page does not name them;
+# Id (the sfid column), SystemModstamp (what Connect polls on: https://devcenter.heroku.com/articles/herokuconnect)
+# and IsDeleted are the ones besides the removable CreatedDate and Name in a mapping as the Connect API
+# returns it (heroku/heroku-connect-plugin's test fixture). A PUT that leaves them out gets them back.
+REQUIRED_FIELDS = ("Id", "SystemModstamp", "IsDeleted")
+# Columns of a mapped table that are not mapped fields.
+SYSTEM_COLUMNS = ("id", "sfid", "_hc_lastop", "_hc_err")
+# Mapping states in which the next poll (re)loads rows rather than reading changes; such a mapping is
+# polled at once, whatever its interval.
+LOADING_STATES = ("INITIAL", "RELOAD_TABLE", "RESYNC")
+# The longest the loop sleeps between checks of the mappings' schedules.
+MAX_IDLE = 1.0
 
 # Salesforce field type -> column type in a Connect mirror (strings keep their length).
 _MIRROR_TYPES = {
@@ -60,6 +69,7 @@ _MIRROR_TYPES = {
     "boolean": "boolean",
     "double": "double precision",
     "currency": "double precision",
+    "percent": "double precision",
     "int": "integer",
 }
 
@@ -68,14 +78,29 @@ class SyncError(RuntimeError):
     """One or more mappings failed in a poll; each failure is recorded in its mapping's state."""
 
 
+class MappingError(ValueError):
+    """A mapping configuration Connect would refuse (a field the object does not have)."""
+
+
 def mirror_type(f: Field) -> str:
     """The Postgres type Heroku Connect gives a field's column."""
     return _MIRROR_TYPES.get(f.type) or f"varchar({f.describe()['length'] or 255})"
 
 
-def mirrored_fields(obj: SObject) -> list[Field]:
-    """Every field but Id, which Connect stores as ``sfid``."""
-    return [f for f in obj.fields if f.name != "Id"]
+def mapping_fields(obj: SObject, names: Iterable[str]) -> list[Field]:
+    """A mapping's fields, in the object's order: ``names`` (any case) plus Connect's required fields."""
+    by_name = {f.name.lower(): f for f in obj.fields}
+    names = list(names)
+    unknown = [n for n in names if n.lower() not in by_name]
+    if unknown:
+        raise MappingError(f"{obj.name} has no field {', '.join(unknown)}")
+    wanted = {n.lower() for n in (*names, *REQUIRED_FIELDS)}
+    return [f for f in obj.fields if f.name.lower() in wanted]
+
+
+def mirrored_fields(fields: Iterable[Field]) -> list[Field]:
+    """The mapping's fields that are columns: all but Id, which Connect stores as ``sfid``."""
+    return [f for f in fields if f.name != "Id"]
 
 
 def _q(name: str) -> str:
@@ -112,7 +137,10 @@ def _schema_ddl(s: str, channel: str) -> list[str]:
                record text, processed boolean)""",
         f"CREATE INDEX IF NOT EXISTS idx__sf_event_log_comp_key ON {s}._sf_event_log (table_name, synced_at)",
         f"CREATE INDEX IF NOT EXISTS idx__sf_event_log_sfid ON {s}._sf_event_log (sfid)",
-        # Not part of Connect: the stand-in's own per-mapping watermarks and bookkeeping.
+        # Not part of Connect: the stand-in's own per-mapping configuration, watermarks and bookkeeping.
+        # ``fields``/``polling_seconds`` are the mapping as configured now (the settings, or a PUT since);
+        # ``configured_*`` what the sandbox settings said when last applied, so a changed setting wins
+        # over an earlier edit. Counts and ``polled_at`` are as of the last successful poll.
         f"""CREATE TABLE IF NOT EXISTS {s}._sandbox_mappings (
                object_name text PRIMARY KEY, table_name text NOT NULL,
                state text NOT NULL DEFAULT 'INITIAL',
@@ -122,7 +150,12 @@ def _schema_ddl(s: str, channel: str) -> list[str]:
                last_error text, last_error_at timestamptz,
                polls bigint NOT NULL DEFAULT 0, rows_upserted bigint NOT NULL DEFAULT 0,
                rows_deleted bigint NOT NULL DEFAULT 0, last_upserted bigint NOT NULL DEFAULT 0,
-               last_deleted bigint NOT NULL DEFAULT 0, db_count bigint, read_snapshot text)""",
+               last_deleted bigint NOT NULL DEFAULT 0, db_count bigint)""",
+        *(f"ALTER TABLE {s}._sandbox_mappings ADD COLUMN IF NOT EXISTS {col}" for col in (
+            "fields text[]", "configured_fields text[]", "polling_seconds double precision",
+            "configured_polling double precision", "revision integer NOT NULL DEFAULT 1", "applied_at timestamptz",
+            "polled_at timestamptz", "sf_count bigint", "counted_at timestamptz", "pending bigint",
+            "errors bigint")),
         f"""CREATE OR REPLACE FUNCTION {s}.get_xmlbinary() RETURNS varchar LANGUAGE plpgsql AS $$
                BEGIN RETURN current_setting('xmlbinary'); END $$""",
         f"""CREATE OR REPLACE FUNCTION {s}.tlog_notify_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -151,18 +184,15 @@ def _schema_ddl(s: str, channel: str) -> list[str]:
     ]
 
 
-def _mirror_ddl(s: str, obj: SObject) -> list[str]:
-    """One mapped table with Connect's system columns, indexes and triggers."""
+def _mirror_ddl(s: str, obj: SObject, fields: list[Field]) -> list[str]:
+    """One mapped table with Connect's system columns, indexes and triggers (columns of ``fields``)."""
     t = obj.table
     table = f"{s}.{_q(t)}"
-    fields = mirrored_fields(obj)
-    cols = ", ".join(f"{_q(f.column)} {mirror_type(f)}" for f in fields)
+    cols = ", ".join(f"{_q(f.column)} {mirror_type(f)}" for f in mirrored_fields(fields))
     excluded = ", ".join(f"'{c}'" for c in EXCLUDED_COLUMNS)
     return [
         f"""CREATE TABLE IF NOT EXISTS {table} (
                id serial PRIMARY KEY, sfid varchar(18), {cols}, _hc_lastop varchar(32), _hc_err text)""",
-        # Editing a mapping alters the table in place, as Connect does.
-        *(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {_q(f.column)} {mirror_type(f)}" for f in fields),
         f"CREATE UNIQUE INDEX IF NOT EXISTS {_q(f'hcu_idx_{t}_sfid')} ON {table} (sfid)",
         f"CREATE INDEX IF NOT EXISTS {_q(f'hc_idx_{t}_systemmodstamp')} ON {table} (systemmodstamp)",
         f"""CREATE OR REPLACE FUNCTION {s}.{_q(f'hc_{t}_status')}() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -237,8 +267,10 @@ class ConnectSync:
 
     :param org_url: URL of the sandbox org database (schema ``org``).
     :param store_url: URL of the retention store database that holds the mirror.
-    :param objects: sObject API names to map.
-    :param interval: seconds between polls in ``run``.
+    :param mappings: sObject API name -> the fields its mapping selects (Connect's required fields are added).
+    :param interval: a new mapping's polling interval (``sf_polling_seconds``), in seconds. Real Connect's
+        default is 600 and the demo plan's minimum 10 minutes; the sandbox passes seconds (SANDBOX_SYNC_INTERVAL)
+        on purpose, to keep demo and tests fast, and any positive interval is accepted.
     :param schema: the Connect schema in the store.
     :param org_id: the Salesforce org id written to ``_hcmeta``.
     """
@@ -248,30 +280,35 @@ class ConnectSync:
         org_url: str,
         store_url: str,
         *,
-        objects: tuple[str, ...],
+        mappings: Mapping[str, Iterable[str]],
         interval: float = 2.0,
         schema: str = "salesforce",
         org_id: str,
     ):
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
             raise ValueError(f"unsupported schema name {schema!r}")
-        resolved = []
-        for name in objects:
+        resolved, configured = [], {}
+        for name, fields in mappings.items():
             obj = get_object(name)
             if obj is None:
                 raise ValueError(f"no such sObject {name!r}")
             resolved.append(obj)
+            configured[obj.name] = tuple(f.name for f in mapping_fields(obj, fields))
+        if interval <= 0:
+            raise ValueError("the polling interval must be positive")
         self.org_url = org_url
         self.store_url = store_url
         self.objects: tuple[SObject, ...] = tuple(resolved)
+        self.configured: dict[str, tuple[str, ...]] = configured
         self.interval = interval
         self.schema = schema
         self.org_id = org_id
         self._s = _q(schema)
-        self._lock = threading.RLock()  # one poll or reload at a time in this process
-        self._wake = threading.Event()  # resume/reload ask the loop to poll now
+        self._lock = threading.RLock()  # one poll, reload or mapping edit at a time in this process
+        self._wake = threading.Event()  # resume/reload/edit ask the loop to look at the schedule now
         self._ready = False
         self._loading: set[str] = set()  # objects in a full load right now
+        self._altering: set[str] = set()  # objects whose table is being altered right now
         self._last_error: str | None = None
         self._forced: str | None = None
         self._forced_mappings: dict[str, str] = {}
@@ -305,23 +342,29 @@ class ConnectSync:
     def _meta(self, name: str) -> sql.Composable:
         return sql.Identifier(self.schema, name)
 
+    def _mapping_lock(self, conn, obj: SObject) -> None:
+        """Serialise polls and edits of one mapping across processes (held until the transaction ends)."""
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"connect-mapping:{self.schema}.{obj.table}",))
+
     # -- setup -------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Create the Connect schema, system tables, mapped tables and triggers (idempotent)."""
+        """Create the Connect schema, system tables, mapped tables and triggers (idempotent).
+
+        A mapping whose configured fields changed since the last setup has its table altered, as editing
+        a mapping does; new columns are loaded by the next poll (state RESYNC).
+        """
         with self._store() as conn:
             # Serialise concurrent setups: CREATE ... IF NOT EXISTS races on the catalog.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"connect-setup:{self.schema}",))
             for stmt in _schema_ddl(self._s, f"{self.schema}.hc_trigger_log"):
                 conn.execute(stmt)
             for obj in self.objects:
-                for stmt in _mirror_ddl(self._s, obj):
+                fields = self._configure(conn, obj)
+                for stmt in _mirror_ddl(self._s, obj, fields):
                     conn.execute(stmt)
-                conn.execute(
-                    sql.SQL("INSERT INTO {} (object_name, table_name) VALUES (%s, %s) ON CONFLICT DO NOTHING")
-                    .format(self._meta("_sandbox_mappings")),
-                    (obj.name, obj.table),
-                )
+                if self._alter_table(conn, obj, fields)[0]:
+                    self._set_state(conn, obj, "RESYNC", unless=("INITIAL", "RELOAD_TABLE"))
             conn.execute(
                 sql.SQL("INSERT INTO {m} (hcver, org_id, details) SELECT %s, %s, %s "
                         "WHERE NOT EXISTS (SELECT 1 FROM {m})").format(m=self._meta("_hcmeta")),
@@ -333,14 +376,122 @@ class ConnectSync:
         if not self._ready:
             self.setup()
 
+    def _configure(self, conn, obj: SObject) -> list[Field]:
+        """The mapping's fields: the settings' on first setup or when they changed since, else as last edited."""
+        desired = list(self.configured[obj.name])
+        mappings = self._meta("_sandbox_mappings")
+        row = conn.execute(
+            sql.SQL("SELECT fields, configured_fields, polling_seconds, configured_polling FROM {} "
+                    "WHERE object_name = %s FOR UPDATE").format(mappings), (obj.name,)
+        ).fetchone()
+        if row is None:
+            conn.execute(
+                sql.SQL("INSERT INTO {} (object_name, table_name, fields, configured_fields, polling_seconds, "
+                        "configured_polling, applied_at) VALUES (%s, %s, %s, %s, %s, %s, now())").format(mappings),
+                (obj.name, obj.table, desired, desired, self.interval, self.interval),
+            )
+            return mapping_fields(obj, desired)
+        fields, configured_fields, polling, configured_polling = row
+        if configured_fields != desired or configured_polling != self.interval:
+            if configured_fields != desired:
+                fields = desired
+            if configured_polling != self.interval:
+                polling = self.interval
+            conn.execute(
+                sql.SQL("UPDATE {} SET fields = %s, configured_fields = %s, polling_seconds = %s, "
+                        "configured_polling = %s, revision = revision + 1, applied_at = now() "
+                        "WHERE object_name = %s").format(mappings),
+                (fields, desired, polling, self.interval, obj.name),
+            )
+        return mapping_fields(obj, fields)
+
+    def _alter_table(self, conn, obj: SObject, fields: list[Field]) -> tuple[list[str], list[str]]:
+        """Make the table's columns the mapping's fields, with ALTER TABLE as Connect does; (added, dropped)."""
+        have = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (self.schema, obj.table)).fetchall()}
+        want = {f.column: f for f in mirrored_fields(fields)}
+        added = [c for c in want if c not in have]
+        # A field removed from the mapping loses its column. The docs say only that editing a mapping
+        # "modifies the existing database table using the ALTER TABLE SQL command"; dropping is the
+        # stricter reading: nothing may keep reading a column Connect no longer updates.
+        dropped = sorted(c for c in have if c not in want and c not in SYSTEM_COLUMNS)
+        table = self._table(obj)
+        for c in added:
+            conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                table, sql.Identifier(c), sql.SQL(mirror_type(want[c]))))
+        for c in dropped:
+            conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(table, sql.Identifier(c)))
+        if added or dropped:
+            log.info('event="SCHEMA CHANGED %s" object_type=mapping added=%s dropped=%s', obj.table,
+                     ",".join(added) or "-", ",".join(dropped) or "-")
+        return added, dropped
+
+    def _set_state(self, conn, obj: SObject, state: str, *, unless: tuple[str, ...] = ()) -> None:
+        conn.execute(
+            sql.SQL("UPDATE {} SET state = %s WHERE object_name = %s AND NOT state = ANY(%s)")
+            .format(self._meta("_sandbox_mappings")),
+            (state, obj.name, list(unless)),
+        )
+
+    # -- mapping configuration ---------------------------------------------------------------
+
+    def mapping_config(self, object_name: str) -> dict:
+        """The mapping as configured: ``fields`` (API names), ``polling_seconds``, ``revision``, ``applied_at``."""
+        obj = self.mapped(object_name)
+        self._ensure_setup()
+        with self._store() as conn:
+            row = conn.cursor(row_factory=dict_row).execute(
+                sql.SQL("SELECT fields, polling_seconds, revision, applied_at FROM {} WHERE object_name = %s")
+                .format(self._meta("_sandbox_mappings")), (obj.name,)).fetchone()
+        return {**row, "fields": [f.name for f in mapping_fields(obj, row["fields"])]}
+
+    def edit_mapping(self, object_name: str, *, fields: Iterable[str] | None = None,
+                     polling_seconds: float | None = None) -> dict:
+        """Edit a mapping as Connect's dashboard or API does, and return its new configuration.
+
+        New fields are added to the table with ALTER TABLE and the mapping goes to RESYNC until the next
+        poll has loaded their values; removed fields lose their columns. A new polling interval applies
+        from the last poll (a shorter one may make the mapping due at once). Raises MappingError for a
+        field the object does not have.
+        """
+        obj = self.mapped(object_name)
+        if polling_seconds is not None and not polling_seconds > 0:
+            raise MappingError("sf_polling_seconds must be a positive number of seconds")
+        new_fields = mapping_fields(obj, fields) if fields is not None else None
+        self._ensure_setup()
+        with self._lock, self._store() as conn:
+            self._mapping_lock(conn, obj)
+            mappings = self._meta("_sandbox_mappings")
+            current, polling = conn.execute(
+                sql.SQL("SELECT fields, polling_seconds FROM {} WHERE object_name = %s FOR UPDATE").format(mappings),
+                (obj.name,)).fetchone()
+            if new_fields is not None:
+                self._altering.add(obj.name)
+                try:
+                    added, _ = self._alter_table(conn, obj, new_fields)
+                finally:
+                    self._altering.discard(obj.name)
+                if added:
+                    self._set_state(conn, obj, "RESYNC", unless=("INITIAL", "RELOAD_TABLE"))
+                current = [f.name for f in new_fields]
+            conn.execute(
+                sql.SQL("UPDATE {} SET fields = %s, polling_seconds = %s, revision = revision + 1, "
+                        "applied_at = now() WHERE object_name = %s").format(mappings),
+                (current, polling_seconds if polling_seconds is not None else polling, obj.name),
+            )
+        self._wake.set()
+        return self.mapping_config(obj.name)
+
     # -- polling -----------------------------------------------------------------------------
 
-    def poll_once(self) -> dict[str, dict]:
-        """Apply every mapping's pending org changes to the mirror; nothing happens while paused.
+    def poll_once(self, object_names: Iterable[str] | None = None) -> dict[str, dict]:
+        """Poll every mapping (or those named) now, whatever their schedule; nothing happens while paused.
 
         Returns ``{object: {"upserted": n, "deleted": n, "full": bool}}``. A failing mapping does not
         stop the others; its error is recorded and ``SyncError`` is raised at the end.
         """
+        objs = [self.mapped(n) for n in object_names] if object_names is not None else list(self.objects)
         with self._lock:
             try:
                 self._ensure_setup()
@@ -350,7 +501,7 @@ class ConnectSync:
                 self._last_error = f"{type(exc).__name__}: {exc}"
                 raise
             results, failures = {}, []
-            for obj in self.objects:
+            for obj in objs:
                 try:
                     results[obj.name] = self._sync_mapping(obj)
                 except Exception as exc:
@@ -361,6 +512,26 @@ class ConnectSync:
             if failures:
                 raise SyncError("; ".join(failures))
             return results
+
+    def due(self) -> tuple[list[str], float]:
+        """The mappings whose poll is due now (their interval has passed since their last poll, or they
+        are loading), and the seconds until the next of the others is due."""
+        self._ensure_setup()
+        with self._store() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT object_name, state, extract(epoch FROM last_poll_at + polling_seconds "
+                        "* interval '1 second' - now()) FROM {}").format(self._meta("_sandbox_mappings"))
+            ).fetchall()
+        mapped = {o.name for o in self.objects}
+        due, waits = [], []
+        for name, state, remaining in rows:
+            if name not in mapped:
+                continue
+            if state in LOADING_STATES or remaining is None or remaining <= 0:
+                due.append(name)
+            else:
+                waits.append(float(remaining))
+        return due, min(waits, default=MAX_IDLE)
 
     def _record_error(self, obj: SObject, exc: Exception) -> None:
         try:
@@ -373,24 +544,28 @@ class ConnectSync:
         except psycopg.Error:
             log.warning("could not record the error of mapping %s", obj.name)
 
-    def _sync_mapping(self, obj: SObject, *, force_full: bool = False) -> dict:
-        """One mapping's poll in one store transaction: changed rows upserted, deleted rows removed."""
+    def _sync_mapping(self, obj: SObject) -> dict:
+        """One mapping's poll in one store transaction: changed rows upserted, deleted rows removed, and
+        the state and counts the API reports until the next poll."""
         mappings = self._meta("_sandbox_mappings")
         table = self._table(obj)
-        fields = mirrored_fields(obj)
         with self._store() as store, self._org() as org:
-            store.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"connect-mapping:{self.schema}.{obj.table}",))
-            state, watermark, del_watermark, read_at = store.execute(
-                sql.SQL("SELECT state, modstamp_watermark, deletion_watermark, read_at FROM {} "
-                        "WHERE object_name = %s FOR UPDATE").format(mappings),
+            self._mapping_lock(store, obj)
+            m = store.cursor(row_factory=dict_row).execute(
+                sql.SQL("SELECT state, fields, modstamp_watermark, deletion_watermark, read_at, sf_count "
+                        "FROM {} WHERE object_name = %s FOR UPDATE").format(mappings),
                 (obj.name,),
             ).fetchone()
-            full = force_full or state in ("INITIAL", "RELOAD_TABLE") or watermark is None
+            fields = mapping_fields(obj, m["fields"])
+            watermark, del_watermark, read_at = m["modstamp_watermark"], m["deletion_watermark"], m["read_at"]
+            full = m["state"] in ("INITIAL", "RELOAD_TABLE") or watermark is None
+            # New columns (RESYNC): every row is read again and rewritten, without emptying the table.
+            resync = m["state"] == "RESYNC" and not full
             # The read horizon: every record stamped before it is in this snapshot, except rows of
             # transactions still open now, so the horizon also stops at the oldest of those.
-            horizon, snapshot = org.execute(
+            horizon, polled_at = org.execute(
                 "SELECT least(now(), (SELECT min(xact_start) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                "AND datname = current_database() AND xact_start IS NOT NULL)), pg_current_snapshot()::text"
+                "AND datname = current_database() AND xact_start IS NOT NULL)), now()"
             ).fetchone()
             try:
                 if full:
@@ -398,9 +573,13 @@ class ConnectSync:
                     log.info('event="RELOAD TABLE %s" object_type=mapping state=RELOAD_TABLE', obj.table)
                     store.execute(sql.SQL("TRUNCATE {}").format(table))
                     since = None
+                elif resync:
+                    log.info('event="RESYNC %s" object_type=mapping state=RESYNC', obj.table)
+                    since = None
                 else:
                     since = min(watermark, read_at - OVERLAP) if read_at else watermark - OVERLAP
-                upserted, deleted, new_watermark = self._apply_changes(org, store, obj, fields, since)
+                upserted, deleted, new_watermark = self._apply_changes(org, store, obj, fields, since,
+                                                                       rewrite=resync)
                 if full:
                     # An empty object still counts as loaded: later rows are newer than this snapshot.
                     watermark = new_watermark or horizon
@@ -416,24 +595,30 @@ class ConnectSync:
                     )
                     deleted += removed
                     del_watermark = max(filter(None, (del_watermark, newest)), default=None)
-                changed = bool(upserted or deleted or full)
-                db_count = store.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0] \
-                    if changed else None
+                changed = bool(upserted or deleted or full or resync)
+                # Counts as of this poll (the org's on this poll's snapshot); unchanged rows keep them.
+                sf_count = db_count = None
+                if changed or m["sf_count"] is None:
+                    sf_count = org.execute(sql.SQL("SELECT count(*) FROM {} WHERE NOT isdeleted").format(
+                        sql.Identifier("org", obj.table))).fetchone()[0]
+                    db_count = store.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+                pending, errors = self._write_counts(store, obj)
                 store.execute(
                     sql.SQL(
                         """UPDATE {} SET state = 'DATA_SYNCED', modstamp_watermark = coalesce(%s, modstamp_watermark),
                                deletion_watermark = coalesce(%s, deletion_watermark), read_at = %s,
                                loaded_at = CASE WHEN %s THEN now() ELSE loaded_at END,
-                               last_poll_at = now(), last_synced_at = now(),
+                               last_poll_at = now(), last_synced_at = now(), polled_at = %s,
                                last_changed_at = CASE WHEN %s THEN now() ELSE last_changed_at END,
                                polls = polls + 1, rows_upserted = rows_upserted + %s,
                                rows_deleted = rows_deleted + %s, last_upserted = %s, last_deleted = %s,
-                               db_count = coalesce(%s, db_count), last_error = NULL, last_error_at = NULL,
-                               read_snapshot = %s
+                               db_count = coalesce(%s, db_count), sf_count = coalesce(%s, sf_count),
+                               counted_at = CASE WHEN %s::bigint IS NOT NULL THEN now() ELSE counted_at END,
+                               pending = %s, errors = %s, last_error = NULL, last_error_at = NULL
                            WHERE object_name = %s"""
                     ).format(mappings),
-                    (watermark, del_watermark, horizon, full, changed, upserted, deleted, upserted, deleted,
-                     db_count, snapshot, obj.name),
+                    (watermark, del_watermark, horizon, full, polled_at, changed, upserted, deleted, upserted,
+                     deleted, db_count, sf_count, sf_count, pending, errors, obj.name),
                 )
                 store.commit()
             finally:
@@ -442,11 +627,32 @@ class ConnectSync:
             log.info('event="RELOAD COMPLETE" object_type=mapping object=%s rows=%s', obj.table, upserted)
         return {"upserted": upserted, "deleted": deleted, "full": full}
 
-    def _apply_changes(self, org, store, obj: SObject, fields: list[Field], since: dt.datetime | None):
-        """Stream org rows changed after ``since`` into a temp table, then upsert/delete in one statement each."""
-        mirror_cols = [sql.Identifier(f.column) for f in fields]
+    def _write_counts(self, store, obj: SObject) -> tuple[int, int]:
+        """Trigger-log writes to the table still waiting, and those that failed in the last 24 h.
+
+        What Connect counts as ``counts.pending`` is not documented (the plugin only types it); the sandbox
+        counts writes still waiting, so that a mapping never looks settled over unsent writes."""
+        return store.execute(
+            sql.SQL(
+                "SELECT (SELECT count(*) FROM {log} WHERE state IN ('NEW', 'PENDING') AND table_name = %s), "
+                "(SELECT count(*) FROM {log} WHERE state = 'FAILED' AND table_name = %s "
+                "AND created_at > now() - interval '24 hours') + "
+                "(SELECT count(*) FROM {archive} WHERE state = 'FAILED' AND table_name = %s "
+                "AND created_at > now() - interval '24 hours')"
+            ).format(log=self._meta("_trigger_log"), archive=self._meta("_trigger_log_archive")),
+            (obj.table, obj.table, obj.table),
+        ).fetchone()
+
+    def _apply_changes(self, org, store, obj: SObject, fields: list[Field], since: dt.datetime | None, *,
+                       rewrite: bool = False):
+        """Stream org rows changed after ``since`` into a temp table, then upsert/delete in one statement each.
+
+        ``rewrite`` updates every row read, not only those whose SystemModstamp moved (new columns).
+        """
+        columns = mirrored_fields(fields)
+        mirror_cols = [sql.Identifier(f.column) for f in columns]
         selected = [sql.SQL("id")]
-        for f in fields:
+        for f in columns:
             col = sql.Identifier(f.column)
             if f.type == "datetime":
                 selected.append(sql.SQL("{} AT TIME ZONE 'UTC'").format(col))  # Connect stores UTC, no zone
@@ -468,12 +674,14 @@ class ConnectSync:
                 dst.write(block)
         newest = store.execute("SELECT max(systemmodstamp) AT TIME ZONE 'UTC' FROM _incoming").fetchone()[0]
         updates = sql.SQL(", ").join(sql.SQL("{c} = excluded.{c}").format(c=c) for c in mirror_cols)
+        only_changed = sql.SQL("") if rewrite else sql.SQL(
+            "WHERE {t}.systemmodstamp IS DISTINCT FROM excluded.systemmodstamp").format(t=self._table(obj))
         upserted = store.execute(
             sql.SQL(
                 """INSERT INTO {t} (sfid, {cols}) SELECT sfid, {cols} FROM _incoming WHERE NOT isdeleted
-                   ON CONFLICT (sfid) DO UPDATE SET {updates}
-                   WHERE {t}.systemmodstamp IS DISTINCT FROM excluded.systemmodstamp"""
-            ).format(t=self._table(obj), cols=sql.SQL(", ").join(mirror_cols), updates=updates)
+                   ON CONFLICT (sfid) DO UPDATE SET {updates} {only_changed}"""
+            ).format(t=self._table(obj), cols=sql.SQL(", ").join(mirror_cols), updates=updates,
+                     only_changed=only_changed)
         ).rowcount
         # Connect removes records deleted in Salesforce; it does not keep isdeleted = true rows.
         deleted = store.execute(
@@ -499,40 +707,47 @@ class ConnectSync:
         return removed, newest
 
     def run(self, stop_event: threading.Event) -> None:
-        """Poll every ``interval`` seconds until ``stop_event`` is set; a failed poll is logged, not fatal."""
-        log.info("Connect sync started for %s every %ss", ", ".join(o.name for o in self.objects), self.interval)
+        """Poll each mapping on its own interval until ``stop_event`` is set; a failed poll is logged, not fatal."""
+        log.info("Connect sync started for %s (polling every %ss unless a mapping says otherwise)",
+                 ", ".join(o.name for o in self.objects), self.interval)
         while not stop_event.is_set():
-            started = time.monotonic()
+            wait = MAX_IDLE
             try:
-                self.poll_once()
+                if not self.is_paused():
+                    due, wait = self.due()
+                    if due:
+                        self.poll_once(due)
+                        _, wait = self.due()
             except Exception:
-                log.exception("Connect poll failed; retrying in %ss", self.interval)
-            deadline = started + self.interval
-            while not stop_event.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                if self._wake.wait(min(remaining, 0.1)):
-                    self._wake.clear()
-                    break
+                log.exception("Connect poll failed; retrying in %ss", MAX_IDLE)
+                wait = MAX_IDLE
+            # Resume, reload and mapping edits wake the loop; otherwise it sleeps until the next poll is due.
+            if self._wake.wait(max(0.0, min(wait, MAX_IDLE))):
+                self._wake.clear()
         log.info("Connect sync stopped")
 
     # -- connection actions ------------------------------------------------------------------
 
-    def _details(self, conn) -> dict:
-        query = sql.SQL("SELECT details FROM {} ORDER BY id LIMIT 1").format(self._meta("_hcmeta"))
+    def _details(self, conn, *, for_update: bool = False) -> dict:
+        query = sql.SQL("SELECT details FROM {} ORDER BY id LIMIT 1{}").format(
+            self._meta("_hcmeta"), sql.SQL(" FOR UPDATE") if for_update else sql.SQL(""))
         row = conn.execute(query).fetchone()
         try:
             return json.loads(row[0]) if row and row[0] else {}
         except ValueError:
             return {}
 
-    def _set_paused(self, paused: bool) -> None:
+    def _update_details(self, change) -> dict:
+        """Read-modify-write ``_hcmeta.details`` under a row lock; ``change`` edits the dict in place."""
         self._ensure_setup()
         with self._store() as conn:
-            details = self._details(conn)
-            details["paused"] = paused
+            details = self._details(conn, for_update=True)
+            change(details)
             conn.execute(sql.SQL("UPDATE {} SET details = %s").format(self._meta("_hcmeta")), (json.dumps(details),))
+        return details
+
+    def _set_paused(self, paused: bool) -> None:
+        self._update_details(lambda d: d.__setitem__("paused", paused))
         log.info('event="%s" object_type=sync', "PAUSED" if paused else "RESUMED")
 
     def pause(self) -> None:
@@ -549,16 +764,26 @@ class ConnectSync:
         with self._store() as conn:
             return bool(self._details(conn).get("paused"))
 
+    def grant_access(self, app_id: str, user_id: str) -> None:
+        """Put a Heroku user on the add-on's access list (``POST /auth/<app>``); kept in ``_hcmeta``."""
+        def add(details: dict) -> None:
+            users = details.setdefault("access", {}).setdefault(app_id, [])
+            if user_id not in users:
+                users.append(user_id)
+
+        self._update_details(add)
+
+    def has_access(self, app_id: str, user_id: str) -> bool:
+        self._ensure_setup()
+        with self._store() as conn:
+            return user_id in self._details(conn).get("access", {}).get(app_id, [])
+
     def reload(self, object_name: str, *, wait: bool = False) -> None:
         """Truncate and reload one mapping on the next poll (or now, with ``wait``); state RELOAD_TABLE meanwhile."""
         obj = self.mapped(object_name)
         self._ensure_setup()
         with self._store() as conn:
-            conn.execute(
-                sql.SQL("UPDATE {} SET state = 'RELOAD_TABLE' WHERE object_name = %s").format(
-                    self._meta("_sandbox_mappings")),
-                (obj.name,),
-            )
+            self._set_state(conn, obj, "RELOAD_TABLE")
         self._wake.set()
         if wait:
             with self._lock:
@@ -601,89 +826,58 @@ class ConnectSync:
         return self._last_error
 
     def mapping_state(self, object_name: str) -> dict:
-        """One mapping's live state and counts (see ``mapping_states``)."""
+        """One mapping's state, counts and configuration (see ``mapping_states``)."""
         obj = self.mapped(object_name)
         return self.mapping_states((obj.name,))[obj.name]
 
     def mapping_states(self, object_names: tuple[str, ...] | None = None) -> dict[str, dict]:
-        """Live state per mapping, computed against the org now, so DATA_SYNCED is never stale.
+        """State and counts per mapping as of its last poll, as Connect reports them: DATA_SYNCED means
+        "All rows have been synced since the last poll" (https://devcenter.heroku.com/articles/mapping-states-reference)
+        and says nothing about org changes since; the counts are the last poll's (``db_count_date``,
+        ``salesforce_count_date``). Nothing here reads the org.
 
-        DATA_SYNCED means the org has no record change (SystemModstamp) or deletion newer than what
-        the mirror has applied; ``counts.pending`` is the number of such changes.
+        The sandbox does not report the POLLING_SF_* states a real mapping passes through during a
+        routine poll (its polls take milliseconds); it reports RELOAD_TABLE, RESYNC and SCHEMA_CHANGED.
         """
         self._ensure_setup()
         objs = [self.mapped(n) for n in object_names] if object_names else list(self.objects)
         out: dict[str, dict] = {}
-        with self._store() as store, self._org() as org:
-            for obj in objs:
-                m = store.cursor(row_factory=dict_row).execute(
-                    sql.SQL("SELECT * FROM {} WHERE object_name = %s").format(self._meta("_sandbox_mappings")),
-                    (obj.name,),
-                ).fetchone()
-                org_table = sql.Identifier("org", obj.table)
-                sf_count, changed = org.execute(
-                    sql.SQL("SELECT count(*) FILTER (WHERE NOT isdeleted), count(*) FROM {}").format(org_table)
-                ).fetchone()
-                sf_date = dt.datetime.now(UTC)
-                gone = 0
-                if m["read_snapshot"] is not None:
-                    changed, gone = self._unapplied(org, obj, m)
-                db_count = self._db_count(store, obj, m["db_count"])
-                db_date = dt.datetime.now(UTC)
-                errors = store.execute(
-                    sql.SQL(
-                        "SELECT (SELECT count(*) FROM {log} WHERE state = 'FAILED' AND table_name = %s "
-                        "AND created_at > now() - interval '24 hours') + "
-                        "(SELECT count(*) FROM {archive} WHERE state = 'FAILED' AND table_name = %s "
-                        "AND created_at > now() - interval '24 hours')"
-                    ).format(log=self._meta("_trigger_log"), archive=self._meta("_trigger_log_archive")),
-                    (obj.table, obj.table),
-                ).fetchone()[0]
-                pending = changed + gone
-                state = self._mapping_state_name(obj, m["state"], pending)
-                out[obj.name] = {
-                    "object_name": obj.name,
-                    "table_name": obj.table,
-                    "state": state,
-                    "state_description": _describe(state, pending, m["last_error"]),
-                    "counts": {"db": db_count, "sf": sf_count, "pending": pending, "errors": errors},
-                    "db_count_date": db_date,
-                    "salesforce_count_date": sf_date,
-                    "created_at": m["created_at"],
-                    "loaded_at": m["loaded_at"],
-                    "last_poll_at": m["last_poll_at"],
-                    "last_synced_at": m["last_synced_at"],
-                    "last_changed_at": m["last_changed_at"],
-                    "last_error": m["last_error"],
-                    "polls": m["polls"],
-                    "rows_upserted": m["rows_upserted"],
-                    "rows_deleted": m["rows_deleted"],
-                    "last_upserted": m["last_upserted"],
-                    "last_deleted": m["last_deleted"],
-                }
+        with self._store() as store:
+            rows = {r["object_name"]: r for r in store.cursor(row_factory=dict_row).execute(
+                sql.SQL("SELECT * FROM {} WHERE object_name = ANY(%s)").format(self._meta("_sandbox_mappings")),
+                ([o.name for o in objs],),
+            ).fetchall()}
+        for obj in objs:
+            m = rows[obj.name]
+            state = self._mapping_state_name(obj, m["state"])
+            counted = m["sf_count"] is not None
+            out[obj.name] = {
+                "object_name": obj.name,
+                "table_name": obj.table,
+                "state": state,
+                "state_description": _describe(state, m["last_error"]),
+                "counts": {"db": m["db_count"], "sf": m["sf_count"], "pending": m["pending"] or 0,
+                           "errors": m["errors"] or 0} if counted else None,
+                "db_count_date": m["counted_at"],
+                "salesforce_count_date": m["counted_at"],
+                "fields": [f.name for f in mapping_fields(obj, m["fields"])],
+                "polling_seconds": m["polling_seconds"],
+                "revision": m["revision"],
+                "applied_at": m["applied_at"],
+                "polled_at": m["polled_at"],
+                "created_at": m["created_at"],
+                "loaded_at": m["loaded_at"],
+                "last_poll_at": m["last_poll_at"],
+                "last_synced_at": m["last_synced_at"],
+                "last_changed_at": m["last_changed_at"],
+                "last_error": m["last_error"],
+                "polls": m["polls"],
+                "rows_upserted": m["rows_upserted"],
+                "rows_deleted": m["rows_deleted"],
+                "last_upserted": m["last_upserted"],
+                "last_deleted": m["last_deleted"],
+            }
         return out
-
-    def _unapplied(self, org, obj: SObject, m: dict) -> tuple[int, int]:
-        """Org changes and deletions the mirror lacks: those the next poll reads that the last one did not see.
-
-        Comparing row versions with the last poll's snapshot (not just SystemModstamp with the
-        watermark) also counts a record whose transaction committed after that poll with an older stamp.
-        """
-        since = min(m["modstamp_watermark"], m["read_at"] - OVERLAP)
-        since_deleted = min(m["deletion_watermark"], m["read_at"] - OVERLAP)
-        params = {"snapshot": m["read_snapshot"], "since": since, "since_deleted": since_deleted,
-                  "object": obj.name}
-        changed = org.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE systemmodstamp > %(since)s AND " + _UNSEEN)
-            .format(sql.Identifier("org", obj.table)),
-            params,
-        ).fetchone()[0]
-        gone = org.execute(
-            "SELECT count(*) FROM org.deletions WHERE object = %(object)s AND deleted_at > %(since_deleted)s AND "
-            + _UNSEEN,
-            params,
-        ).fetchone()[0]
-        return changed, gone
 
     def write_errors(self, object_name: str | None = None, *, within: dt.timedelta = dt.timedelta(hours=24)
                      ) -> list[dict]:
@@ -701,33 +895,29 @@ class ConnectSync:
         with self._store() as conn:
             return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
 
-    def _db_count(self, store, obj: SObject, recorded: int | None) -> int | None:
-        """Rows in the mirror; during a reload (table locked by TRUNCATE) the last recorded count."""
-        try:
-            with store.transaction():
-                store.execute("SET LOCAL lock_timeout = '200ms'")
-                return store.execute(sql.SQL("SELECT count(*) FROM {}").format(self._table(obj))).fetchone()[0]
-        except psycopg.errors.LockNotAvailable:
-            return recorded
-
-    def _mapping_state_name(self, obj: SObject, stored: str, pending: int) -> str:
+    def _mapping_state_name(self, obj: SObject, stored: str) -> str:
         if obj.name in self._forced_mappings:
             return self._forced_mappings[obj.name]
+        if obj.name in self._altering:
+            return "SCHEMA_CHANGED"
         if stored == "RELOAD_TABLE" or obj.name in self._loading:
             return "RELOAD_TABLE"
-        if stored == "INITIAL":
-            return "INITIAL"
-        if pending == 0:
-            return "DATA_SYNCED"
-        return "POLLING_SF_BULK" if pending > BULK_THRESHOLD else "POLLING_SF_CHANGES"
+        return stored
 
 
-def _describe(state: str, pending: int, error: str | None) -> str:
-    text = {
-        "DATA_SYNCED": "Data is synchronized",
-        "INITIAL": "Waiting for the initial load",
-        "RELOAD_TABLE": "Reloading the table from Salesforce",
-        "POLLING_SF_CHANGES": f"Polling Salesforce for changes ({pending} pending)",
-        "POLLING_SF_BULK": f"Polling Salesforce for changes with the Bulk API ({pending} pending)",
-    }.get(state, state.replace("_", " ").capitalize())
+# Each state's label in the Connect dashboard (https://devcenter.heroku.com/articles/mapping-states-reference).
+_STATE_LABELS = {
+    "DATA_SYNCED": "OK",
+    "INITIAL": "Creating",
+    "RESYNC": "Loading new columns",
+    "RELOAD_TABLE": "Reloading",
+    "SCHEMA_CHANGED": "Altering DB schema",
+    "POLLING_SF_CHANGES": "Polling SF",
+    "POLLING_SF_BULK": "Polling SF (bulk)",
+    "POLLING_SF_FOR_DELETES": "Polling SF (deletes)",
+}
+
+
+def _describe(state: str, error: str | None) -> str:
+    text = _STATE_LABELS.get(state, state.replace("_", " ").capitalize())
     return f"{text}; last poll failed: {error}" if error else text

@@ -25,16 +25,33 @@ from sandbox.config import REPO, Settings
 from sandbox.objects import OBJECTS
 
 
-def _wait_synced(env: dict[str, str], timeout: float) -> dict[str, dict]:
-    """Poll the Connect API until every mapping is DATA_SYNCED; returns the mappings."""
+def _register(env: dict[str, str]) -> None:
+    """Put the token's Heroku user on the Connect add-on's access list, once, as a data team does:
+    ``python -m retention connect-register`` (no user is on it by default)."""
+    path = os.pathsep.join(filter(None, (str(REPO / "plugins"), os.environ.get("PYTHONPATH"))))
+    done = subprocess.run([sys.executable, "-m", "retention", "connect-register"], capture_output=True, text=True,
+                          env={**os.environ, **env, **airflow_env(env), "PYTHONPATH": path})
+    if done.returncode != 0:
+        raise SystemExit(f"python -m retention connect-register failed:\n{done.stdout}{done.stderr}")
+    print(done.stdout.strip())
+
+
+def _wait_synced(env: dict[str, str], since: dt.datetime, timeout: float) -> dict[str, dict]:
+    """Poll the Connect API until every mapping is DATA_SYNCED as of a poll made after ``since``: a mapping's
+    state is its last poll's, so only a later poll says the seeded records are in. Returns the mappings."""
     url = f"{env['HEROKU_CONNECT_API_URL']}/connections/{env['HEROKU_CONNECT_CONNECTION_ID']}"
     headers = {"Authorization": f"Bearer {env['HEROKU_CONNECT_TOKEN']}"}
     deadline = time.monotonic() + timeout
+
+    def polled_since(m: dict) -> bool:
+        last = (m.get("times") or {}).get("sf_poll")
+        return bool(last) and dt.datetime.fromisoformat(last) > since
+
     while True:
         body = requests.get(url, params={"deep": "true"}, headers=headers, verify=env["REQUESTS_CA_BUNDLE"],
                             timeout=30).json()
         mappings = {m["object_name"]: m for m in body["mappings"]}
-        if all(m["state"] == "DATA_SYNCED" for m in mappings.values()):
+        if all(m["state"] == "DATA_SYNCED" and polled_since(m) for m in mappings.values()):
             return mappings
         if time.monotonic() > deadline:
             raise SystemExit(f"Connect mirror not synced after {timeout:.0f}s: "
@@ -166,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         _reset_store(env["RETENTION_STORE_URL"])
         print(f"\nSeeding the org ({args.contacts} contacts and related records)...")
         cli.cmd_seed(settings, SimpleNamespace(reset=True, contacts=args.contacts, seed=42))
+        seeded_at = dt.datetime.now(dt.UTC)
+        _register(env)
         print("Waiting for Heroku Connect to mirror the org...")
-        mappings = _wait_synced(env, timeout=300)
+        mappings = _wait_synced(env, seeded_at, timeout=300)
 
         from simple_salesforce import Salesforce
 
@@ -180,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'object':<20}{'org (SOQL)':>12}{'mirror (SQL)':>14}  Connect mapping state")
         for obj in OBJECTS.values():
             in_org = sf.query(f"SELECT COUNT() FROM {obj.name}")["totalSize"]
-            print(f"{obj.name:<20}{in_org:>12}{mirror.get(obj.name, 0):>14}  {mappings[obj.name]['state']}")
+            state = mappings[obj.name]["state"] if obj.name in mappings else "not mapped"
+            print(f"{obj.name:<20}{in_org:>12}{mirror.get(obj.name, 0):>14}  {state}")
         bulk = sf.bulk2.Contact.query("SELECT Id FROM Contact", wait=1)
         fetched = sum(max(page.count("\n") - 1, 0) for page in bulk)
         print(f"\nBulk API 2.0 query of all contacts returned {fetched} rows.")

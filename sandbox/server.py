@@ -57,12 +57,15 @@ def serve(settings: Settings, org_url: str, store_url: str) -> None:
     sf_app = create_app(svc, extra_routes=bulk2.routes() + bulk1.routes())
 
     sync = connect.ConnectSync(
-        org_url, store_url, objects=settings.connect_objects, interval=settings.sync_interval,
+        org_url, store_url, mappings=settings.connect_mappings, interval=settings.sync_interval,
         org_id=settings.org_id,
     )
     sync.setup()
+    # One server plays Heroku Connect's discovery service and the connection's region: its base URL is
+    # both the discovery URL and the connection's region_url.
     connect_app = connect_api.create_app(
-        sync, token=settings.connect_token, connection_id=settings.connection_id, org_id=settings.org_id
+        sync, tokens={settings.connect_token: settings.connect_user_email}, connection_id=settings.connection_id,
+        app_name=settings.connect_app_name, resource_name=settings.connect_resource_name, org_id=settings.org_id,
     )
 
     stop = threading.Event()
@@ -80,7 +83,7 @@ def serve(settings: Settings, org_url: str, store_url: str) -> None:
     signal.signal(signal.SIGINT, shutdown)
     for t in threads:
         t.start()
-    log.info("org on %s, Connect API on %s", settings.instance_url, settings.connect_api_url)
+    log.info("org on %s, Connect discovery and API on %s", settings.instance_url, settings.connect_url)
     while not stop.wait(0.5):
         if not all(t.is_alive() for t in threads):
             log.error("a sandbox thread died; stopping")

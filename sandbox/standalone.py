@@ -2,7 +2,8 @@
 the sandbox, with every retention policy visible as a DAG.
 
 Starts the sandbox if it is not running, points Airflow at its Postgres (metadata in the ``airflow``
-database), applies airflow_settings.yaml (connections, the ``salesforce_api`` pool), and runs
+database), applies airflow_settings.yaml (connections, the ``salesforce_api`` pool), puts the Heroku
+Connect token's user on the add-on's access list (``python -m retention connect-register``), and runs
 ``airflow standalone`` in the foreground until Ctrl-C. The admin password is printed by Airflow and
 kept in ``.airflow/simple_auth_manager_passwords.json.generated``.
 """
@@ -34,7 +35,9 @@ def main() -> int:
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
     airflow = str(Path(bin_dir) / "airflow")
     apply_settings = [sys.executable, "-m", "retention.settings_loader", "airflow_settings.yaml"]
-    for step in ([airflow, "db", "migrate"], apply_settings):
+    # The Connect token's user joins the add-on's access list once, as a data team does (idempotent).
+    register = [sys.executable, "-m", "retention", "connect-register"]
+    for step in ([airflow, "db", "migrate"], apply_settings, register):
         done = subprocess.run(step, env=env)
         if done.returncode != 0:
             return done.returncode

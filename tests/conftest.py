@@ -50,6 +50,15 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 180) -> subpr
     )
 
 
+def run_retention_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m retention ...`` as a user runs it, on this checkout's ``plugins/``."""
+    path = os.pathsep.join(filter(None, (str(REPO / "plugins"), env.get("PYTHONPATH"))))
+    return subprocess.run(
+        [sys.executable, "-m", "retention", *args], cwd=REPO, env={**env, "PYTHONPATH": path}, capture_output=True,
+        text=True, timeout=timeout,
+    )
+
+
 @dataclass
 class Sandbox:
     env: dict[str, str]
@@ -110,11 +119,13 @@ def shared_tmp(prefix: str) -> Path:
 
 
 class ConnectApi:
-    """The sandbox's Heroku Connect API v3, as a test drives it (over HTTPS, with the token)."""
+    """The sandbox's Heroku Connect API v3, as a test drives it (over HTTPS, with the token), and its
+    discovery service (``discovery``: the same server, as hc-central.heroku.com)."""
 
     def __init__(self, sandbox: Sandbox):
         env = sandbox.env
         self.base = env["HEROKU_CONNECT_API_URL"]
+        self.discovery = env["HEROKU_CONNECT_DISCOVERY_URL"]
         self.cid = env["HEROKU_CONNECT_CONNECTION_ID"]
         self.headers = {"Authorization": f"Bearer {env['HEROKU_CONNECT_TOKEN']}"}
         self.ca = sandbox.ca
@@ -134,10 +145,33 @@ class ConnectApi:
         assert r.status_code in (200, 202), r.text
         return r
 
+    def put(self, path: str, body: dict):
+        import requests
+
+        r = requests.put(f"{self.base}{path}", json=body, headers=self.headers, verify=self.ca, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
     def mapping(self, object_name: str) -> dict:
         conn = self.get(f"/connections/{self.cid}", deep="true")
         (found,) = [m for m in conn["mappings"] if m["object_name"] == object_name]
         return found
+
+    def edit_mapping(self, object_name: str, **config) -> dict:
+        """``PUT /mappings/{id}`` with ``{"config": config}`` (fields as a list of names here)."""
+        if "fields" in config:
+            config["fields"] = {name: {} for name in config["fields"]}
+        return self.put(f"/mappings/{self.mapping(object_name)['id']}", {"config": config})
+
+    @contextlib.contextmanager
+    def polling_every(self, object_name: str, seconds: float):
+        """Set the mapping's sf_polling_seconds for the block (Connect's default is 600), then restore it."""
+        before = self.mapping(object_name)["config"]["sf_polling_seconds"]
+        self.edit_mapping(object_name, sf_polling_seconds=seconds)
+        try:
+            yield
+        finally:
+            self.edit_mapping(object_name, sf_polling_seconds=before)
 
     def pause(self):
         self.post(f"/connections/{self.cid}/actions/pause")
@@ -147,7 +181,7 @@ class ConnectApi:
 
     def force(self, state: str | None):
         """Make the API report a connection state (None: the real one again)."""
-        self.post(self.base.removesuffix("/api/v3") + "/__sandbox/state", **({"state": state} if state else {}))
+        self.post(self.discovery + "/__sandbox/state", **({"state": state} if state else {}))
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +203,11 @@ def sandbox() -> Sandbox:
     for line in exported.stdout.splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = shlex.split(value)[0] if value else ""
+    # No Heroku user is on a Connect add-on's access list until added once, as a data team does.
+    registered = run_retention_cli(["connect-register"], env)
+    if registered.returncode != 0:
+        run_cli(["down"], env)
+        pytest.fail(f"python -m retention connect-register failed:\n{registered.stdout}\n{registered.stderr}")
     saved = dict(os.environ)
     # Processes and libraries under test (requests, Airflow's env-var connections) read these.
     os.environ.update({k: v for k, v in env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA_BUNDLE"))})

@@ -120,9 +120,10 @@ def test_repo_settings_apply_to_airflow_db(airflow_db, sandbox, sandbox_env):
 
     connect = db_connection("heroku_connect_default")
     assert connect["conn_type"] == "heroku_connect"
-    assert (connect["host"], connect["password"]) == (
-        sandbox.env["HEROKU_CONNECT_API_URL"], sandbox.env["HEROKU_CONNECT_TOKEN"])
-    assert connect["extra"] == {"connection_id": sandbox.env["HEROKU_CONNECT_CONNECTION_ID"]}
+    # The discovery form: the hook finds the connection and its API root from the app.
+    assert (connect["host"], connect["password"]) == (None, sandbox.env["HEROKU_CONNECT_TOKEN"])
+    assert connect["extra"] == {"app_name": sandbox.env["HEROKU_CONNECT_APP_NAME"], "resource_name": "",
+                                "discovery_url": sandbox.env["HEROKU_CONNECT_DISCOVERY_URL"]}
 
     hash_key = db_connection("retention_hash_key")
     assert (hash_key["conn_type"], hash_key["password"]) == ("generic", sandbox_env["RETENTION_HASH_KEY"])

@@ -1,8 +1,12 @@
-"""Command line: ``python -m retention evidence verify [--head HASH]`` and
-``python -m retention evidence export --policy ID --since DATE [--out DIR]``.
+"""Command line: ``python -m retention evidence verify [--head HASH]``,
+``python -m retention evidence export --policy ID --since DATE [--out DIR]`` and
+``python -m retention connect-register [--conn-id heroku_connect_default]``.
 
 The store is found from ``--store-url``, else ``RETENTION_STORE_URL``, else the Airflow connection
 ``retention_store`` given as ``AIRFLOW_CONN_RETENTION_STORE`` (what ``python -m sandbox env`` exports).
+``connect-register`` adds the Heroku user of the Airflow connection's token to the access list of the
+app's Heroku Connect add-on, once per user (no user is on it by default); it reads the connection as
+Airflow does (``AIRFLOW_CONN_*`` or the metadata database).
 """
 
 from __future__ import annotations
@@ -32,8 +36,26 @@ def store_url(explicit: str | None) -> str:
     raise SystemExit("no store: pass --store-url, or set RETENTION_STORE_URL or AIRFLOW_CONN_RETENTION_STORE")
 
 
+def connect_register(conn_id: str) -> int:
+    """POST /auth/<app> on Connect's discovery service with the connection's token; then show what it finds."""
+    from retention.hooks.heroku_connect import HerokuConnectError, HerokuConnectHook
+
+    hook = HerokuConnectHook(conn_id)
+    try:
+        answer = hook.register()
+        found = hook.discover()
+    except HerokuConnectError as err:
+        print(err, file=sys.stderr)
+        return 1
+    who = (answer.get("user") or {}).get("email") or "the token's user"
+    where = ", ".join(f"{c.get('resource_name')} ({c.get('region_url')})" for c in found) or "none"
+    print(f"{who} is on the access list of the Heroku Connect add-on of {hook.app_name}; connections: {where}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retention", description="Retention evidence for auditors.")
+    parser = argparse.ArgumentParser(prog="python -m retention",
+                                     description="Retention evidence for auditors; Heroku Connect access.")
     parser.add_argument("--store-url", help="Postgres URL of the retention store")
     sub = parser.add_subparsers(dest="command", required=True)
     evidence = sub.add_parser("evidence", help="verify or export the run ledger")
@@ -44,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     exp.add_argument("--policy", required=True)
     exp.add_argument("--since", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
     exp.add_argument("--out", type=Path, default=Path("."))
+    reg = sub.add_parser("connect-register", help="add the Heroku Connect token's user to the add-on's access list "
+                                                  "(once per user)")
+    reg.add_argument("--conn-id", default="heroku_connect_default", help="the Airflow connection of Heroku Connect")
     args = parser.parse_args(argv)
+    if args.command == "connect-register":
+        return connect_register(args.conn_id)
 
     import psycopg
 

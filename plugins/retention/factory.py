@@ -106,12 +106,14 @@ def build_dag(policy: Policy) -> DAG:
         common = {"policy": policy}
         steps: list[BaseOperator] = []
         if policy.source == "heroku_connect":
-            # Holds are read from the mirror too: a hold placed in the org must be there before extract.
-            # Every other object the run reads from the mirror must be current too: privacy holds, the filter's
-            # sub-selects, cascade children.
+            # Every other object the run reads from the mirror must be current too (privacy holds, the filter's
+            # sub-selects, cascade children), and every column it reads mapped: a mapping without one fails the
+            # sensor, naming it.
             holds = tuple(sorted(policy.related_fields()))
+            required = {policy.object: sorted(policy.referenced_fields()),
+                        **{name: sorted(fields) for name, fields in policy.related_fields().items()}}
             steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object,
-                                           also_wait_for=holds))
+                                           also_wait_for=holds, required_fields=required))
         steps += [
             ExtractOperator(task_id="extract", pool=SALESFORCE_POOL, **common),
             SubsetOperator(task_id="subset", **common),

@@ -42,15 +42,30 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "Heroku Connect",
                 "connection-type": "heroku_connect",
                 "conn-fields": {
+                    "app_name": {
+                        "label": "Heroku app",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "resource_name": {
+                        "label": "Connect add-on (when the app has several)",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "discovery_url": {
+                        "label": "Discovery URL (default https://hc-central.heroku.com)",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "connection_id": {
                         "label": "Connect connection ID",
                         "schema": {"type": ["string", "null"]},
-                    }
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"host": "API URL", "password": "Heroku API token"},
-                    "placeholders": {"host": "https://connect-virginia.heroku.com/api/v3"},
+                    "placeholders": {
+                        "host": "empty: found by discovery from the app (or a region API root, with connection_id)",
+                        "password": "heroku authorizations:create",
+                    },
                 },
             }
         ],

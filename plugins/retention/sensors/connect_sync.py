@@ -1,8 +1,11 @@
-"""Wait until Heroku Connect has mirrored every change of an object into the store.
+"""Wait until the Heroku Connect mirror of an object can be read: mapped, synced and proven current.
 
-Retention selects eligible records from the mirror, so a run must never start on a stale one: the
-sensor passes only when the connection is healthy, the object's mapping is ``DATA_SYNCED`` with
-nothing pending, and no write to that table is waiting in Connect's ``_trigger_log``.
+Retention selects eligible records from the mirror, so a run must never start on a stale one. The
+sensor passes only when ``retention.mirror_freshness.check_mirror`` says so for every object the run
+reads: the connection healthy, the mapping ``DATA_SYNCED`` with nothing pending, no write to the table
+waiting in Connect's ``_trigger_log``, and the mirror as new as the org (its newest ``SystemModstamp``,
+and the org's recent deletions gone). A mapping that does not sync a field the run reads fails the task
+at once, naming the fields.
 """
 
 from __future__ import annotations
@@ -13,47 +16,25 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowFailException, BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from retention.hooks.heroku_connect import HerokuConnectHook
+from retention.hooks.heroku_connect import HerokuConnectError, HerokuConnectHook
+from retention.hooks.store import MIRROR_SCHEMA
+from retention.mirror_freshness import check_mirror
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-# Trigger-log states that mean a write to the mirrored table has not reached Salesforce (or failed):
-# the mirror and the org disagree until Connect has processed them.
-UNSETTLED_WRITE_STATES = ("NEW", "PENDING", "FAILED", "REQUEUE")
-
-
-def unsettled_writes(store_conn_id: str, schema: str, table: str) -> int:
-    """Rows of ``<schema>._trigger_log`` for ``table`` that Connect has not settled."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-    from psycopg import sql
-
-    query = sql.SQL("SELECT count(*) FROM {} WHERE table_name = %s AND state = ANY(%s)").format(
-        sql.Identifier(schema, "_trigger_log")
-    )
-    with PostgresHook(postgres_conn_id=store_conn_id).get_conn() as conn, conn.cursor() as cur:
-        cur.execute(query.as_string(conn), (table, list(UNSETTLED_WRITE_STATES)))
-        return cur.fetchone()[0]
-
-
-def check_sync(heroku_connect_conn_id: str, store_conn_id: str, schema: str, object_name: str) -> tuple[bool, str]:
-    """(synced, explanation); raises AirflowFailException for states that waiting cannot fix."""
-    status = HerokuConnectHook(heroku_connect_conn_id).sync_status(object_name)
-    if status.error:
-        raise AirflowFailException(f"{status.error}; not reading a mirror Connect cannot keep current. "
-                                   f"({status.describe()})")
-    writes = unsettled_writes(store_conn_id, schema, object_name.lower())
-    explanation = f"{status.describe()}, unsettled writes in {schema}._trigger_log: {writes}"
-    return status.synced and writes == 0, explanation
 
 
 class ConnectSyncSensor(BaseSensorOperator):
     """Passes once the Connect mirror of ``object_name`` (and of ``also_wait_for``) is current.
 
-    :param object_name: the Salesforce object whose mapping must be synced.
+    :param object_name: the Salesforce object whose mirror the run reads.
     :param also_wait_for: further objects whose mirror the run reads (e.g. PrivacyHold for hold checks).
+    :param required_fields: object -> the Salesforce fields the run reads from its mirror; a mapping
+        that does not sync one of them fails the task at once.
     :param heroku_connect_conn_id: Airflow connection of the Heroku Connect API.
     :param store_conn_id: Airflow connection of the store (where the mirror schema lives).
+    :param salesforce_conn_id: Airflow connection of the org, asked for its newest SystemModstamp and its
+        recent deletions.
     :param mirror_schema: Connect's schema in the store.
     :param deferrable: wait in the triggerer instead of holding or rescheduling a worker slot.
     """
@@ -66,9 +47,11 @@ class ConnectSyncSensor(BaseSensorOperator):
         *,
         object_name: str,
         also_wait_for: tuple[str, ...] = (),
+        required_fields: dict[str, list[str]] | None = None,
         heroku_connect_conn_id: str = HerokuConnectHook.default_conn_name,
         store_conn_id: str = "retention_store",
-        mirror_schema: str = "salesforce",
+        salesforce_conn_id: str = "salesforce_default",
+        mirror_schema: str = MIRROR_SCHEMA,
         deferrable: bool = False,
         poke_interval: float = 30,
         timeout: float = 60 * 60,
@@ -78,17 +61,34 @@ class ConnectSyncSensor(BaseSensorOperator):
         super().__init__(poke_interval=poke_interval, timeout=timeout, mode=mode, **kwargs)
         self.object_name = object_name
         self.also_wait_for = tuple(also_wait_for)
+        self.required_fields = {name: list(fields) for name, fields in (required_fields or {}).items()}
         self.heroku_connect_conn_id = heroku_connect_conn_id
         self.store_conn_id = store_conn_id
+        self.salesforce_conn_id = salesforce_conn_id
         self.mirror_schema = mirror_schema
         self.deferrable = deferrable
         self._last = "no check made yet"
 
+    @property
+    def object_names(self) -> list[str]:
+        return [self.object_name, *self.also_wait_for]
+
+    def check(self, object_name: str) -> tuple[bool, str]:
+        """One object's check (``check_mirror``), as the trigger runs it too."""
+        return check_mirror(
+            object_name, required_fields=self.required_fields.get(object_name, ()),
+            heroku_connect_conn_id=self.heroku_connect_conn_id, store_conn_id=self.store_conn_id,
+            salesforce_conn_id=self.salesforce_conn_id, schema=self.mirror_schema,
+        )
+
     def poke(self, context: Context) -> bool:
-        for name in (self.object_name, *self.also_wait_for):
-            synced, self._last = check_sync(self.heroku_connect_conn_id, self.store_conn_id, self.mirror_schema, name)
-            self.log.info("Heroku Connect %s: %s", "synced" if synced else "behind", self._last)
-            if not synced:
+        for name in self.object_names:
+            try:
+                ready, self._last = self.check(name)
+            except HerokuConnectError as exc:
+                raise AirflowFailException(str(exc)) from None
+            self.log.info("Heroku Connect mirror of %s %s: %s", name, "ready" if ready else "not ready", self._last)
+            if not ready:
                 return False
         return True
 
@@ -98,9 +98,11 @@ class ConnectSyncSensor(BaseSensorOperator):
 
             self.defer(
                 trigger=ConnectSyncTrigger(
-                    object_names=[self.object_name, *self.also_wait_for],
+                    object_names=self.object_names,
+                    required_fields=self.required_fields,
                     heroku_connect_conn_id=self.heroku_connect_conn_id,
                     store_conn_id=self.store_conn_id,
+                    salesforce_conn_id=self.salesforce_conn_id,
                     mirror_schema=self.mirror_schema,
                     poke_interval=self.poke_interval,
                 ),
@@ -115,7 +117,7 @@ class ConnectSyncSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> None:
         if not event or event.get("status") != "synced":
             raise AirflowFailException((event or {}).get("message", "Heroku Connect check failed"))
-        self.log.info("Heroku Connect synced: %s", event.get("message"))
+        self.log.info("Heroku Connect mirror ready: %s", event.get("message"))
 
     def _timeout_message(self) -> str:
         return (f"Heroku Connect did not finish mirroring {self.object_name} within {self.timeout:.0f}s "

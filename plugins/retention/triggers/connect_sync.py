@@ -1,4 +1,4 @@
-"""The deferrable side of ``ConnectSyncSensor``: the triggerer polls Connect, no worker waits."""
+"""The deferrable side of ``ConnectSyncSensor``: the triggerer runs the same mirror check, no worker waits."""
 
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
 class ConnectSyncTrigger(BaseTrigger):
-    """Fires ``{"status": "synced"}`` once the mirror is current, or ``{"status": "error"}`` when Connect
-    reports a state that waiting cannot fix. The timeout is the deferral's own."""
+    """Fires ``{"status": "synced"}`` once every object's mirror passes ``check_mirror``, or
+    ``{"status": "error"}`` when the check says waiting cannot help. The timeout is the deferral's own."""
 
     def __init__(self, *, object_names: list[str], heroku_connect_conn_id: str, store_conn_id: str,
-                 mirror_schema: str, poke_interval: float) -> None:
+                 mirror_schema: str, poke_interval: float, salesforce_conn_id: str = "salesforce_default",
+                 required_fields: dict[str, list[str]] | None = None) -> None:
         super().__init__()
         self.object_names = list(object_names)
+        self.required_fields = {k: list(v) for k, v in (required_fields or {}).items()}
         self.heroku_connect_conn_id = heroku_connect_conn_id
         self.store_conn_id = store_conn_id
+        self.salesforce_conn_id = salesforce_conn_id
         self.mirror_schema = mirror_schema
         self.poke_interval = poke_interval
 
@@ -27,31 +30,39 @@ class ConnectSyncTrigger(BaseTrigger):
             "retention.triggers.connect_sync.ConnectSyncTrigger",
             {
                 "object_names": self.object_names,
+                "required_fields": self.required_fields,
                 "heroku_connect_conn_id": self.heroku_connect_conn_id,
                 "store_conn_id": self.store_conn_id,
+                "salesforce_conn_id": self.salesforce_conn_id,
                 "mirror_schema": self.mirror_schema,
                 "poke_interval": self.poke_interval,
             },
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow.providers.common.compat.sdk import AirflowFailException
+    def _check(self, name: str) -> tuple[bool, str]:
+        from retention.mirror_freshness import check_mirror
 
-        from retention.sensors.connect_sync import check_sync
+        return check_mirror(
+            name, required_fields=self.required_fields.get(name, ()),
+            heroku_connect_conn_id=self.heroku_connect_conn_id, store_conn_id=self.store_conn_id,
+            salesforce_conn_id=self.salesforce_conn_id, schema=self.mirror_schema,
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from retention.hooks.heroku_connect import HerokuConnectError
 
         while True:
             try:
                 for name in self.object_names:
-                    synced, explanation = await asyncio.to_thread(
-                        check_sync, self.heroku_connect_conn_id, self.store_conn_id, self.mirror_schema, name
-                    )
-                    if not synced:
+                    ready, explanation = await asyncio.to_thread(self._check, name)
+                    self.log.info("Heroku Connect mirror of %s %s: %s", name, "ready" if ready else "not ready",
+                                  explanation)
+                    if not ready:
                         break
-            except AirflowFailException as exc:
+            except HerokuConnectError as exc:
                 yield TriggerEvent({"status": "error", "message": str(exc)})
                 return
-            self.log.info("Heroku Connect %s: %s", "synced" if synced else "behind", explanation)
-            if synced:
+            if ready:
                 yield TriggerEvent({"status": "synced", "message": explanation})
                 return
             await asyncio.sleep(self.poke_interval)
