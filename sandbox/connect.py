@@ -656,7 +656,7 @@ class ConnectSync:
             col = sql.Identifier(f.column)
             if f.type == "datetime":
                 selected.append(sql.SQL("{} AT TIME ZONE 'UTC'").format(col))  # Connect stores UTC, no zone
-            elif f.type == "currency":
+            elif f.type in ("currency", "percent"):
                 selected.append(sql.SQL("{}::double precision").format(col))
             else:
                 selected.append(col)
