@@ -155,7 +155,7 @@ def cmd_status(s: Settings, args) -> int:
         return 3
     base = postgres.Postgres(state["base_url"], embedded=state["embedded_postgres"])
     org_counts = _counts(base.url("sandbox_org"), "org")
-    mirror = _counts(base.url("retention_store"), "salesforce")
+    mirror = _counts(base.store_url(), "salesforce")
     print(f"servers pid {state['pid']}: {s.instance_url}, {s.connect_api_url}")
     print(f"{'object':<20}{'org':>10}{'mirror':>10}")
     for name, n in org_counts.items():
@@ -229,8 +229,9 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "extra": {"consumer_key": s.consumer_key, "private_key_file_path": str(keys.private_key),
                   "domain": s.login_domain, "version": API_VERSION},
     }
-    store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": parts.username,
-                  "password": parts.password or "", "schema": "retention_store"}
+    # The store's default credential, as Heroku Postgres gives one (the database's owner, not a superuser).
+    store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": postgres.STORE_OWNER,
+                  "password": "", "schema": postgres.STORE}
     # The discovery form, as in production: the hook finds the connection and its region's API root
     # from the app's name (the sandbox's Connect server plays hc-central.heroku.com too).
     connect_conn = {"conn_type": "heroku_connect", "password": s.connect_token,
@@ -250,7 +251,9 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "SALESFORCE_PRIVATE_KEY_FILE": str(keys.private_key),
         "SALESFORCE_API_VERSION": API_VERSION,
         "SANDBOX_ORG_URL": pg.url("sandbox_org"),
-        "RETENTION_STORE_URL": pg.url("retention_store"),
+        "RETENTION_STORE_URL": pg.store_url(),
+        # An analyst's credential: it reads the cache schema and nothing else.
+        "RETENTION_ANALYST_URL": pg.store_url(postgres.ANALYST),
         "HEROKU_CONNECT_TOKEN": s.connect_token,
         "HEROKU_CONNECT_APP_NAME": s.connect_app_name,
         "HEROKU_CONNECT_DISCOVERY_URL": s.connect_url,
@@ -281,7 +284,7 @@ def cmd_serve(s: Settings, args) -> int:
     from sandbox.server import serve
 
     pg = postgres.Postgres(args.base_url, embedded=False)
-    serve(s, pg.url("sandbox_org"), pg.url("retention_store"))
+    serve(s, pg.url("sandbox_org"), pg.store_url())
     return 0
 
 

@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         sf = Salesforce(username=settings.username, consumer_key=settings.consumer_key,
                         privatekey_file=env["SALESFORCE_PRIVATE_KEY_FILE"], domain=settings.login_domain,
                         version=env["SALESFORCE_API_VERSION"])
-        mirror = cli._counts(Postgres(state["base_url"], embedded=True).url("retention_store"), "salesforce")
+        mirror = cli._counts(Postgres(state["base_url"], embedded=True).store_url(), "salesforce")
         print(f"\n{'object':<20}{'org (SOQL)':>12}{'mirror (SQL)':>14}  Connect mapping state")
         for obj in OBJECTS.values():
             in_org = sf.query(f"SELECT COUNT() FROM {obj.name}")["totalSize"]

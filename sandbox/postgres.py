@@ -21,6 +21,16 @@ from urllib.parse import urlsplit, urlunsplit
 # One database per role: Airflow's metadata, the retention store (which also holds the Heroku
 # Connect mirror, as on Heroku), and the sandbox org's own data.
 DATABASES = ("airflow", "retention_store", "sandbox_org")
+STORE = "retention_store"
+# The store's credentials as Heroku Postgres has them ("Heroku Postgres Credentials", Dev Center). The default
+# credential, which Heroku Connect and the pipeline use, "corresponds to a permissive role that is one step below
+# the superuser ... the owner of the database": it creates schemas and objects, GRANTs on what it owns, is a
+# member of pg_monitor, pg_read_all_settings, pg_read_all_stats and pg_signal_backend; nothing says it may manage
+# roles, and it is not a superuser, so here it has no CREATEROLE (the stricter reading). Other credentials are
+# made by an admin (`heroku pg:credentials:create --name retention_analyst`) and "cannot read from or write to
+# any of your tables" until granted.
+STORE_OWNER = "store_owner"
+ANALYST = "retention_analyst"
 
 # Embedded server tuning: a throw-away local server, so durability is traded for seeding speed.
 _SERVER_OPTIONS = (
@@ -38,9 +48,14 @@ class Postgres:
     embedded: bool
     data_dir: Path | None = None
 
-    def url(self, database: str, driver: str = "postgresql") -> str:
+    def url(self, database: str, driver: str = "postgresql", *, user: str | None = None) -> str:
         parts = urlsplit(self.base_url)
-        return urlunsplit((driver, parts.netloc, "/" + database, parts.query, ""))
+        netloc = parts.netloc if user is None else f"{user}@{parts.hostname}:{parts.port}"
+        return urlunsplit((driver, netloc, "/" + database, parts.query, ""))
+
+    def store_url(self, user: str = STORE_OWNER, driver: str = "postgresql") -> str:
+        """The retention store as its default credential (or another credential) reaches it."""
+        return self.url(STORE, driver, user=user)
 
 
 def _bin(name: str) -> str:
@@ -144,6 +159,16 @@ def ensure_databases(pg: Postgres, names: tuple[str, ...] = DATABASES) -> None:
             time.sleep(0.2)
     with conn:
         have = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+        roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+        if STORE_OWNER not in roles:
+            conn.execute(f"CREATE ROLE {STORE_OWNER} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB NOREPLICATION "
+                         "NOBYPASSRLS IN ROLE pg_monitor, pg_read_all_settings, pg_read_all_stats, pg_signal_backend")
+        if ANALYST not in roles:
+            conn.execute(f"CREATE ROLE {ANALYST} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
         for name in names:
             if name not in have:
-                conn.execute(f'CREATE DATABASE "{name}"')
+                owner = f" OWNER {STORE_OWNER}" if name == STORE else ""
+                conn.execute(f'CREATE DATABASE "{name}"{owner}')
+    if STORE in names:
+        with psycopg.connect(pg.url(STORE), autocommit=True) as store:
+            store.execute(f"ALTER SCHEMA public OWNER TO {STORE_OWNER}")

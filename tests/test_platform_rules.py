@@ -230,3 +230,30 @@ def test_semi_and_anti_joins_over_rest(sf, family):
     no_cases = sf.query(f"SELECT Id FROM Account WHERE Id = '{account}' AND Id NOT IN "
                         "(SELECT AccountId FROM Case)")["totalSize"]
     assert (with_children, no_cases) == (1, 1)
+
+
+def test_the_stores_default_credential_is_the_databases_owner_not_a_superuser(sandbox):
+    """Heroku Postgres's default credential "corresponds to a permissive role that is one step below the superuser
+    ... the owner of the database": it creates schemas and GRANTs, and roles are an admin's step
+    (`heroku pg:credentials:create`). ("Heroku Postgres Credentials",
+    https://devcenter.heroku.com/articles/heroku-postgresql-credentials; the page says nothing of CREATE ROLE, so
+    the sandbox refuses it.) An additional credential reads nothing until granted."""
+    import psycopg
+
+    with sandbox.store_conn() as conn:
+        user, superuser, owner = conn.execute(
+            "SELECT current_user, rolsuper, (SELECT pg_get_userbyid(datdba) FROM pg_database "
+            "WHERE datname = current_database()) FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert (superuser, owner) == (False, user)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE ROLE someone_else")
+        conn.execute("CREATE SCHEMA IF NOT EXISTS credential_check")
+        conn.execute("CREATE TABLE IF NOT EXISTS credential_check.t (x int)")
+    try:
+        with psycopg.connect(sandbox.env["RETENTION_ANALYST_URL"], autocommit=True) as analyst:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                analyst.execute("SELECT * FROM credential_check.t")
+    finally:
+        with sandbox.store_conn() as conn:
+            conn.execute("DROP SCHEMA credential_check CASCADE")
+

@@ -1,12 +1,15 @@
 """Command line: ``python -m retention evidence verify [--head HASH]``,
 ``python -m retention evidence export --policy ID --since DATE [--out DIR]`` and
-``python -m retention connect-register [--conn-id heroku_connect_default]``.
+``python -m retention connect-register [--conn-id heroku_connect_default]`` and
+``python -m retention preflight [--policies DIR]``.
 
 The store is found from ``--store-url``, else ``RETENTION_STORE_URL``, else the Airflow connection
 ``retention_store`` given as ``AIRFLOW_CONN_RETENTION_STORE`` (what ``python -m sandbox env`` exports).
 ``connect-register`` adds the Heroku user of the Airflow connection's token to the access list of the
 app's Heroku Connect add-on, once per user (no user is on it by default); it reads the connection as
-Airflow does (``AIRFLOW_CONN_*`` or the metadata database).
+Airflow does (``AIRFLOW_CONN_*`` or the metadata database). ``preflight`` checks, before a first real run,
+everything the policies will meet in the org, the store, Heroku Connect and Airflow (see retention.preflight),
+prints what is ready and what to fix, and exits 1 when something is not ready.
 """
 
 from __future__ import annotations
@@ -53,6 +56,20 @@ def connect_register(conn_id: str) -> int:
     return 0
 
 
+def preflight(args) -> int:
+    from retention import preflight as checks
+    from retention.policy import load_policies
+
+    policies, errors = load_policies(args.policies)
+    report = checks.run(policies, salesforce_conn_id=args.salesforce_conn_id, store_conn_id=args.store_conn_id,
+                        heroku_connect_conn_id=args.connect_conn_id, check_pool=not args.no_pool)
+    for path, error in errors.items():
+        for line in error.lines():
+            report.add("policy", path.name, checks.FAIL, line)
+    print(report.table())
+    return 0 if report.ready else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m retention",
                                      description="Retention evidence for auditors; Heroku Connect access.")
@@ -69,9 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     reg = sub.add_parser("connect-register", help="add the Heroku Connect token's user to the add-on's access list "
                                                   "(once per user)")
     reg.add_argument("--conn-id", default="heroku_connect_default", help="the Airflow connection of Heroku Connect")
+    pre = sub.add_parser("preflight", help="check the org, store, Heroku Connect and Airflow before a first run")
+    pre.add_argument("--policies", type=Path, help="policies folder (default: $RETENTION_POLICIES_DIR or "
+                                                   "include/policies)")
+    pre.add_argument("--salesforce-conn-id", default="salesforce_default")
+    pre.add_argument("--store-conn-id", default="retention_store")
+    pre.add_argument("--connect-conn-id", default="heroku_connect_default")
+    pre.add_argument("--no-pool", action="store_true", help="skip the Airflow pool check (no metadata database)")
     args = parser.parse_args(argv)
     if args.command == "connect-register":
         return connect_register(args.conn_id)
+    if args.command == "preflight":
+        return preflight(args)
 
     import psycopg
 
