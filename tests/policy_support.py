@@ -13,6 +13,11 @@ INACTIVE_CONTACTS = """SELECT * FROM org.contact c WHERE NOT isdeleted AND lastm
                        AND leadsource IS DISTINCT FROM 'Partner Referral'
                        AND NOT EXISTS (SELECT 1 FROM org.case k WHERE k.contactid = c.id AND NOT k.isdeleted)
                        ORDER BY id"""
+# closed_cases_hard_delete's selection: closed cases past the cutoff whose contact is under no active hold.
+CLOSED_CASES = """SELECT id FROM org."case" WHERE NOT isdeleted AND isclosed AND closeddate < %s
+                  AND (contactid IS NULL OR contactid NOT IN (SELECT referencerecordid FROM org.privacyhold
+                                                              WHERE NOT isdeleted AND isactive))
+                  ORDER BY id"""
 STALE_LEADS = "SELECT * FROM org.lead WHERE NOT isdeleted AND createddate < %s AND NOT isconverted ORDER BY id"
 ACTIVE_HOLDS = """SELECT referencerecordid FROM org.privacyhold WHERE NOT isdeleted AND isactive
                   AND (enddate IS NULL OR enddate >= (now() AT TIME ZONE 'UTC')::date)"""

@@ -86,11 +86,13 @@ def test_without_privacy_center_a_run_stops_before_touching_anything(world):
     sandbox = world
     with sandbox.org_settings(privacy_center=False):
         run, states = run_policy("unlicensed_contacts", LOGICAL_DATE)
-        assert run.state == "failed" and states["extract"] == "failed", states
-        assert states["delete_or_mask"] == "upstream_failed"
+        # The first step that asks the org about PrivacyHold stops the run: the Connect check (which compares the
+        # mirror of PrivacyHold with the org) for a mirror policy, extract for a Bulk API one.
+        assert run.state == "failed" and states["wait_for_connect_sync"] == "failed", states
+        assert states["extract"] == states["delete_or_mask"] == "upstream_failed"
         assert not store_rows(sandbox, "SELECT to_regclass('cache.unlicensed_contact') AS t")[0]["t"] or \
             not store_rows(sandbox, "SELECT 1 FROM cache.unlicensed_contact")
-        task = next(ti for ti in run.get_task_instances() if ti.task_id == "extract")
+        task = next(ti for ti in run.get_task_instances() if ti.task_id == "wait_for_connect_sync")
         assert task.try_number == 1  # a configuration problem: not retried
 
         run, states = run_policy("unheld_contacts", LOGICAL_DATE)
@@ -157,6 +159,11 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
 
     monkeypatch.setattr(cascade, "load", load_then_add)
     run, states = run_policy("growing_accounts", logical_date)
+    # A failed validation keeps the run's working tables for inspection; this test drops them.
+    with sandbox.store_conn() as conn:
+        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' "
+                                     "AND tablename LIKE 'growing_accounts__%'").fetchall():
+            conn.execute(f'DROP TABLE retention_staging."{table}"')
     assert run.state == "failed" and states["validate_row_counts"] == "failed", states
     assert states["delete_or_mask"] == "upstream_failed"
     assert org_rows(sandbox, "SELECT count(*) AS n FROM org.account WHERE NOT isdeleted AND id = %s", (target,)) == [

@@ -17,6 +17,7 @@ import requests
 
 from tests.policy_support import (
     ACTIVE_HOLDS,
+    CLOSED_CASES,
     ELIGIBLE_ACCOUNTS,
     INACTIVE_CONTACTS,
     cache_rows,
@@ -245,8 +246,7 @@ def test_hard_delete_without_the_permission_falls_back_to_delete_with_a_warning(
     sandbox = world
     run_key = RUN_KEYS[2]
     cutoff = CASES_DENIED - dt.timedelta(days=1095)
-    expected = eligible(sandbox, """SELECT id FROM org."case" WHERE NOT isdeleted AND isclosed AND closeddate < %s
-                                    ORDER BY id""", cutoff)
+    expected = eligible(sandbox, CLOSED_CASES, cutoff)
     assert len(expected) > 3
     since = org_now(sandbox)
     capfd.readouterr()
