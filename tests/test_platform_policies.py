@@ -193,3 +193,32 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
     assert cache_rows(sandbox, "growing_account")[target]["_action_status"] == "done"
     assert org_rows(sandbox, "SELECT count(*) AS n FROM org.contact WHERE accountid = %s AND NOT isdeleted",
                     (target,)) == [{"n": 0}]
+
+
+def test_a_cascade_childs_retained_copy_is_purged_with_its_parents(world):
+    """Children are kept as long as the parent they were deleted with: the store purge takes them with it, in
+    the same transaction and ledger row, and never one under a privacy hold."""
+    from retention import purge
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+
+    sandbox = world
+    base = dags().POLICIES["growing_accounts"]
+    policy = base.model_copy(update={"retain": base.retain.model_copy(update={"keep_days": 30})})
+    parents = {k: v for k, v in cache_rows(sandbox, "growing_account").items() if v["_action_status"] == "done"}
+    children = {k: v for k, v in cache_rows(sandbox, "growing_contact").items() if v["_parent_sfid"] in parents}
+    assert parents and children
+    with sandbox.store_conn() as conn:  # retained two months ago
+        for table in ("growing_account", "growing_contact"):
+            conn.execute(f"UPDATE cache.{table} SET _retained_at = now() - interval '60 days'")
+    store = RetentionStoreHook()
+    purge.mirror_holds(store, SalesforceBulk2Hook())
+    result = purge.purge(store, policy, as_of=dt.datetime.now(dt.UTC), dag_run_id="manual__children",
+                         started_at=dt.datetime.now(dt.UTC))
+    assert result.purged == len(parents)
+    assert not set(cache_rows(sandbox, "growing_contact")) & set(children)
+    recorded = {r["sfid"] for r in store_rows(sandbox, "SELECT sfid FROM retention.purged_records WHERE ledger_id = %s",
+                                              (result.ledger_id,))}
+    assert recorded == set(parents) | set(children)
+    (row,) = store_rows(sandbox, "SELECT message FROM retention.runs WHERE id = %s", (result.ledger_id,))
+    assert f"with them {len(children)} rows of their cascade children" in row["message"]

@@ -75,6 +75,25 @@ class PurgeResult:
     purged_ids_sha256: str
 
 
+def _purge_children(conn, policy: Policy, ledger_id: int) -> int:
+    """A cascade child's retained copy goes with its parent's (never a held one), recorded with the same ledger
+    row: children are kept as long as the parent they were deleted with."""
+    purged_records = sql.Identifier(LEDGER_SCHEMA, "purged_records")
+    total = 0
+    for child in policy.cascade:
+        table = sql.Identifier(CACHE_SCHEMA, child.retain.table)
+        if not table_exists(conn, table):
+            continue
+        total += conn.execute(
+            sql.SQL("WITH gone AS (DELETE FROM {t} c WHERE c._parent_sfid IN (SELECT sfid FROM {p} WHERE ledger_id = "
+                    "%(ledger)s) AND NOT {held} RETURNING c.sfid, c._action_status, c._retained_at) INSERT INTO {p} "
+                    "(ledger_id, policy_id, sfid, action_status, retained_at) SELECT %(ledger)s, %(policy)s, sfid, "
+                    "_action_status, _retained_at FROM gone ON CONFLICT DO NOTHING").format(
+                t=table, p=purged_records, held=_held(conn, "c")), {"ledger": ledger_id, "policy": policy.id}
+        ).rowcount
+    return total
+
+
 def purge_before(policy: Policy, as_of: dt.datetime) -> dt.datetime:
     """Cache rows retained before this instant are past ``keep_days`` on the day ``as_of``."""
     anchor = dt.datetime.fromtimestamp(as_of.timestamp(), UTC)
@@ -135,13 +154,15 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
                     "%(policy)s, sfid, _action_status, _retained_at FROM gone").format(
                 table, purgeable, purged_records), {**args, "ledger": ledger_id}
         ).rowcount if exists else 0
+        children = _purge_children(conn, policy, ledger_id) if exists else 0
         digest = conn.execute(
             sql.SQL("SELECT encode(sha256(convert_to(coalesce(string_agg(sfid, E'\\n' ORDER BY sfid), ''), 'UTF8')), "
                     "'hex') FROM {} WHERE ledger_id = %s").format(purged_records), (ledger_id,)).fetchone()[0]
         remaining = count(mine)
         message = (f"purged {purged} rows of cache.{policy.retain.table} retained before {before.isoformat()} "
                    f"(keep_days {policy.retain.keep_days}); kept {len(held_ids)} under privacy hold"
-                   + (f" and {unfinished} whose action has not finished" if unfinished else ""))
+                   + (f" and {unfinished} whose action has not finished" if unfinished else "")
+                   + (f"; with them {children} rows of their cascade children" if children else ""))
         conn.execute(
             sql.SQL("UPDATE {} SET eligible = %s, held = %s, retained = %s, acted = %s, failed = 0, "
                     "holds_applied = %s, validation = %s, message = %s, finished_at = now() WHERE id = %s")
