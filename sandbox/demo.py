@@ -109,6 +109,12 @@ def run_policies(env: dict[str, str], log: Path) -> list[dict]:
     from retention.settings_loader import apply_settings, load_settings
 
     apply_settings(load_settings(REPO / "airflow_settings.yaml"))
+    from retention import preflight
+    from retention.policy import load_policies
+
+    report = preflight.run(load_policies()[0])
+    print(f"  preflight ({len(report.checks)} checks; `python -m retention preflight` prints them): "
+          f"{report.table().splitlines()[-1]}", flush=True)
     logical_date = dt.datetime.now(dt.UTC).replace(hour=3, minute=0, second=0, microsecond=0)
     rows = []
     dags = build_dags()
@@ -126,8 +132,8 @@ def run_policies(env: dict[str, str], log: Path) -> list[dict]:
     with psycopg.connect(env["RETENTION_STORE_URL"]) as conn:
         for row in rows:
             found = conn.execute(
-                "SELECT eligible, held, retained, acted, failed, action, status FROM retention.runs "
-                "WHERE policy_id = %s ORDER BY id DESC LIMIT 1", (row["policy"],)).fetchone()
+                "SELECT eligible, held, retained, acted, failed, action, status, refused, blocked, cascade "
+                "FROM retention.runs WHERE policy_id = %s ORDER BY id DESC LIMIT 1", (row["policy"],)).fetchone()
             row["ledger"] = found
     if purge_dag is not None:
         print(f"  running {PURGE_DAG_ID} ...", flush=True)
@@ -141,7 +147,7 @@ def run_policies(env: dict[str, str], log: Path) -> list[dict]:
 
 
 def print_summary(rows: list[dict]) -> None:
-    print(f"\n{'policy':<26}{'eligible':>9}{'held':>6}{'retained':>10}  {'acted':<16}{'failed':>7}  "
+    print(f"\n{'policy':<26}{'eligible':>9}{'held':>6}{'retained':>10}  {'acted':<16}{'refused':>8}{'failed':>7}  "
           f"{'validation':<11}{'time':>6}")
     for row in rows:
         if "purge" in row:
@@ -153,10 +159,14 @@ def print_summary(rows: list[dict]) -> None:
         validation = {"success": "passed", "failed": "FAILED", "upstream_failed": "-", "skipped": "-"}.get(
             str(row["states"].get("validate_row_counts")), "-")
         if ledger and row["state"] == "success":
-            eligible, held, retained, acted, failed, action, _status = ledger
+            eligible, held, retained, acted, failed, action, _status, refused, blocked, cascade = ledger
             verb = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked"}[action]
             print(f"{row['policy']:<26}{eligible:>9}{held:>6}{retained or 0:>10}  {f'{acted} {verb}':<16}"
-                  f"{failed:>7}  {validation:<11}{row['seconds']:>5.0f}s")
+                  f"{refused or 0:>8}{failed:>7}  {validation:<11}{row['seconds']:>5.0f}s")
+            for child, info in (cascade or {}).items():
+                print(f"{'':<28}with them {info.get('done', 0)} {child} records, retained in cache.{info['table']}")
+            if blocked:
+                print(f"{'':<28}{blocked} kept back: a delete would take children the policy does not retain")
         else:
             failed_tasks = [t for t, s in row["states"].items() if str(s) == "failed"]
             print(f"{row['policy']:<26}  run {row['state']} at {', '.join(failed_tasks) or '?'}  "
