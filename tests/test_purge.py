@@ -163,3 +163,14 @@ def test_no_purge_without_a_fresh_copy_of_the_holds(world):
 
     assert cache_rows(sandbox, "lead") == before
     assert store_rows(sandbox, "SELECT count(*) AS n FROM retention.runs")[0]["n"] == ledger_before
+
+
+def test_without_privacy_center_the_holds_cannot_be_mirrored_and_nothing_is_purged(world):
+    """PrivacyHold does not exist for a user without the Privacy Center licence (Object Reference: PrivacyHold):
+    the purge cannot know the holds, so it stops with the reason instead of purging blind."""
+    from retention import purge
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+
+    with world.org_settings(privacy_center=False), pytest.raises(purge.PurgeError, match="Privacy Center license"):
+        purge.mirror_holds(RetentionStoreHook(), SalesforceBulk2Hook())

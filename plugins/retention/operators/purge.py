@@ -31,7 +31,10 @@ class MirrorHoldsOperator(BaseOperator):
 
         store = RetentionStoreHook(self.store_conn_id)
         store.ensure_schema()
-        count = purge.mirror_holds(store, SalesforceBulk2Hook(self.salesforce_conn_id))
+        try:
+            count = purge.mirror_holds(store, SalesforceBulk2Hook(self.salesforce_conn_id))
+        except purge.PurgeError as err:
+            raise AirflowFailException(str(err)) from err
         self.log.info("mirrored %d privacy holds from Salesforce into the store", count)
         return count
 
