@@ -206,17 +206,19 @@ def test_a_cascade_childs_retained_copy_is_purged_with_its_parents(world):
     base = dags().POLICIES["growing_accounts"]
     policy = base.model_copy(update={"retain": base.retain.model_copy(update={"keep_days": 30})})
     parents = {k: v for k, v in cache_rows(sandbox, "growing_account").items() if v["_action_status"] == "done"}
-    children = {k: v for k, v in cache_rows(sandbox, "growing_contact").items() if v["_parent_sfid"] in parents}
-    assert parents and children
+    children = {k: v for table in ("growing_contact", "growing_opportunity")
+                for k, v in cache_rows(sandbox, table).items() if v["_parent_sfid"] in parents}
+    assert parents and any(k.startswith("003") for k in children) and any(k.startswith("006") for k in children)
     with sandbox.store_conn() as conn:  # retained two months ago
-        for table in ("growing_account", "growing_contact"):
+        for table in ("growing_account", "growing_contact", "growing_opportunity"):
             conn.execute(f"UPDATE cache.{table} SET _retained_at = now() - interval '60 days'")
     store = RetentionStoreHook()
     purge.mirror_holds(store, SalesforceBulk2Hook())
     result = purge.purge(store, policy, as_of=dt.datetime.now(dt.UTC), dag_run_id="manual__children",
                          started_at=dt.datetime.now(dt.UTC))
     assert result.purged == len(parents)
-    assert not set(cache_rows(sandbox, "growing_contact")) & set(children)
+    assert not (set(cache_rows(sandbox, "growing_contact")) | set(cache_rows(sandbox, "growing_opportunity"))) & \
+        set(children)
     recorded = {r["sfid"] for r in store_rows(sandbox, "SELECT sfid FROM retention.purged_records WHERE ledger_id = %s",
                                               (result.ledger_id,))}
     assert recorded == set(parents) | set(children)
