@@ -231,7 +231,7 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
     }
     # The store's default credential, as Heroku Postgres gives one (the database's owner, not a superuser).
     store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": postgres.STORE_OWNER,
-                  "password": "", "schema": postgres.STORE}
+                  "schema": postgres.STORE}
     # The discovery form, as in production: the hook finds the connection and its region's API root
     # from the app's name (the sandbox's Connect server plays hc-central.heroku.com too).
     connect_conn = {"conn_type": "heroku_connect", "password": s.connect_token,
