@@ -56,6 +56,13 @@ class Field:
     picklist: tuple[str, ...] = ()
     reference_to: tuple[str, ...] = ()
     relationship_name: str | None = None
+    auto_number: bool = False
+
+    @property
+    def long_text(self) -> bool:
+        """A Long Text Area: "can be any field except a long text area field" in a WHERE clause (SOQL and SOSL
+        Reference, "Condition Expression Syntax"), and not sortable or groupable."""
+        return self.type == "textarea" and self.length > 255
 
     @property
     def column(self) -> str:
@@ -87,16 +94,16 @@ class Field:
             "nillable": self.nillable,
             "createable": self.createable,
             "updateable": self.updateable,
-            "filterable": True,
+            "filterable": not self.long_text,
             "sortable": self.type != "textarea",
             "groupable": self.type not in ("textarea", "double", "currency", "percent", "datetime"),
             "unique": False,
             "externalId": False,
-            "idLookup": self.name == "Id",
+            "idLookup": self.name == "Id" or self.auto_number,
             "custom": self.name.endswith("__c"),
             "calculated": False,
-            "autoNumber": False,
-            "defaultedOnCreate": self.name in SYSTEM_FIELDS or self.type == "boolean",
+            "autoNumber": self.auto_number,
+            "defaultedOnCreate": self.name in SYSTEM_FIELDS or self.type == "boolean" or self.auto_number,
             "restrictedPicklist": False,
             "picklistValues": [
                 {"active": True, "defaultValue": False, "label": v, "validFor": None, "value": v}
@@ -298,7 +305,9 @@ CASE = SObject(
     "Cases",
     _system("500")
     + (
-        Field("CaseNumber", "string", length=30, updateable=False, createable=False),
+        # "Autonumber, Defaulted on create ... idLookup": the platform numbers every case (Object Reference: Case).
+        Field("CaseNumber", "string", length=30, nillable=False, updateable=False, createable=False,
+              auto_number=True),
         Field("AccountId", "reference", reference_to=("Account",), relationship_name="Account"),
         Field("ContactId", "reference", reference_to=("Contact",), relationship_name="Contact"),
         Field("Subject", "string"),
@@ -309,8 +318,10 @@ CASE = SObject(
         Field("SuppliedName", "string", length=80),
         Field("SuppliedEmail", "email", length=80),
         Field("SuppliedPhone", "phone", length=40),
-        Field("IsClosed", "boolean", nillable=False),
-        Field("ClosedDate", "datetime"),
+        # Set by the platform from Status (Object Reference: Case: IsClosed "Defaulted on create, Filter, Group,
+        # Sort"; ClosedDate "Filter, Nillable, Sort"): neither can be written through the API.
+        Field("IsClosed", "boolean", nillable=False, updateable=False, createable=False),
+        Field("ClosedDate", "datetime", updateable=False, createable=False),
     ),
     name_field="CaseNumber",
 )

@@ -89,6 +89,21 @@ def create_schema(conn) -> None:
             sql.SQL("CREATE OR REPLACE TRIGGER touch BEFORE UPDATE ON {} FOR EACH ROW EXECUTE FUNCTION org.touch()")
             .format(table(obj))
         )
+    # A case is closed by its Status, and the platform stamps ClosedDate (neither field is writable).
+    conn.execute(
+        """CREATE OR REPLACE FUNCTION org.case_closed() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             NEW.isclosed := coalesce(NEW.status = 'Closed', false);
+             IF NOT NEW.isclosed THEN
+               NEW.closeddate := NULL;
+             ELSIF NEW.closeddate IS NULL THEN
+               NEW.closeddate := clock_timestamp();
+             END IF;
+             RETURN NEW;
+           END $$"""
+    )
+    conn.execute("CREATE OR REPLACE TRIGGER case_closed BEFORE INSERT OR UPDATE ON org.case FOR EACH ROW "
+                 "EXECUTE FUNCTION org.case_closed()")
     conn.execute(
         "CREATE INDEX IF NOT EXISTS privacyhold_referencerecordid ON org.privacyhold (referencerecordid)"
     )

@@ -8,6 +8,7 @@ provider send and expect (see the project's reference notes). Bulk API 1.0 and 2
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import functools
 import json
 import re
@@ -533,6 +534,10 @@ def deleted_records(request: Request, svc: OrgService) -> Response:
         end = org.parse_datetime(request.query_params["end"])
     except (KeyError, ValueError):
         raise ApiError(400, "INVALID_REPLICATION_DATE", "start and end must be valid dateTime values") from None
+    # "The start date must chronologically precede the end date by more than one minute" (REST API Developer
+    # Guide, Get Deleted Records).
+    if end - start <= dt.timedelta(minutes=1):
+        raise ApiError(400, "INVALID_REPLICATION_DATE", "start must precede end by more than one minute")
     with svc.pool.connection() as conn:
         rows = conn.execute(
             "SELECT id, deleted_at FROM org.deletions WHERE object = %s AND deleted_at >= %s AND deleted_at < %s "

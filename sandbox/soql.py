@@ -630,6 +630,8 @@ class _Compiler:
 
     def comparison(self, node: Comparison) -> sql.Composable:
         expr, field, _ = self.resolve(node.field)
+        if field.long_text:  # "any field except a long text area field" (Condition Expression Syntax)
+            raise self.error(node.field.pos, f"field '{field.name}' can not be filtered in a query call")
         if isinstance(node.value, SubQuery):
             return self.semi_join(node, expr, field)
         values = node.value if isinstance(node.value, tuple) else (node.value,)

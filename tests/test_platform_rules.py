@@ -257,3 +257,37 @@ def test_the_stores_default_credential_is_the_databases_owner_not_a_superuser(sa
         with sandbox.store_conn() as conn:
             conn.execute("DROP SCHEMA credential_check CASCADE")
 
+
+
+def test_cases_are_closed_by_their_status_and_long_text_cannot_be_filtered(sandbox, sf):
+    """Case.IsClosed ("Defaulted on create, Filter, Group, Sort") and ClosedDate ("Filter, Nillable, Sort") are the
+    platform's, set from Status (Object Reference: Case); CaseNumber is an auto number. A WHERE field "can be any
+    field except a long text area field" (SOQL and SOSL Reference, Condition Expression Syntax)."""
+    fields = {f["name"]: f for f in sf.Case.describe()["fields"]}
+    assert not fields["IsClosed"]["createable"] and not fields["ClosedDate"]["updateable"]
+    assert fields["CaseNumber"]["autoNumber"] and not fields["CaseNumber"]["nillable"]
+    assert fields["Description"]["filterable"] is False and fields["Subject"]["filterable"] is True
+    case = sf.Case.create({"Subject": "To close", "Status": "New"})["id"]
+    assert org_rows(sandbox, 'SELECT isclosed, closeddate FROM org."case" WHERE id = %s', (case,)) == [
+        {"isclosed": False, "closeddate": None}]
+    sf.Case.update(case, {"Status": "Closed"})
+    (row,) = org_rows(sandbox, 'SELECT isclosed, closeddate FROM org."case" WHERE id = %s', (case,))
+    assert row["isclosed"] is True and row["closeddate"] is not None
+    with pytest.raises(SalesforceMalformedRequest) as err:
+        sf.Case.update(case, {"ClosedDate": "2020-01-01T00:00:00Z"})
+    assert _code(err) == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    with pytest.raises(SalesforceMalformedRequest) as err:
+        sf.query("SELECT Id FROM Case WHERE Description = 'x'")
+    assert _code(err) == "INVALID_FIELD" and "can not be filtered" in err.value.content[0]["message"]
+
+
+def test_get_deleted_needs_more_than_a_minute(sf):
+    """"The start date must chronologically precede the end date by more than one minute" (REST API Developer
+    Guide, Get Deleted Records): INVALID_REPLICATION_DATE."""
+    import datetime as dt
+
+    end = dt.datetime.now(dt.UTC)
+    with pytest.raises(SalesforceMalformedRequest) as err:
+        sf.Contact.deleted(end - dt.timedelta(seconds=30), end)
+    assert _code(err) == "INVALID_REPLICATION_DATE"
+    assert "deletedRecords" in sf.Contact.deleted(end - dt.timedelta(hours=1), end)

@@ -27,7 +27,7 @@ from retention.hooks.store import MIRROR_SCHEMA
 
 # How far back the deleted-records check looks. Connect polls at most every 60 minutes (2-60 per mapping),
 # so a deletion older than a day that is still mirrored is long overdue too, but a day keeps the answer
-# small; getDeleted itself only reaches back 30 days. It reads whole seconds: a deletion in the last
+# small; getDeleted itself only reaches back 15 days. It reads whole seconds: a deletion in the last
 # second or so is seen on the next check.
 DELETED_LOOKBACK = dt.timedelta(hours=24)
 # Trigger-log states that mean a write to the mirrored table has not reached Salesforce (or failed):
