@@ -301,7 +301,7 @@ def parser() -> argparse.ArgumentParser:
     faults = sub.add_parser("faults", help="list, set or clear injected faults")
     faults.add_argument("action", choices=("list", "set", "clear"))
     faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry | "
-                        "hard_delete_denied")
+                        "hard_delete_denied | job_failure")
     faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
     faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
     faults.add_argument("--status", type=int, help="500 or 503 for server_error")

@@ -558,18 +558,23 @@ def run_ingest_job(svc: OrgService, job_id: str) -> None:
             return
         job = load_job(conn, job_id, api="v2")
         conn.commit()
+        broken = svc.faults.take("job_failure")
         try:
             with conn.transaction():
                 header, rows = read_uploads(conn, job)
+                if broken:  # the first half goes through and stays, then the job fails
+                    rows = rows[: len(rows) // 2]
                 outcome = ingest.process(conn, get_object(job["object"]), job["operation"], header, rows,
                                          faults=svc.faults, external_id=job["external_id"] or "Id",
                                          edit_converted=svc.may_edit_converted())
                 if load_job(conn, job_id, api="v2", lock=True)["state"] == "Aborted":
                     raise _Aborted()
                 save_rows(conn, job_id, "", outcome, keep_values=True)
-                set_state(conn, job_id, "JobComplete", columns=header, processed=len(outcome),
-                          failed=sum(1 for r in outcome if not r.success),
-                          processing_ms=int((time.monotonic() - started) * 1000))
+                set_state(conn, job_id, "Failed" if broken else "JobComplete", columns=header,
+                          processed=len(outcome), failed=sum(1 for r in outcome if not r.success),
+                          processing_ms=int((time.monotonic() - started) * 1000),
+                          **({"error_message": "InternalServerError : the job failed part way (injected)"}
+                             if broken else {}))
         except _Aborted:
             return
         except ingest.JobError as err:
@@ -613,6 +618,10 @@ def _unprocessed(conn, job: dict, delimiter: str, line_ending: str) -> Response:
         header, rows = job["columns"] or [], []
     if job["state"] == "JobComplete":
         rows = []
+    else:  # a job that stopped part way: the rows it did not reach
+        done = {rn for (rn,) in conn.execute("SELECT rn FROM bulk.rows WHERE job_id = %s AND batch_id = ''",
+                                             (job["id"],))}
+        rows = [row for rn, row in enumerate(rows) if rn not in done]
     out = io.StringIO()
     writer = csv.writer(out, delimiter=delimiter, lineterminator=line_ending, quoting=csv.QUOTE_ALL)
     writer.writerow(header)

@@ -9,6 +9,9 @@ Each kind imitates what Salesforce sends, so client retry and failure paths can 
   ``UNABLE_TO_LOCK_ROW``), drawn from a seeded generator so a run is repeatable;
 - ``session_expiry``: every issued session is invalidated at once (401 ``INVALID_SESSION_ID`` until
   the client logs in again);
+- ``job_failure``: the next Bulk API 2.0 ingest job processes the first half of its rows, commits them, then
+  ends ``Failed``: "Changes made by a job that fails or is aborted aren't rolled back" (Bulk API 2.0 Developer
+  Guide), so its successful and failed results show what it did and ``unprocessedrecords`` the rest;
 - ``hard_delete_denied``: the API user loses the "Bulk API Hard Delete" permission: creating a
   ``hardDelete`` job (Bulk 2.0 or 1.0) is refused with ``FEATURENOTENABLED`` / ``FeatureNotEnabled``
   (``hardDelete operation requires special user profile permission, ...``); other operations work.
@@ -23,7 +26,8 @@ import random
 import threading
 from dataclasses import dataclass, field
 
-KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry", "hard_delete_denied")
+KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry", "hard_delete_denied",
+         "job_failure")
 
 TRANSIENT_RECORD_CODES = ("UNABLE_TO_LOCK_ROW", "API_TEMPORARILY_UNAVAILABLE")
 

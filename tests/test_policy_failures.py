@@ -34,10 +34,11 @@ CONTACTS_CRASH = TODAY - dt.timedelta(days=120)
 CONTACTS_CRASH_BEFORE_UPLOAD = TODAY - dt.timedelta(days=30)
 CASES_DENIED = TODAY + dt.timedelta(days=900)
 ACCOUNTS_RATE_LIMITED = TODAY + dt.timedelta(days=3 * 365 + 100)
+CONTACTS_JOB_FAILED = TODAY + dt.timedelta(days=200)
 RUN_KEYS = [f"{policy}__{date:%Y%m%dT%H%M%S}" for policy, date in (
     ("inactive_contacts", CONTACTS_PARTIAL), ("inactive_contacts", CONTACTS_CRASH),
     ("closed_cases_hard_delete", CASES_DENIED), ("accounts_bulk_api", ACCOUNTS_RATE_LIMITED),
-    ("inactive_contacts", CONTACTS_CRASH_BEFORE_UPLOAD))]
+    ("inactive_contacts", CONTACTS_CRASH_BEFORE_UPLOAD), ("inactive_contacts", CONTACTS_JOB_FAILED))]
 
 ELIGIBLE_CONTACTS = INACTIVE_CONTACTS
 
@@ -334,3 +335,34 @@ def test_the_hard_delete_denied_fault_refuses_hard_delete_jobs_as_salesforce_doe
         assert create("hardDelete").status_code == 400
         assert create("hardDelete").status_code == 200  # the one refusal is used up
     assert create("hardDelete", bulk1=True).status_code == 201
+
+
+def test_a_job_that_fails_part_way_keeps_what_it_did_and_the_rest_goes_out_once(world):
+    """"Changes made by a job that fails or is aborted aren't rolled back" (Bulk API 2.0 Developer Guide): the
+    retry records what the failed job did from its results and sends only the records it did not reach, in one
+    new job; no record is sent twice, none is lost."""
+    sandbox = world
+    run_key = RUN_KEYS[5]
+    expected = eligible(sandbox, ELIGIBLE_CONTACTS, CONTACTS_JOB_FAILED - dt.timedelta(days=730))
+    assert len(expected) > 10
+    since = org_now(sandbox)
+    with sandbox.fault("job_failure", count=1):
+        run, states, tis = _run(policy_dags().retention__inactive_contacts, CONTACTS_JOB_FAILED)
+    assert run.state == "success", states
+    assert tis["delete_or_mask"].try_number == 2  # the failed job failed the first attempt
+    failed, second = ingest_jobs(sandbox, "Contact", since)
+    assert failed["state"] == "Failed" and second["state"] == "JobComplete"
+    first_half, rest = job_record_ids(sandbox, failed["id"]), job_record_ids(sandbox, second["id"])
+    assert first_half and rest and not set(first_half) & set(rest)
+    assert sorted(first_half + rest) == sorted(expected)
+    rows = {k: v for k, v in cache_rows(sandbox, "contact").items() if v["_retention_run"] == run_key}
+    assert set(rows) == set(expected) and {r["_action_status"] for r in rows.values()} == {"done"}
+    assert {rows[i]["_bulk_job_id"] for i in first_half} == {failed["id"]}
+    assert {rows[i]["_bulk_job_id"] for i in rest} == {second["id"]}
+    live = org_rows(sandbox, "SELECT count(*) AS n FROM org.contact WHERE id = ANY(%s) AND NOT isdeleted",
+                    (expected,))
+    assert live[0]["n"] == 0
+    (row,) = ledger(sandbox, run_key)
+    assert row["status"] == "succeeded" and row["bulk_job_ids"] == [failed["id"], second["id"]]
+    assert row["acted"] == len(expected)
+

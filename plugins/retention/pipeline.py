@@ -506,6 +506,15 @@ def release_job(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str
                      .format(sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (job_id, run.run_key))
 
 
+def release_unreported(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str) -> int:
+    """The records of a job that stopped part way and did not report them are pending again."""
+    with store.connect() as conn:
+        return conn.execute(sql.SQL("UPDATE {} SET _action_status = 'pending', _bulk_job_id = NULL WHERE "
+                                    "_bulk_job_id = %s AND _retention_run = %s AND _action_status IN "
+                                    "('submitting', 'submitted')").format(
+            sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (job_id, run.run_key)).rowcount
+
+
 def mark(store: RetentionStoreHook, policy: Policy, run: Run, ids: list[str], status: str, *,
          job_id: str | None = None, error: str | None = None) -> None:
     if not ids:
@@ -525,12 +534,16 @@ def outcome_status(policy: Policy, outcome) -> str:
     return "refused" if code in PERMANENT_REFUSALS else "failed"
 
 
-def record_outcomes(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str, outcomes) -> dict[str, int]:
+def record_outcomes(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str, outcomes, *,
+                    processed_only: bool = False) -> dict[str, int]:
     """Write each record's outcome beside its retained row; refused and failed records stay retained and are
-    reported with Salesforce's code."""
+    reported with Salesforce's code. ``processed_only``: leave out the rows the job never reached (a job that
+    stopped part way), which go out again instead."""
     done: list[str] = []
     others: list[tuple[str, str, str]] = []
     for o in outcomes:
+        if processed_only and (o.error or "").startswith("UNPROCESSED:"):
+            continue
         status = outcome_status(policy, o)
         if status == "done":
             done.append(o.record_id)

@@ -26,14 +26,28 @@ class DeleteOrMaskOperator(PolicyOperator):
         operations: list[str] = []  # what each job really did (a hardDelete may have fallen back to delete)
         totals = {"done": 0, "refused": 0, "failed": 0}
         # Jobs an earlier attempt left behind. One still Open never got its records (the attempt died
-        # before closing it): abort it and let its records go out again below. Any other was submitted:
-        # collect its outcome, never submit those records a second time.
+        # before closing it): abort it and let its records go out again below. One that stopped part way
+        # (Failed, or Aborted after it started) keeps what it did ("Changes made by a job that fails or is
+        # aborted aren't rolled back"): record that, and let only the records it did not reach go out again.
+        # Any other was submitted: collect its outcome, never submit those records a second time.
         for job_id, status in pipeline.unfinished_jobs(store, policy, run):
-            if status == "submitting" and sf.job_state(policy.object, job_id) in ("Open", "Aborted", "Failed"):
+            state = sf.job_state(policy.object, job_id)
+            if status == "submitting" and state == "Open":
                 self.log.info("job %s of an earlier attempt was never closed; aborting it and resubmitting", job_id)
-                if sf.job_state(policy.object, job_id) == "Open":
-                    sf.abort(policy.object, job_id)
+                sf.abort(policy.object, job_id)
                 pipeline.release_job(store, policy, run, job_id)
+                continue
+            if state in ("Failed", "Aborted"):
+                reported = pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id),
+                                                    processed_only=True)
+                released = pipeline.release_unreported(store, policy, run, job_id)
+                self.log.warning("job %s of an earlier attempt ended %s part way: %d records it processed are "
+                                 "recorded, %d it did not reach go out again", job_id, state, sum(reported.values()),
+                                 released)
+                self._add(totals, reported)
+                if sum(reported.values()):  # it acted on some: it is part of the run's evidence
+                    jobs.append(job_id)
+                    operations.append(pipeline.ACTION_OPERATION[policy.action])
                 continue
             self.log.info("collecting the outcome of job %s submitted by an earlier attempt", job_id)
             info = sf.wait(policy.object, job_id)
