@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from sandbox.config import API_VERSION
 from sandbox.connect import MappingError
 
 if TYPE_CHECKING:
@@ -253,7 +254,8 @@ def create_app(
             "region_url": root(request),
             "created_at": _iso(created_at),
             "plan": "enterprise",
-            "sf_info": {"organization_id": org_id, "environment": "sandbox", "api_version": "59.0"},
+            # The Salesforce API version Connect itself uses for the org (`connect:manage-sf-api-version` changes it).
+            "sf_info": {"organization_id": org_id, "environment": "sandbox", "api_version": API_VERSION},
             "features": {"poll_db_no_merge": False, "disable_bulk_writes": False},
         }
         if deep:
