@@ -533,3 +533,21 @@ def test_cascade_is_refused_with_mask():
     assert ("cascade", "only for action: delete or hard_delete (masking a parent takes no child with it)") in \
         err.problems
 
+
+def test_cascade_exempt_names_a_cascading_relationship_and_is_not_checked():
+    """A reviewed exception: children in an exempt relationship may go with their parent unretained, so they do
+    not keep it back; the name must be a relationship describe marks cascadeDelete."""
+    from retention import cascade
+
+    contacts_only = ACCOUNTS[:ACCOUNTS.index("  - object: Opportunity")] + ACCOUNTS[ACCOUNTS.index("\nsource:"):]
+    policy = parse_policy(contacts_only.encode())
+    account = describe("Account")
+    assert [r.name for r in cascade.undeclared(policy, account)] == ["Opportunities"]
+    exempt = parse_policy((contacts_only + "cascade_exempt: [Opportunities]\n").encode())
+    assert cascade.undeclared(exempt, account) == []
+    others = {name: describe(name) for name in exempt.related_fields()}
+    assert check_against_describe(exempt, account, others) == []
+    wrong = parse_policy((contacts_only + "cascade_exempt: [Cases]\n").encode())
+    assert check_against_describe(wrong, account, others) == [
+        "cascade_exempt: Account has no cascading child relationship named Cases"]
+

@@ -72,12 +72,15 @@ def undeclared(policy: Policy, describe: dict) -> list[Relationship]:
     if policy.action == "mask":
         return []
     declared = {(c.object.lower(), c.relationship.lower()) for c in policy.cascade}
+    exempt = {name.lower() for name in policy.cascade_exempt}
     out = []
     for rel in describe.get("childRelationships", []):
         child, field = rel.get("childSObject") or "", rel.get("field") or ""
         if not rel.get("cascadeDelete") or rel.get("deprecatedAndHidden") or not field:
             continue
         if (child.lower(), field.lower()) in declared or child.endswith(_OWN_BOOKKEEPING):
+            continue
+        if (rel.get("relationshipName") or "").lower() in exempt:
             continue
         out.append(Relationship(child, field, rel.get("relationshipName") or child))
     return out
@@ -198,7 +201,7 @@ def blocked_parents(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, des
     for rel in relations:
         conn.execute("DROP TABLE IF EXISTS pg_temp._cascade_children")
         conn.execute("CREATE TEMP TABLE _cascade_children (sfid varchar(18), parent varchar(18)) ON COMMIT DROP")
-        for page in sf.query_pages(rel.child, _child_soql(rel.child, rel.field, [], parents)):
+        for page in _children_pages(sf, policy, rel, parents):
             with conn.cursor().copy("COPY _cascade_children FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
                 cp.write(page)
         rows = conn.execute(sql.SQL(
@@ -210,6 +213,23 @@ def blocked_parents(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, des
                                    f"({rel.name}: {', '.join(sample)}) that the policy does not retain; declare "
                                    f"{rel.child} under cascade: to retain them")
     return out
+
+
+def _children_pages(sf: SalesforceBulk2Hook, policy: Policy, rel: Relationship, parents: str):
+    """The children (Id, lookup) of the parents past the cutoff, page by page. A relationship the org cannot
+    answer through a Bulk query stops the run: its children would go unseen with their parents."""
+    from simple_salesforce.exceptions import SalesforceError
+
+    from retention.hooks.salesforce_bulk import BulkJobError
+    from retention.pipeline import RetentionError
+
+    try:
+        yield from sf.query_pages(rel.child, _child_soql(rel.child, rel.field, [], parents))
+    except (SalesforceError, BulkJobError) as err:
+        raise RetentionError(
+            f"deleting {policy.object} also deletes {rel.child} records ({rel.name}), and Salesforce would not list "
+            f"them ({err}); retain them under cascade:, or, if they may go unretained (a read-only view such as "
+            f"ActivityHistories), name {rel.name} under cascade_exempt:. Nothing was touched.") from err
 
 
 def drop_parents(conn, policy: Policy, run: Run, parents: list[str]) -> None:
@@ -307,7 +327,7 @@ def children_changed(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, un
     for n, rel in relations:
         conn.execute("DROP TABLE IF EXISTS pg_temp._cascade_now")
         conn.execute("CREATE TEMP TABLE _cascade_now (sfid varchar(18), parent varchar(18)) ON COMMIT DROP")
-        for page in sf.query_pages(rel.child, _child_soql(rel.child, rel.field, [], source)):
+        for page in _children_pages(sf, policy, rel, source):
             with conn.cursor().copy("COPY _cascade_now FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
                 cp.write(page)
         if n is None:

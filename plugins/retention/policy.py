@@ -473,6 +473,9 @@ class Policy(_Model):
     alerts: Alerts | None = None
     source: Literal["heroku_connect", "salesforce_api"] = "heroku_connect"
     cascade: list[CascadeChild] = Field(default_factory=list, validate_default=True)
+    # Cascading relationships (describe's relationshipName, e.g. ActivityHistories) whose children may go with a
+    # deleted parent unretained: a reviewed exception, for read-only views and bookkeeping a team does not keep.
+    cascade_exempt: list[ApiName] = []
 
     _path: Path | None = PrivateAttr(None)
     _source_hash: str | None = PrivateAttr(None)
@@ -643,6 +646,11 @@ def check_against_describe(policy: Policy, describe: Mapping[str, Any],
             policy.select.filter, describe, lambda name: others.get(name.lower()))]
     problems += _check_holds(policy, sobject, others)
     problems += _check_cascade(policy, describe, others)
+    cascading = {(r.get("relationshipName") or "").lower() for r in describe.get("childRelationships", [])
+                 if r.get("cascadeDelete")}
+    for name in policy.cascade_exempt:
+        if name.lower() not in cascading:
+            problems.append(f"cascade_exempt: {sobject} has no cascading child relationship named {name}")
 
     for name, transform in policy.retain.fields.items():
         key = f"retain.fields.{name}"
