@@ -374,7 +374,7 @@ def test_the_cutoff_is_an_aware_utc_time_whatever_the_logical_dates_zone():
 def test_the_org_is_re_queried_in_as_few_id_lists_as_fit_salesforces_uri_limit():
     from urllib.parse import urlencode
 
-    from retention.operators.confirm_and_report import SOQL_URI_BUDGET, id_in_queries
+    from retention.hooks.salesforce_bulk import SOQL_URI_BUDGET, id_in_queries
 
     ids = [f"003Dn{n:010d}AAA" for n in range(50_312)]
     head = "SELECT Id, Email, FirstName FROM Contact WHERE Id IN ("

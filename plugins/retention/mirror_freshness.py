@@ -103,28 +103,24 @@ def freshness(object_name: str, *, salesforce_conn_id: str, store_conn_id: str, 
               now: dt.datetime | None = None) -> Freshness:
     """The org's high-water mark and recent deletions (two REST calls) against the mirror (one query)."""
     from psycopg import sql
-    from simple_salesforce.exceptions import SalesforceMalformedRequest
 
-    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.salesforce_bulk import ObjectUnavailable, SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
 
-    sf = SalesforceBulk2Hook(salesforce_conn_id).conn
+    sf = SalesforceBulk2Hook(salesforce_conn_id)
     try:
-        records = sf.query(f"SELECT SystemModstamp FROM {object_name} ORDER BY SystemModstamp DESC "
-                           "LIMIT 1")["records"]
-    except SalesforceMalformedRequest as err:
-        if "INVALID_TYPE" not in str(err.content):
-            raise
+        newest_in_org = sf.newest_modstamp(object_name)
+    except ObjectUnavailable as err:
         # The object does not exist for the API user (PrivacyHold without the Privacy Center licence and the
         # Manage Privacy Hold permission): no wait fixes that.
         raise HerokuConnectError(
             f"{object_name} is not available to the Salesforce API user, so its mirror cannot be checked against "
             "the org" + (": PrivacyHold needs the Privacy Center license and the \"Manage Privacy Hold\" "
                          "permission (API 59.0+)" if object_name.lower() == "privacyhold" else "")) from err
-    org_newest = _parse_sf_datetime(records[0]["SystemModstamp"]) if records else None
+    org_newest = _parse_sf_datetime(newest_in_org) if newest_in_org else None
     end = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    deleted = getattr(sf, object_name).deleted(end - DELETED_LOOKBACK, end).get("deletedRecords") or []
-    deleted_at = {r["id"]: _parse_sf_datetime(r["deletedDate"]) for r in deleted}
+    deleted_at = {record_id: _parse_sf_datetime(when)
+                  for record_id, when in sf.deleted_between(object_name, end - DELETED_LOOKBACK, end).items()}
     table = sql.Identifier(schema, object_name.lower())
     with RetentionStoreHook(store_conn_id).connect() as conn:
         # Connect stores timestamps in UTC without a zone.

@@ -309,17 +309,12 @@ def active_holds(sf: SalesforceBulk2Hook) -> set[str]:
     :raises RetentionError: the org or the user has no PrivacyHold (no Privacy Center licence or permission),
         which Salesforce reports as an unknown type: acting without the holds could touch a held record.
     """
-    from simple_salesforce.exceptions import SalesforceMalformedRequest
+    from retention.hooks.salesforce_bulk import ObjectUnavailable
 
     try:
-        result = sf.conn.query_all(
-            "SELECT ReferenceRecordId FROM PrivacyHold WHERE IsActive = true AND (EndDate = null OR EndDate >= TODAY)"
-        )
-    except SalesforceMalformedRequest as err:
-        if "INVALID_TYPE" in str(err.content):
-            raise RetentionError(HOLDS_UNAVAILABLE) from err
-        raise
-    return {r["ReferenceRecordId"] for r in result["records"]}
+        return sf.active_hold_ids()
+    except ObjectUnavailable as err:
+        raise RetentionError(HOLDS_UNAVAILABLE) from err
 
 
 def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,

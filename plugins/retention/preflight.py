@@ -109,10 +109,8 @@ def _salesforce(report: Report, conn_id: str):
         detail += ("; SOAP login() and the OAuth username-password flow are being retired (login() is gone from "
                    "API 65.0): configure the JWT bearer flow")
     report.add("salesforce", "login", status, detail)
-    versions = _guard(report, "salesforce", "api version", lambda: client.session.get(
-        f"https://{client.sf_instance}/services/data/", timeout=30).json())
-    if versions is not None:
-        known = [v["version"] for v in versions]
+    known = _guard(report, "salesforce", "api version", hook.api_versions)
+    if known is not None:
         latest = max(known, key=lambda v: tuple(map(int, v.split("."))))
         if client.sf_version in known:
             report.add("salesforce", "api version", OK, f"{client.sf_version} (the org serves up to {latest})")
@@ -127,12 +125,9 @@ def _permissions(report: Report, sf, policies: list[Policy]) -> None:
     hard = [p.id for p in policies if p.action == "hard_delete"]
     if hard:
         wanted[HARD_DELETE_PERMISSION[0]] = HARD_DELETE_PERMISSION[1]
-    names = ", ".join(wanted)
-    result = _guard(report, "permissions", "API user",
-                    lambda: sf.conn.query(f"SELECT {names} FROM UserPermissionAccess")["records"])
-    if result is None:
+    granted = _guard(report, "permissions", "API user", lambda: sf.user_permissions(list(wanted)))
+    if granted is None:
         return
-    granted = result[0] if result else {}
     for name, label in wanted.items():
         if granted.get(name):
             report.add("permissions", label.split(" (")[0], OK, "granted to the API user")

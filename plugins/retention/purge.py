@@ -37,17 +37,13 @@ class PurgeError(Exception):
 
 def mirror_holds(store: RetentionStoreHook, sf: SalesforceBulk2Hook) -> int:
     """Replace the store's copy of the org's privacy holds (all of them, active or not) in one transaction."""
-    from simple_salesforce.exceptions import SalesforceMalformedRequest
-
+    from retention.hooks.salesforce_bulk import ObjectUnavailable
     from retention.pipeline import HOLDS_UNAVAILABLE
 
     try:
-        holds = sf.conn.query_all(
-            "SELECT Id, ReferenceRecordId, IsActive, RegisteredDate, EndDate FROM PrivacyHold")["records"]
-    except SalesforceMalformedRequest as err:
-        if "INVALID_TYPE" in str(err.content):  # no Privacy Center for this user: no purge can know the holds
-            raise PurgeError(HOLDS_UNAVAILABLE) from err
-        raise
+        holds = sf.privacy_holds()
+    except ObjectUnavailable as err:  # no Privacy Center for this user: no purge can know the holds
+        raise PurgeError(HOLDS_UNAVAILABLE) from err
     with store.connect() as conn:
         conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")))
         with conn.cursor() as cur:

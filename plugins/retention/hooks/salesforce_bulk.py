@@ -1,5 +1,6 @@
-"""Salesforce Bulk API 2.0 for retention: stream query results page by page, run ingest jobs whose id is
-known before they are waited on, read per-record outcomes.
+"""Salesforce for retention: every query the product sends (privacy holds, records by id, high-water marks,
+deletions, the user's permissions), Bulk API 2.0 query results streamed page by page, ingest jobs whose id is
+known before they are waited on, and per-record outcomes.
 
 Built on the provider's ``SalesforceHook`` (same Airflow connection, same login flows). Ingest uses
 simple-salesforce's Bulk 2.0 client step by step rather than its one-call helpers: the job id must be
@@ -41,6 +42,23 @@ FINAL_STATES = ("JobComplete", "Failed", "Aborted")
 class SoapLoginUnavailable(AirflowFailException):
     """The connection logs in with SOAP ``login()`` at an API version that no longer offers it. Retrying cannot
     help: the connection has to change."""
+
+
+# Salesforce refuses a URI over 16,384 bytes (HTTP 414); an ``Id IN (...)`` query is sized to stay under this
+# many bytes of URL-encoded SOQL, which leaves room for the instance URL and the path.
+SOQL_URI_BUDGET = 15_000
+# Privacy holds in force now: active, and not past their end date.
+ACTIVE_HOLDS_SOQL = ("SELECT ReferenceRecordId FROM PrivacyHold WHERE IsActive = true AND "
+                     "(EndDate = null OR EndDate >= TODAY)")
+
+
+class ObjectUnavailable(Exception):
+    """The object does not exist for the API user: Salesforce answers INVALID_TYPE (e.g. PrivacyHold without the
+    Privacy Center licence and the "Manage Privacy Hold" permission)."""
+
+    def __init__(self, object_name: str):
+        super().__init__(f"{object_name} is not available to the Salesforce API user")
+        self.object_name = object_name
 
 
 class BulkJobError(Exception):
@@ -130,6 +148,67 @@ class SalesforceBulk2Hook(SalesforceHook):
         except SalesforceResourceNotFound:
             return None
 
+    def _query_all(self, object_name: str, soql: str) -> list[dict]:
+        """Every record of a REST query; INVALID_TYPE (no such object for this user) is ObjectUnavailable."""
+        from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+        try:
+            return self.conn.query_all(soql)["records"]
+        except SalesforceMalformedRequest as err:
+            if "INVALID_TYPE" in str(err.content):
+                raise ObjectUnavailable(object_name) from err
+            raise
+
+    def active_hold_ids(self) -> set[str]:
+        """Ids of the records under a privacy hold in force now.
+
+        :raises ObjectUnavailable: no PrivacyHold for this user.
+        """
+        return {r["ReferenceRecordId"] for r in self._query_all("PrivacyHold", ACTIVE_HOLDS_SOQL)}
+
+    def privacy_holds(self) -> list[dict]:
+        """Every PrivacyHold of the org, active or not (Id, ReferenceRecordId, IsActive, RegisteredDate, EndDate).
+
+        :raises ObjectUnavailable: no PrivacyHold for this user.
+        """
+        return self._query_all(
+            "PrivacyHold", "SELECT Id, ReferenceRecordId, IsActive, RegisteredDate, EndDate FROM PrivacyHold")
+
+    def live_records(self, object_name: str, ids: list[str], fields: list[str] = ()) -> list[dict]:
+        """The records among ``ids`` that are still live (Id and ``fields``), in as few queries as fit the URI
+        limit: each query counts against the org's daily API limit."""
+        head = f"SELECT {', '.join(['Id', *fields])} FROM {object_name} WHERE Id IN ("
+        out: list[dict] = []
+        for soql in id_in_queries(head, [i for i in ids if i.isalnum()]):
+            out += self._query_all(object_name, soql)
+        return out
+
+    def newest_modstamp(self, object_name: str) -> str | None:
+        """The object's newest SystemModstamp as the org reports it (a high-water mark), or None when empty.
+
+        :raises ObjectUnavailable: no such object for this user.
+        """
+        records = self._query_all(object_name, f"SELECT SystemModstamp FROM {object_name} "
+                                               "ORDER BY SystemModstamp DESC LIMIT 1")
+        return records[0]["SystemModstamp"] if records else None
+
+    def deleted_between(self, object_name: str, start, end) -> dict[str, str]:
+        """{id: deletedDate} of the records the org deleted between ``start`` and ``end`` (REST getDeleted)."""
+        found = getattr(self.conn, object_name).deleted(start, end).get("deletedRecords") or []
+        return {r["id"]: r["deletedDate"] for r in found}
+
+    def user_permissions(self, names: list[str]) -> dict[str, bool]:
+        """The API user's own permissions (UserPermissionAccess ``Permissions<Name>``)."""
+        records = self._query_all("UserPermissionAccess", f"SELECT {', '.join(names)} FROM UserPermissionAccess")
+        return {name: bool((records[0] if records else {}).get(name)) for name in names}
+
+    def api_versions(self) -> list[str]:
+        """The API versions the org serves (the Versions resource, which counts against no limit)."""
+        client = self.conn
+        response = client.session.get(f"https://{client.sf_instance}/services/data/", timeout=30)
+        response.raise_for_status()
+        return [v["version"] for v in response.json()]
+
     def count(self, soql: str) -> int:
         """``SELECT COUNT() ...`` through REST."""
         return self.conn.query(soql)["totalSize"]
@@ -207,6 +286,24 @@ class SalesforceBulk2Hook(SalesforceHook):
         out += [RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
                 for row in _rows(client.get_ingest_results(job_id, "unprocessedrecords"))]
         return out
+
+
+def id_in_queries(head: str, ids: list[str], budget: int = SOQL_URI_BUDGET) -> list[str]:
+    """``head`` + a quoted, comma-separated share of ``ids`` + ``)``, as few queries as fit the URI budget
+    once URL-encoded (about 500 IDs each)."""
+    from urllib.parse import quote_plus
+
+    fixed = len(quote_plus(head + ")"))
+    chunks: list[list[str]] = []
+    size = budget  # the first ID starts a chunk
+    for record_id in ids:
+        item = len(quote_plus(f"'{record_id}', "))
+        if size + item > budget:
+            chunks.append([])
+            size = fixed
+        chunks[-1].append(record_id)
+        size += item
+    return [head + ", ".join(f"'{i}'" for i in chunk) + ")" for chunk in chunks]
 
 
 def _version_number(version: str) -> float:

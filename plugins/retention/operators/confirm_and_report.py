@@ -14,9 +14,6 @@ if TYPE_CHECKING:
 
 # What the action did, as the ledger's message and the errors say it.
 DONE_VERB = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked"}
-# Salesforce refuses a URI over 16,384 bytes (HTTP 414); a query's ``Id IN (...)`` list is sized to stay
-# under this many bytes of URL-encoded SOQL, which leaves room for the instance URL and the path.
-SOQL_URI_BUDGET = 15_000
 
 
 class ConfirmAndReportOperator(PolicyOperator):
@@ -105,33 +102,8 @@ class ConfirmAndReportOperator(PolicyOperator):
         """Ids the org does not show as acted on (still live for deletes; values differ for masks)."""
         policy = self.policy
         fields = sorted({k for v in sent.values() for k in v}) if policy.action == "mask" else []
-        wrong: list[str] = []
-        head = f"SELECT {', '.join(['Id', *fields])} FROM {object_name} WHERE Id IN ("
-        for soql in id_in_queries(head, [i for i in done if i.isalnum()]):
-            records = sf.conn.query_all(soql)["records"]
-            if policy.action != "mask":
-                wrong += [r["Id"] for r in records]
-                continue
-            for r in records:
-                want = sent.get(r["Id"], {})
-                if any(not pipeline.same_value(want[f], r.get(f)) for f in want):
-                    wrong.append(r["Id"])
-        return wrong
-
-
-def id_in_queries(head: str, ids: list[str], budget: int = SOQL_URI_BUDGET) -> list[str]:
-    """``head`` + a quoted, comma-separated share of ``ids`` + ``)``, as few queries as fit the URI budget
-    once URL-encoded (about 500 IDs each): every query call counts against the org's daily API limit."""
-    from urllib.parse import quote_plus
-
-    fixed = len(quote_plus(head + ")"))
-    chunks: list[list[str]] = []
-    size = budget  # the first ID starts a chunk
-    for record_id in ids:
-        item = len(quote_plus(f"'{record_id}', "))
-        if size + item > budget:
-            chunks.append([])
-            size = fixed
-        chunks[-1].append(record_id)
-        size += item
-    return [head + ", ".join(f"'{i}'" for i in chunk) + ")" for chunk in chunks]
+        records = sf.live_records(object_name, done, fields)
+        if policy.action != "mask":
+            return [r["Id"] for r in records]
+        return [r["Id"] for r in records
+                if any(not pipeline.same_value(want, r.get(f)) for f, want in sent.get(r["Id"], {}).items())]
