@@ -173,7 +173,7 @@ def stage_from_salesforce(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Ru
 def held_parents(conn, policy: Policy, run: Run, holds: set[str] | None) -> dict[str, str]:
     """Parents with a child under an active privacy hold: {parent: held child}. From the org's holds when
     given, else from the Connect mirror's PrivacyHold table."""
-    from retention.pipeline import held_in_mirror
+    from retention.holds import in_mirror
 
     out: dict[str, str] = {}
     for n, child in enumerate(policy.cascade):
@@ -183,7 +183,7 @@ def held_parents(conn, policy: Policy, run: Run, holds: set[str] | None) -> dict
                 rel=rel, t=staging(run, n)), (sorted(holds),)).fetchall()
         else:
             rows = conn.execute(sql.SQL("SELECT c.{rel}, c.sfid FROM {t} c WHERE {held}").format(
-                rel=rel, t=staging(run, n), held=held_in_mirror("c"))).fetchall()
+                rel=rel, t=staging(run, n), held=in_mirror("c"))).fetchall()
         for parent, held_child in rows:
             out.setdefault(parent, held_child)
     return out

@@ -151,14 +151,6 @@ def _already_done(policy: Policy, alias: str) -> sql.Composable:
              purged=sql.Identifier(LEDGER_SCHEMA, "purged_records"), policy=sql.Literal(policy.id))
 
 
-def held_in_mirror(alias: str) -> sql.Composable:
-    return sql.SQL(
-        "EXISTS (SELECT 1 FROM {} h WHERE h.referencerecordid = {}.sfid AND h.isactive"
-        " AND NOT coalesce(h.isdeleted, false)"
-        " AND (h.enddate IS NULL OR h.enddate >= (now() AT TIME ZONE 'UTC')::date))"
-    ).format(sql.Identifier(MIRROR_SCHEMA, "privacyhold"), sql.Identifier(alias))
-
-
 def ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
     """Create ``cache.<table>`` (or add columns a changed policy now retains)."""
     ensure_table(conn, policy.retain.table, policy.retain.fields, types)
@@ -215,7 +207,9 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
         params += where_params
     matching = sql.SQL(" AND ").join(base)
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
-    hold = held_in_mirror("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
+    from retention import holds
+
+    hold = holds.in_mirror("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
     done = _already_done(policy, "m")
     cols = sql.SQL(", ").join(sql.Identifier("m", f.lower()) for f in staged_fields(policy))
     with store.connect() as conn:
@@ -299,22 +293,15 @@ def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, cou
     return f"SELECT {head} FROM {policy.object} WHERE {' AND '.join(clauses)}"
 
 
-HOLDS_UNAVAILABLE = ("PrivacyHold is not available to the API user: it needs the Privacy Center license and the "
-                     "\"Manage Privacy Hold\" permission (and API version 59.0 or later). Nothing was touched.")
-
-
 def active_holds(sf: SalesforceBulk2Hook) -> set[str]:
-    """Record ids under an active PrivacyHold in the org now (IsActive, EndDate empty or not passed).
-
-    :raises RetentionError: the org or the user has no PrivacyHold (no Privacy Center licence or permission),
-        which Salesforce reports as an unknown type: acting without the holds could touch a held record.
-    """
-    from retention.hooks.salesforce_bulk import ObjectUnavailable
+    """Record ids under a hold in force in the org now; acting without the holds could touch a held record, so
+    an org without PrivacyHold for this user stops the run (RetentionError)."""
+    from retention import holds
 
     try:
-        return sf.active_hold_ids()
-    except ObjectUnavailable as err:
-        raise RetentionError(HOLDS_UNAVAILABLE) from err
+        return holds.in_org(sf)
+    except holds.HoldsUnavailable as err:
+        raise RetentionError(str(err)) from err
 
 
 def extract_from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,

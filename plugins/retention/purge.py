@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from psycopg import sql
 
-from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA, MIRROR_SCHEMA
-from retention.pipeline import held_in_mirror, table_exists
+from retention import holds
+from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA
+from retention.pipeline import table_exists
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
@@ -36,37 +37,12 @@ class PurgeError(Exception):
 
 
 def mirror_holds(store: RetentionStoreHook, sf: SalesforceBulk2Hook) -> int:
-    """Replace the store's copy of the org's privacy holds (all of them, active or not) in one transaction."""
-    from retention.hooks.salesforce_bulk import ObjectUnavailable
-    from retention.pipeline import HOLDS_UNAVAILABLE
-
+    """Copy every privacy hold of the org into the store (the purge refuses an old copy); an org without
+    PrivacyHold for this user stops the purge."""
     try:
-        holds = sf.privacy_holds()
-    except ObjectUnavailable as err:  # no Privacy Center for this user: no purge can know the holds
-        raise PurgeError(HOLDS_UNAVAILABLE) from err
-    with store.connect() as conn:
-        conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")))
-        with conn.cursor() as cur:
-            cur.executemany(
-                sql.SQL("INSERT INTO {} (hold_id, record_id, is_active, registered_date, end_date) "
-                        "VALUES (%s, %s, %s, %s, %s)").format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds")),
-                [(h["Id"], h["ReferenceRecordId"], bool(h["IsActive"]), h.get("RegisteredDate"), h.get("EndDate"))
-                 for h in holds])
-        conn.execute(sql.SQL("INSERT INTO {} (mirrored_at, holds) VALUES (now(), %s) ON CONFLICT (singleton) "
-                             "DO UPDATE SET mirrored_at = excluded.mirrored_at, holds = excluded.holds")
-                     .format(sql.Identifier(LEDGER_SCHEMA, "holds_mirror")), (len(holds),))
-    return len(holds)
-
-
-def _held(conn, alias: str) -> sql.Composable:
-    """An active hold on the row's record, in the store's mirror of holds or in Connect's, if it has one."""
-    held = sql.SQL(
-        "EXISTS (SELECT 1 FROM {} h WHERE h.record_id = {}.sfid AND h.is_active "
-        "AND (h.end_date IS NULL OR h.end_date >= (now() AT TIME ZONE 'UTC')::date))"
-    ).format(sql.Identifier(LEDGER_SCHEMA, "privacy_holds"), sql.Identifier(alias))
-    if table_exists(conn, sql.Identifier(MIRROR_SCHEMA, "privacyhold")):
-        held = sql.SQL("({} OR {})").format(held, held_in_mirror(alias))
-    return held
+        return holds.copy_to_store(store, sf)
+    except holds.HoldsUnavailable as err:
+        raise PurgeError(str(err)) from err
 
 
 @dataclass(frozen=True)
@@ -94,7 +70,7 @@ def _purge_children(conn, policy: Policy, ledger_id: int) -> int:
                     "%(ledger)s) AND NOT {held} RETURNING c.sfid, c._action_status, c._retained_at) INSERT INTO {p} "
                     "(ledger_id, policy_id, sfid, action_status, retained_at) SELECT %(ledger)s, %(policy)s, sfid, "
                     "_action_status, _retained_at FROM gone ON CONFLICT DO NOTHING").format(
-                t=table, p=purged_records, held=_held(conn, "c")), {"ledger": ledger_id, "policy": policy.id}
+                t=table, p=purged_records, held=holds.in_store(conn, "c")), {"ledger": ledger_id, "policy": policy.id}
         ).rowcount
     return total
 
@@ -134,7 +110,7 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
 
         mine = sql.SQL("c._retention_policy = %(policy)s")
         past = sql.SQL("{} AND c._retained_at < %(before)s").format(mine)
-        held = _held(conn, "c")
+        held = holds.in_store(conn, "c")
         held_ids = [r[0] for r in conn.execute(
             sql.SQL("SELECT c.sfid FROM {} c WHERE {} AND {} ORDER BY 1").format(table, past, held), args).fetchall()
         ] if exists else []
