@@ -18,7 +18,6 @@ only with the record and are not checked.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.pipeline import Run
     from retention.policy import CascadeChild, Policy
-
-log = logging.getLogger(__name__)
 
 # Child objects that are a record's own bookkeeping: gone with it, nothing a team retains.
 _OWN_BOOKKEEPING = ("Share", "History", "Feed")
@@ -99,8 +96,9 @@ def parent_soql(policy: Policy, run: Run, date_type: str) -> str:
     """The parents a child query looks under: every one past the cutoff (the filter is left out: SOQL allows no
     sub-select inside another). A superset of the run's parents, narrowed in Postgres; the candidates it
     yields are what validation compares with the org's own count."""
-    value = run.cutoff.strftime("%Y-%m-%d" if date_type == "date" else "%Y-%m-%dT%H:%M:%SZ")
-    return f"SELECT Id FROM {policy.object} WHERE {policy.select.date_field} < {value}"
+    from retention.pipeline import soql_cutoff
+
+    return f"SELECT Id FROM {policy.object} WHERE {policy.select.date_field} < {soql_cutoff(run, date_type)}"
 
 
 def _child_soql(child_object: str, field: str, fields: list[str], parents: str) -> str:
@@ -199,11 +197,7 @@ def blocked_parents(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, des
     parents = parent_soql(policy, run, date_type)
     out: dict[str, str] = {}
     for rel in relations:
-        conn.execute("DROP TABLE IF EXISTS pg_temp._cascade_children")
-        conn.execute("CREATE TEMP TABLE _cascade_children (sfid varchar(18), parent varchar(18)) ON COMMIT DROP")
-        for page in _children_pages(sf, policy, rel, parents):
-            with conn.cursor().copy("COPY _cascade_children FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
-                cp.write(page)
+        _copy_children(conn, sf, policy, rel, parents)
         rows = conn.execute(sql.SQL(
             "SELECT c.parent, count(*), (array_agg(c.sfid ORDER BY c.sfid))[1:{}] FROM _cascade_children c "
             "JOIN {p} s ON s.sfid = c.parent GROUP BY c.parent").format(sql.Literal(_QUOTED), p=run.staging)
@@ -213,6 +207,16 @@ def blocked_parents(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, des
                                    f"({rel.name}: {', '.join(sample)}) that the policy does not retain; declare "
                                    f"{rel.child} under cascade: to retain them")
     return out
+
+
+def _copy_children(conn, sf: SalesforceBulk2Hook, policy: Policy, rel: Relationship, parents: str) -> None:
+    """The org's children (sfid, parent) of one relationship under ``parents``, streamed into the temp table
+    ``_cascade_children`` (replaced on each call, dropped at commit)."""
+    conn.execute("DROP TABLE IF EXISTS pg_temp._cascade_children")
+    conn.execute("CREATE TEMP TABLE _cascade_children (sfid varchar(18), parent varchar(18)) ON COMMIT DROP")
+    for page in _children_pages(sf, policy, rel, parents):
+        with conn.cursor().copy("COPY _cascade_children FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
+            cp.write(page)
 
 
 def _children_pages(sf: SalesforceBulk2Hook, policy: Policy, rel: Relationship, parents: str):
@@ -243,6 +247,7 @@ def drop_parents(conn, policy: Policy, run: Run, parents: list[str]) -> None:
 
 
 def staged_counts(conn, policy: Policy, run: Run) -> list[int]:
+    """Staged children per cascade child, in the policy's order."""
     return [conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging(run, n))).fetchone()[0]
             for n in range(len(policy.cascade))]
 
@@ -283,13 +288,9 @@ def retained_query(policy: Policy, run: Run, n: int) -> sql.Composed:
 
 def counts(conn, policy: Policy, run: Run) -> list[tuple[int, int]]:
     """(staged, retained) per child, as the store holds them now."""
-    out = []
-    for n in range(len(policy.cascade)):
-        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging(run, n))).fetchone()[0]
-        retained = conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run, n))
-                                ).fetchone()[0]
-        out.append((staged, retained))
-    return out
+    retained = [conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run, n))
+                             ).fetchone()[0] for n in range(len(policy.cascade))]
+    return list(zip(staged_counts(conn, policy, run), retained, strict=True))
 
 
 def org_count_soql(policy: Policy, run: Run, n: int, date_type: str) -> str:
@@ -325,18 +326,14 @@ def children_changed(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, un
     relations += [(None, Relationship(**rel)) for rel in undeclared_relations]
     out: dict[str, str] = {}
     for n, rel in relations:
-        conn.execute("DROP TABLE IF EXISTS pg_temp._cascade_now")
-        conn.execute("CREATE TEMP TABLE _cascade_now (sfid varchar(18), parent varchar(18)) ON COMMIT DROP")
-        for page in _children_pages(sf, policy, rel, source):
-            with conn.cursor().copy("COPY _cascade_now FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
-                cp.write(page)
+        _copy_children(conn, sf, policy, rel, source)
         if n is None:
             unretained = sql.SQL("true")
         else:
             unretained = sql.SQL("NOT EXISTS (SELECT 1 FROM {c} r WHERE r.sfid = k.sfid AND r._retention_run = {run}"
                                  " AND r._parent_sfid = k.parent)").format(
                 c=cache_table(policy.cascade[n]), run=sql.Literal(run.run_key))
-        rows = conn.execute(sql.SQL("SELECT k.parent, min(k.sfid) FROM _cascade_now k WHERE k.parent = ANY(%s) "
+        rows = conn.execute(sql.SQL("SELECT k.parent, min(k.sfid) FROM _cascade_children k WHERE k.parent = ANY(%s) "
                                     "AND {} GROUP BY k.parent").format(unretained), (parents,)).fetchall()
         for parent, child_id in rows:
             out.setdefault(parent, f"{CHANGED_CODE}: {rel.child} {child_id} would be deleted with it but was not "

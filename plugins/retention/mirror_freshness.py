@@ -12,18 +12,24 @@ the org changed. The mirror is therefore also checked against what the org itsel
 4. the org's newest ``SystemModstamp`` (one REST query) is not newer than the mirror's, and
 5. the records the org deleted in the last ``DELETED_LOOKBACK`` (REST getDeleted) are gone from the mirror.
 
-``check_mirror`` is the one place these are checked: the sensor calls it in its poke and the trigger in
-the triggerer. It raises ``HerokuConnectError`` for what needs a person, and returns (ready, explanation).
+``check_mirror`` is the one place these are checked, and ``check_mirrors`` runs it over the objects of a
+run: the sensor calls that in its poke and the trigger in the triggerer. They raise ``HerokuConnectError``
+for what needs a person, and return (ready, explanation).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from retention.hooks.heroku_connect import HerokuConnectError, HerokuConnectHook
 from retention.hooks.store import MIRROR_SCHEMA
+
+if TYPE_CHECKING:
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
 
 # How far back the deleted-records check looks. Connect polls at most every 60 minutes (2-60 per mapping),
 # so a deletion older than a day that is still mirrored is long overdue too, but a day keeps the answer
@@ -100,14 +106,14 @@ def unsettled_writes(store_conn_id: str, schema: str, table: str) -> int:
 
 
 def freshness(object_name: str, *, salesforce_conn_id: str, store_conn_id: str, schema: str = MIRROR_SCHEMA,
-              now: dt.datetime | None = None) -> Freshness:
+              now: dt.datetime | None = None, salesforce: SalesforceBulk2Hook | None = None) -> Freshness:
     """The org's high-water mark and recent deletions (two REST calls) against the mirror (one query)."""
     from psycopg import sql
 
     from retention.hooks.salesforce_bulk import ObjectUnavailable, SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
 
-    sf = SalesforceBulk2Hook(salesforce_conn_id)
+    sf = salesforce or SalesforceBulk2Hook(salesforce_conn_id)
     try:
         newest_in_org = sf.newest_modstamp(object_name)
     except ObjectUnavailable as err:
@@ -135,11 +141,14 @@ def freshness(object_name: str, *, salesforce_conn_id: str, store_conn_id: str, 
 
 
 def check_mirror(object_name: str, *, required_fields: Iterable[str] = (), heroku_connect_conn_id: str,
-                 store_conn_id: str, salesforce_conn_id: str, schema: str = MIRROR_SCHEMA) -> tuple[bool, str]:
+                 store_conn_id: str, salesforce_conn_id: str, schema: str = MIRROR_SCHEMA,
+                 connect: HerokuConnectHook | None = None,
+                 salesforce: SalesforceBulk2Hook | None = None) -> tuple[bool, str]:
     """(ready, explanation) for the mirror of ``object_name``; the explanation names the check that is
     behind, with its numbers. Raises ``HerokuConnectError`` when waiting cannot help: an error state, a
-    mapping that does not sync ``required_fields``, or no usable connection."""
-    status = HerokuConnectHook(heroku_connect_conn_id).sync_status(object_name)
+    mapping that does not sync ``required_fields``, or no usable connection. ``connect`` and ``salesforce``:
+    hooks a caller checking several objects reuses (one discovery and one login, not one per object)."""
+    status = (connect or HerokuConnectHook(heroku_connect_conn_id)).sync_status(object_name)
     if status.error:
         raise HerokuConnectError(f"{status.error}; not reading a mirror Connect cannot keep current. "
                                  f"({status.describe()})")
@@ -153,5 +162,28 @@ def check_mirror(object_name: str, *, required_fields: Iterable[str] = (), herok
     connect = f"Heroku Connect: {status.describe()}; unsettled writes in {schema}._trigger_log: {writes}"
     if not status.synced or writes:
         return False, connect
-    fresh = freshness(object_name, salesforce_conn_id=salesforce_conn_id, store_conn_id=store_conn_id, schema=schema)
+    fresh = freshness(object_name, salesforce_conn_id=salesforce_conn_id, store_conn_id=store_conn_id, schema=schema,
+                      salesforce=salesforce)
     return fresh.current, f"{fresh.describe()} ({connect})"
+
+
+def check_mirrors(object_names: Iterable[str], *, required_fields: Mapping[str, Iterable[str]],
+                  heroku_connect_conn_id: str, store_conn_id: str, salesforce_conn_id: str,
+                  schema: str = MIRROR_SCHEMA, log: logging.Logger) -> tuple[bool, str]:
+    """``check_mirror`` for each object in turn, stopping at the first not ready; (ready, explanation) of
+    the last one checked. The objects share one Connect hook and one Salesforce hook (one discovery and one
+    login per call, so a long wait logs in afresh at each poke)."""
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+
+    connect = HerokuConnectHook(heroku_connect_conn_id)
+    salesforce = SalesforceBulk2Hook(salesforce_conn_id)
+    ready, explanation = True, "no object to check"
+    for name in object_names:
+        ready, explanation = check_mirror(
+            name, required_fields=required_fields.get(name, ()), heroku_connect_conn_id=heroku_connect_conn_id,
+            store_conn_id=store_conn_id, salesforce_conn_id=salesforce_conn_id, schema=schema,
+            connect=connect, salesforce=salesforce)
+        log.info("Heroku Connect mirror of %s %s: %s", name, "ready" if ready else "not ready", explanation)
+        if not ready:
+            break
+    return ready, explanation

@@ -184,7 +184,7 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
     :param others: describes of the objects the policy reads besides its own (sub-selects, cascade children).
     :param sf: the org, asked which parents have children a delete would take (cascade checks).
     """
-    from retention import soql_filter
+    from retention import holds, soql_filter
 
     others = {k.lower(): v for k, v in (others or {}).items()}
 
@@ -207,8 +207,6 @@ def extract_from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, des
         params += where_params
     matching = sql.SQL(" AND ").join(base)
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
-    from retention import holds
-
     hold = holds.in_mirror("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
     done = _already_done(policy, "m")
     cols = sql.SQL(", ").join(sql.Identifier("m", f.lower()) for f in staged_fields(policy))
@@ -281,12 +279,16 @@ def _guard(policy: Policy, eligible: int) -> None:
         )
 
 
+def soql_cutoff(run: Run, date_type: str) -> str:
+    """The run's cutoff as a SOQL literal for a date or datetime field."""
+    return run.cutoff.strftime("%Y-%m-%d" if date_type == "date" else "%Y-%m-%dT%H:%M:%SZ")
+
+
 def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, count: bool = False) -> str:
     """The policy's selection as SOQL (the where filter re-rendered from its parsed form, never pasted)."""
     from retention import soql_filter
 
-    date_value = run.cutoff.strftime("%Y-%m-%d" if date_type == "date" else "%Y-%m-%dT%H:%M:%SZ")
-    clauses = [f"{policy.select.date_field} < {date_value}"]
+    clauses = [f"{policy.select.date_field} < {soql_cutoff(run, date_type)}"]
     if policy.select.where:
         clauses.append(f"({soql_filter.to_soql(soql_filter.parse(policy.select.where))})")
     head = "COUNT()" if count else ", ".join(["Id", *fields])
@@ -480,16 +482,9 @@ def unfinished_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list
     return [(r[0], r[1]) for r in rows]
 
 
-def release_job(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str) -> None:
-    """The records of a job that never received them are pending again."""
-    with store.connect() as conn:
-        conn.execute(sql.SQL("UPDATE {} SET _action_status = 'pending', _bulk_job_id = NULL WHERE _bulk_job_id = %s "
-                             "AND _retention_run = %s AND _action_status = 'submitting'")
-                     .format(sql.Identifier(CACHE_SCHEMA, policy.retain.table)), (job_id, run.run_key))
-
-
-def release_unreported(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str) -> int:
-    """The records of a job that stopped part way and did not report them are pending again."""
+def release_job(store: RetentionStoreHook, policy: Policy, run: Run, job_id: str) -> int:
+    """The records of a job that never got them, or that stopped part way without reporting them (those it
+    reported were recorded first), are pending again."""
     with store.connect() as conn:
         return conn.execute(sql.SQL("UPDATE {} SET _action_status = 'pending', _bulk_job_id = NULL WHERE "
                                     "_bulk_job_id = %s AND _retention_run = %s AND _action_status IN "
@@ -599,14 +594,12 @@ def action_error(store: RetentionStoreHook, policy: Policy, sfid: str) -> str | 
 
 def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], sent: dict[str, dict]) -> bool:
     """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
+    if policy.action in ("delete", "hard_delete"):
+        return mirror_shows_gone(store, policy.object, ids)
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
     with store.connect() as conn:
         if not table_exists(conn, mirror):
             return True
-        if policy.action in ("delete", "hard_delete"):
-            left = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE sfid = ANY(%s)").format(mirror),
-                                (ids,)).fetchone()[0]
-            return left == 0
         fields = sorted({k for v in sent.values() for k in v}, key=str.lower)
         cols = sql.SQL(", ").join(_column(f) for f in fields)
         rows = conn.execute(sql.SQL("SELECT sfid, {} FROM {} WHERE sfid = ANY(%s)").format(cols, mirror),

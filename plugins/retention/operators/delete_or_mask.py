@@ -40,7 +40,7 @@ class DeleteOrMaskOperator(PolicyOperator):
             if state in ("Failed", "Aborted"):
                 reported = pipeline.record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id),
                                                     processed_only=True)
-                released = pipeline.release_unreported(store, policy, run, job_id)
+                released = pipeline.release_job(store, policy, run, job_id)
                 self.log.warning("job %s of an earlier attempt ended %s part way: %d records it processed are "
                                  "recorded, %d it did not reach go out again", job_id, state, sum(reported.values()),
                                  released)

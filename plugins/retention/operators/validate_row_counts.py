@@ -34,7 +34,8 @@ class ValidateRowCountsOperator(PolicyOperator):
         staged, retained = pipeline.store_counts(store, self.policy, run)
         # The org counts every record matching the policy, including held ones and ones an earlier run
         # already retained and masked; what remains must equal this run's eligible count.
-        in_org = self.salesforce().count(pipeline.soql_for(
+        sf = self.salesforce()  # one login for the parents' count and the children's
+        in_org = sf.count(pipeline.soql_for(
             self.policy, run, [], extracted["field_types"][self.policy.select.date_field], count=True))
         org_eligible = in_org - extracted["held"] - extracted.get("done", 0) - len(extracted.get("blocked", {}))
         counts = RowCounts(eligible=extracted["eligible"], staged=staged, retained=retained, salesforce=org_eligible)
@@ -44,7 +45,7 @@ class ValidateRowCountsOperator(PolicyOperator):
             policy_id=self.policy.id, run_label=run.run_key, docs_dir=data_docs_dir(self.policy.id),
         )
         self._gate(result, counts)
-        children = self._children(store, run, extracted)
+        children = self._children(store, sf, run, extracted)
         return {"message": result.message, "counts": result.details.get("counts"), "salesforce_total": in_org,
                 "data_docs": result.details.get("data_docs"), "children": children}
 
@@ -57,7 +58,7 @@ class ValidateRowCountsOperator(PolicyOperator):
             raise pipeline.RetentionError(f"{result.message}. Nothing was deleted or masked. Data Docs: {docs}",
                                           details={"counts": count_mismatches(counts), "data_docs": docs})
 
-    def _children(self, store, run: pipeline.Run, extracted: dict) -> dict[str, dict]:
+    def _children(self, store, sf, run: pipeline.Run, extracted: dict) -> dict[str, dict]:
         """The same gate for each cascade child: every child the parents' delete takes is retained. The org counts
         the candidates (children of every parent past the cutoff); those the run left with their parents
         (held, blocked, done, outside the filter) are subtracted as the source counted them."""
@@ -70,7 +71,6 @@ class ValidateRowCountsOperator(PolicyOperator):
             return out
         with store.connect() as conn:
             stored = cascade.counts(conn, self.policy, run)
-        sf = self.salesforce()
         for n, (child, info) in enumerate(zip(self.policy.cascade, extracted["children"], strict=True)):
             staged, retained = stored[n]
             in_org = sf.count(cascade.org_count_soql(self.policy, run, n, extracted["date_type"]))

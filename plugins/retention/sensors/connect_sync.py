@@ -1,7 +1,7 @@
 """Wait until the Heroku Connect mirror of an object can be read: mapped, synced and proven current.
 
 Retention selects eligible records from the mirror, so a run must never start on a stale one. The
-sensor passes only when ``retention.mirror_freshness.check_mirror`` says so for every object the run
+sensor passes only when ``retention.mirror_freshness.check_mirrors`` says so for every object the run
 reads: the connection healthy, the mapping ``DATA_SYNCED`` with nothing pending, no write to the table
 waiting in Connect's ``_trigger_log``, and the mirror as new as the org (its newest ``SystemModstamp``,
 and the org's recent deletions gone). A mapping that does not sync a field the run reads fails the task
@@ -18,7 +18,7 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from retention.hooks.heroku_connect import HerokuConnectError, HerokuConnectHook
 from retention.hooks.store import MIRROR_SCHEMA
-from retention.mirror_freshness import check_mirror
+from retention.mirror_freshness import check_mirrors
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -73,24 +73,15 @@ class ConnectSyncSensor(BaseSensorOperator):
     def object_names(self) -> list[str]:
         return [self.object_name, *self.also_wait_for]
 
-    def check(self, object_name: str) -> tuple[bool, str]:
-        """One object's check (``check_mirror``), as the trigger runs it too."""
-        return check_mirror(
-            object_name, required_fields=self.required_fields.get(object_name, ()),
-            heroku_connect_conn_id=self.heroku_connect_conn_id, store_conn_id=self.store_conn_id,
-            salesforce_conn_id=self.salesforce_conn_id, schema=self.mirror_schema,
-        )
-
     def poke(self, context: Context) -> bool:
-        for name in self.object_names:
-            try:
-                ready, self._last = self.check(name)
-            except HerokuConnectError as exc:
-                raise AirflowFailException(str(exc)) from None
-            self.log.info("Heroku Connect mirror of %s %s: %s", name, "ready" if ready else "not ready", self._last)
-            if not ready:
-                return False
-        return True
+        try:
+            ready, self._last = check_mirrors(
+                self.object_names, required_fields=self.required_fields,
+                heroku_connect_conn_id=self.heroku_connect_conn_id, store_conn_id=self.store_conn_id,
+                salesforce_conn_id=self.salesforce_conn_id, schema=self.mirror_schema, log=self.log)
+        except HerokuConnectError as exc:
+            raise AirflowFailException(str(exc)) from None
+        return ready
 
     def execute(self, context: Context) -> Any:
         if self.deferrable:

@@ -10,7 +10,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 
 class ConnectSyncTrigger(BaseTrigger):
-    """Fires ``{"status": "synced"}`` once every object's mirror passes ``check_mirror``, or
+    """Fires ``{"status": "synced"}`` once every object's mirror passes ``check_mirrors``, or
     ``{"status": "error"}`` when the check says waiting cannot help. The timeout is the deferral's own."""
 
     def __init__(self, *, object_names: list[str], heroku_connect_conn_id: str, store_conn_id: str,
@@ -39,26 +39,16 @@ class ConnectSyncTrigger(BaseTrigger):
             },
         )
 
-    def _check(self, name: str) -> tuple[bool, str]:
-        from retention.mirror_freshness import check_mirror
-
-        return check_mirror(
-            name, required_fields=self.required_fields.get(name, ()),
-            heroku_connect_conn_id=self.heroku_connect_conn_id, store_conn_id=self.store_conn_id,
-            salesforce_conn_id=self.salesforce_conn_id, schema=self.mirror_schema,
-        )
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from retention.hooks.heroku_connect import HerokuConnectError
+        from retention.mirror_freshness import check_mirrors
 
         while True:
             try:
-                for name in self.object_names:
-                    ready, explanation = await asyncio.to_thread(self._check, name)
-                    self.log.info("Heroku Connect mirror of %s %s: %s", name, "ready" if ready else "not ready",
-                                  explanation)
-                    if not ready:
-                        break
+                ready, explanation = await asyncio.to_thread(
+                    check_mirrors, self.object_names, required_fields=self.required_fields,
+                    heroku_connect_conn_id=self.heroku_connect_conn_id, store_conn_id=self.store_conn_id,
+                    salesforce_conn_id=self.salesforce_conn_id, schema=self.mirror_schema, log=self.log)
             except HerokuConnectError as exc:
                 yield TriggerEvent({"status": "error", "message": str(exc)})
                 return
