@@ -68,7 +68,8 @@ class DeleteOrMaskOperator(PolicyOperator):
             self.log.warning("%d records came under a privacy hold since extract (themselves or a child); they are "
                              "kept and not touched", len(held_now))
             pipeline.mark(store, policy, run, held_now, "held")
-            ids = [i for i in ids if i not in set(held_now)]
+            held = set(held_now)
+            ids = [i for i in ids if i not in held]
         if ids and (policy.cascade or extracted.get("cascade_relations")):
             # Children can be added between extract and now; a delete would take them unretained.
             with store.connect() as conn:
