@@ -82,10 +82,10 @@ def policy_world(sandbox, *, contacts: int | None = None, seed: int = 0):
 def lose_staged_rows(monkeypatch, count: int = 2) -> None:
     """Make every run lose ``count`` staged rows between extract and subset, so its validation must fail
     (eligible != staged != retained): a forced validation failure through the real pipeline."""
-    from retention import pipeline
     from retention.hooks.store import RetentionStoreHook
+    from retention.steps import load
 
-    real_subset = pipeline.subset
+    real_subset = load.subset
 
     def subset_after_losing_rows(store, policy, run, key):
         with RetentionStoreHook().connect() as conn:
@@ -93,7 +93,7 @@ def lose_staged_rows(monkeypatch, count: int = 2) -> None:
                          f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT {int(count)})')
         return real_subset(store, policy, run, key)
 
-    monkeypatch.setattr(pipeline, "subset", subset_after_losing_rows)
+    monkeypatch.setattr(load, "subset", subset_after_losing_rows)
 
 
 # accounts_bulk_api's selection: accounts past the cutoff without cases or Closed Won opportunities (Salesforce

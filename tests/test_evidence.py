@@ -18,20 +18,21 @@ POLICY_ID = "evidence_check"
 
 @pytest.fixture(scope="module")
 def ledger_rows(sandbox, airflow_db):
-    """Three ledger rows written by the pipeline's own write_ledger, for a policy id of this module."""
-    from retention import pipeline
+    """Three ledger rows written by the confirm step's own write_ledger, for a policy id of this module."""
     from retention.hooks.store import RetentionStoreHook
     from retention.policy import load_policy
+    from retention.steps.confirm import write_ledger
+    from retention.steps.run import make_run
 
     policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml").model_copy(update={"id": POLICY_ID})
     store = RetentionStoreHook()
     store.ensure_schema()
     ids = []
     for day in (1, 2, 3):
-        run = pipeline.make_run(policy, logical_date=dt.datetime(2026, 6, day, 3, tzinfo=dt.UTC),
-                                run_after=dt.datetime(2026, 6, day, 3, tzinfo=dt.UTC),
-                                dag_run_id=f"scheduled__2026-06-0{day}", params={})
-        ids.append(pipeline.write_ledger(
+        run = make_run(policy, logical_date=dt.datetime(2026, 6, day, 3, tzinfo=dt.UTC),
+                       run_after=dt.datetime(2026, 6, day, 3, tzinfo=dt.UTC),
+                       dag_run_id=f"scheduled__2026-06-0{day}", params={})
+        ids.append(write_ledger(
             store, policy, run, counts={"eligible": 10 * day, "held": 1, "staged": 10 * day, "retained": 10 * day,
                                         "acted": 10 * day, "failed": 0, "salesforce": 10 * day},
             bulk_job_ids=[f"750Dn00000000{day}"], holds_applied=["003Dn0000000001IAA"], validation={"ok": True},

@@ -139,7 +139,8 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
     Added before validation, the children's count disagrees with the org's and nothing is deleted; added after,
     the act step asks the org again just before the delete, and that parent waits (failed, CHILDREN_CHANGED) while
     the others go. The next run retains the new children first, then deletes them with their parent."""
-    from retention import cascade, pipeline
+    from retention import cascade
+    from retention.steps import act
 
     sandbox = world
     logical_date = LOGICAL_DATE + dt.timedelta(days=1825 + 40)  # every account is old enough
@@ -150,7 +151,7 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
     def a_colleague_adds_a_contact():
         added.append(sf.Contact.create({"LastName": f"Late arrival {len(added)}", "AccountId": target})["id"])
 
-    real_load, real_pending = cascade.load, pipeline.pending_ids
+    real_load, real_pending = cascade.load, act.pending_ids
 
     def load_then_add(conn, policy, run):
         counts = real_load(conn, policy, run)
@@ -174,7 +175,7 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
         return real_pending(store, policy, run)
 
     monkeypatch.setattr(cascade, "load", real_load)
-    monkeypatch.setattr(pipeline, "pending_ids", add_then_pending)
+    monkeypatch.setattr(act, "pending_ids", add_then_pending)
     run, states = run_policy("growing_accounts", logical_date + dt.timedelta(days=1))
     assert run.state == "failed" and states["confirm_and_report"] == "failed", states
     parents = cache_rows(sandbox, "growing_account")
@@ -185,7 +186,7 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
     assert all(v["_action_status"] == "done" for k, v in parents.items()
                if k != target and v["_retention_run"] == parents[target]["_retention_run"])
 
-    monkeypatch.setattr(pipeline, "pending_ids", real_pending)
+    monkeypatch.setattr(act, "pending_ids", real_pending)
     run, states = run_policy("growing_accounts", logical_date + dt.timedelta(days=2))
     assert run.state == "success", states
     contacts = cache_rows(sandbox, "growing_contact")

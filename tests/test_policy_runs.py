@@ -360,13 +360,13 @@ def test_the_ledger_chain_holds_after_all_these_runs(world):
 def test_the_cutoff_is_an_aware_utc_time_whatever_the_logical_dates_zone():
     import pendulum
 
-    from retention import pipeline
     from retention.policy import load_policy
+    from retention.steps.run import make_run
     from tests.conftest import REPO
 
     policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml")
-    run = pipeline.make_run(policy, logical_date=pendulum.datetime(2026, 6, 1, 3, tz="Europe/Paris"),
-                            run_after=pendulum.now("UTC"), dag_run_id="manual__x", params={})
+    run = make_run(policy, logical_date=pendulum.datetime(2026, 6, 1, 3, tz="Europe/Paris"),
+                   run_after=pendulum.now("UTC"), dag_run_id="manual__x", params={})
     assert run.cutoff == dt.datetime(2024, 6, 1, 1, tzinfo=dt.UTC) and run.cutoff.utcoffset() == dt.timedelta(0)
     assert run.run_key == "inactive_contacts__20260601T010000"
 

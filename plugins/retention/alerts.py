@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
 
+from retention.steps.results import Task
+
 if TYPE_CHECKING:
     from retention.policy import Alerts, Policy
 
-VALIDATION_TASK = "validate_row_counts"
+VALIDATION_TASK = Task.VALIDATE
 
 
 class AlertSettingsError(ValueError):

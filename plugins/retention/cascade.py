@@ -27,8 +27,8 @@ from retention.hooks.store import CACHE_SCHEMA, MIRROR_SCHEMA, STAGING_SCHEMA
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
-    from retention.pipeline import Run
     from retention.policy import CascadeChild, Policy
+    from retention.steps.run import Run
 
 # Child objects that are a record's own bookkeeping: gone with it, nothing a team retains.
 _OWN_BOOKKEEPING = ("Share", "History", "Feed")
@@ -96,9 +96,7 @@ def parent_soql(policy: Policy, run: Run, date_type: str) -> str:
     """The parents a child query looks under: every one past the cutoff (the filter is left out: SOQL allows no
     sub-select inside another). A superset of the run's parents, narrowed in Postgres; the candidates it
     yields are what validation compares with the org's own count."""
-    from retention.pipeline import soql_cutoff
-
-    return f"SELECT Id FROM {policy.object} WHERE {policy.select.date_field} < {soql_cutoff(run, date_type)}"
+    return f"SELECT Id FROM {policy.object} WHERE {policy.select.date_field} < {run.soql_cutoff(date_type)}"
 
 
 def _child_soql(child_object: str, field: str, fields: list[str], parents: str) -> str:
@@ -111,8 +109,6 @@ def _child_soql(child_object: str, field: str, fields: list[str], parents: str) 
 def stage_from_mirror(conn, policy: Policy, run: Run, types: dict[str, dict[str, str]]) -> list[dict]:
     """Stage each child of the run's parents from the Connect mirror; count the candidates (children of every
     parent past the cutoff) for validation."""
-    from retention.pipeline import _cutoff_value
-
     out = []
     parent_mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
     date_type = types[policy.object][policy.select.date_field]
@@ -132,7 +128,7 @@ def stage_from_mirror(conn, policy: Policy, run: Run, types: dict[str, dict[str,
                 "SELECT count(*) FROM {m} c JOIN {p} p ON p.sfid = c.{rel} WHERE NOT coalesce(c.isdeleted, false) "
                 "AND NOT coalesce(p.isdeleted, false) AND p.{d} < %s").format(
                 m=mirror, p=parent_mirror, rel=rel, d=_column(policy.select.date_field)),
-                (_cutoff_value(date_type, run.cutoff),))
+                (run.cutoff_value(date_type),))
             candidates = cur.fetchone()[0]
         out.append({"object": child.object, "table": child.retain.table, "candidates": candidates})
     return out
@@ -142,7 +138,7 @@ def stage_from_salesforce(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Ru
                           types: dict[str, dict[str, str]]) -> list[dict]:
     """Stage each child of the run's parents from a Bulk 2.0 query (the children of every parent past the cutoff,
     streamed into COPY), then keep those of the staged parents."""
-    from retention.pipeline import STAGING_TYPES
+    from retention.cache import STAGING_TYPES
 
     out = []
     parents = parent_soql(policy, run, types[policy.object][policy.select.date_field])
@@ -225,7 +221,7 @@ def _children_pages(sf: SalesforceBulk2Hook, policy: Policy, rel: Relationship, 
     from simple_salesforce.exceptions import SalesforceError
 
     from retention.hooks.salesforce_bulk import BulkJobError
-    from retention.pipeline import RetentionError
+    from retention.steps.run import RetentionError
 
     try:
         yield from sf.query_pages(rel.child, _child_soql(rel.child, rel.field, [], parents))
@@ -257,7 +253,7 @@ def staged_counts(conn, policy: Policy, run: Run) -> list[int]:
 
 def subset(conn, policy: Policy, run: Run, hash_key: bytes | None) -> list[int]:
     """Each child's retained subset, computed inside Postgres, with the parent's sfid beside it."""
-    from retention.pipeline import subset_table as build_subset
+    from retention.steps.load import subset_table as build_subset
 
     return [build_subset(conn, child.retain.fields, staging(run, n), subset_table(run, n), hash_key,
                          parent_column=child.relationship)
@@ -265,7 +261,7 @@ def subset(conn, policy: Policy, run: Run, hash_key: bytes | None) -> list[int]:
 
 
 def ensure_cache_tables(conn, policy: Policy, types: dict[str, dict[str, str]]) -> None:
-    from retention.pipeline import ensure_table
+    from retention.cache import ensure_table
 
     for child in policy.cascade:
         ensure_table(conn, child.retain.table, child.retain.fields, types[child.object], parent=True)
@@ -273,7 +269,7 @@ def ensure_cache_tables(conn, policy: Policy, types: dict[str, dict[str, str]]) 
 
 def load(conn, policy: Policy, run: Run) -> list[int]:
     """Upsert each child's subset into its cache table, in the caller's transaction (with the parent's)."""
-    from retention.pipeline import upsert_retained
+    from retention.cache import upsert_retained
 
     return [upsert_retained(conn, child.retain.table, list(child.retain.fields), subset_table(run, n), policy, run,
                             parent=True)

@@ -11,8 +11,10 @@ import csv
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Every column of retention.runs except the chain's own; id orders the chain but is not hashed, so
 # a dump and restore into a fresh table verifies the same.
@@ -53,6 +55,44 @@ def seal_last_row(conn, row_id: int) -> str:
     sealed = row_hash(row, prev_hash)
     conn.execute("UPDATE retention.runs SET prev_hash = %s, row_hash = %s WHERE id = %s", (prev_hash, sealed, row_id))
     return sealed
+
+
+# jsonb columns of retention.runs: appended values are sent as JSON.
+_JSON_FIELDS = frozenset({"bulk_job_ids", "holds_applied", "validation", "timings", "blocked_records", "cascade"})
+
+
+def append(conn, row: dict[str, Any], *, then: Callable[[int], dict[str, Any]] | None = None) -> int:
+    """Append one run's evidence to the ledger (``retention.runs``) and chain it to the row before: the one way
+    the product writes a ledger row. ``then(row_id)`` runs before the row is sealed, for evidence that needs the
+    row's id first (the purge's purged ids); the columns it returns are set on the row. Call inside the writing
+    transaction."""
+    from psycopg import sql
+    from psycopg.types.json import Jsonb
+
+    known = (*EVIDENCE_FIELDS, *LATER_EVIDENCE_FIELDS)
+    unknown = set(row) - set(known)
+    if unknown:
+        raise ValueError(f"not a ledger column: {', '.join(sorted(unknown))}")
+
+    def value(name: str, v):
+        return Jsonb(v, dumps=lambda o: json.dumps(o, default=str)) if name in _JSON_FIELDS and v is not None else v
+
+    lock(conn)
+    names = [n for n in known if n in row]
+    row_id = conn.execute(
+        sql.SQL("INSERT INTO retention.runs ({}) VALUES ({}) RETURNING id").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)), sql.SQL(", ").join(sql.Placeholder() * len(names))),
+        [value(n, row[n]) for n in names]).fetchone()[0]
+    later = then(row_id) if then else {}
+    if later:
+        unknown = set(later) - set(known)
+        if unknown:
+            raise ValueError(f"not a ledger column: {', '.join(sorted(unknown))}")
+        conn.execute(sql.SQL("UPDATE retention.runs SET {} WHERE id = %s").format(
+            sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(n)) for n in later)),
+            [*(value(n, v) for n, v in later.items()), row_id])
+    seal_last_row(conn, row_id)
+    return row_id
 
 
 def lock(conn) -> None:

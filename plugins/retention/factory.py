@@ -80,6 +80,7 @@ def build_dag(policy: Policy) -> DAG:
     from retention.operators.subset import SubsetOperator
     from retention.operators.validate_row_counts import ValidateRowCountsOperator
     from retention.sensors.connect_sync import ConnectSyncSensor
+    from retention.steps.results import Task
 
     alerts = settings_for(policy)
     on_failure = [RetentionAlertNotifier(policy_id=policy.id, alerts=alerts)] if alerts else []
@@ -112,15 +113,15 @@ def build_dag(policy: Policy) -> DAG:
             holds = tuple(sorted(policy.related_fields()))
             required = {policy.object: sorted(policy.referenced_fields()),
                         **{name: sorted(fields) for name, fields in policy.related_fields().items()}}
-            steps.append(ConnectSyncSensor(task_id="wait_for_connect_sync", object_name=policy.object,
+            steps.append(ConnectSyncSensor(task_id=Task.WAIT_FOR_CONNECT_SYNC.value, object_name=policy.object,
                                            also_wait_for=holds, required_fields=required))
         steps += [
-            ExtractOperator(task_id="extract", pool=SALESFORCE_POOL, **common),
-            SubsetOperator(task_id="subset", **common),
-            LoadToCacheOperator(task_id="load_to_cache", **common),
-            ValidateRowCountsOperator(task_id="validate_row_counts", pool=SALESFORCE_POOL, **common),
-            DeleteOrMaskOperator(task_id="delete_or_mask", pool=SALESFORCE_POOL, **common),
-            ConfirmAndReportOperator(task_id="confirm_and_report", pool=SALESFORCE_POOL, **common),
+            ExtractOperator(task_id=Task.EXTRACT.value, pool=SALESFORCE_POOL, **common),
+            SubsetOperator(task_id=Task.SUBSET.value, **common),
+            LoadToCacheOperator(task_id=Task.LOAD_TO_CACHE.value, **common),
+            ValidateRowCountsOperator(task_id=Task.VALIDATE.value, pool=SALESFORCE_POOL, **common),
+            DeleteOrMaskOperator(task_id=Task.ACT.value, pool=SALESFORCE_POOL, **common),
+            ConfirmAndReportOperator(task_id=Task.CONFIRM.value, pool=SALESFORCE_POOL, **common),
         ]
         for upstream, downstream in zip(steps, steps[1:], strict=False):
             upstream >> downstream

@@ -54,7 +54,7 @@ def in_mirror(alias: str) -> sql.Composable:
 def in_store(conn, alias: str) -> sql.Composable:
     """SQL: the row ``alias`` is under a hold in force, in the store's copy of the holds or in Connect's mirror
     when the mirror has PrivacyHold."""
-    from retention.pipeline import table_exists
+    from retention.cache import table_exists
 
     held = sql.SQL(
         "EXISTS (SELECT 1 FROM {} h WHERE h.record_id = {}.sfid AND h.is_active "

@@ -17,7 +17,7 @@ import re
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -580,14 +580,6 @@ class Policy(_Model):
         for child in self.cascade:
             out.setdefault(child.object, set()).update({child.relationship, *child.retain.fields})
         return out
-
-    def cutoff(self, logical_date: datetime) -> datetime:
-        """Records whose date_field is before this instant are eligible. Naive datetimes are taken as UTC."""
-        if logical_date.tzinfo is None:
-            logical_date = logical_date.replace(tzinfo=UTC)
-        d = logical_date.astimezone(UTC)
-        plain = datetime(d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond, tzinfo=UTC)
-        return plain - timedelta(days=self.select.older_than_days)
 
 
 def _valid_cron(value: str) -> bool:

@@ -9,15 +9,14 @@ what was purged, or nothing happens at all.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 from retention import holds
+from retention.cache import table_exists
 from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA
-from retention.pipeline import table_exists
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
@@ -120,37 +119,38 @@ def purge(store: RetentionStoreHook, policy: Policy, *, as_of: dt.datetime, dag_
             would = count(purgeable)
             return PurgeResult(None, before, would, held_ids, unfinished, count(mine) - would, "")
         # The ledger row first (its id ties the purged ids to it), the counts once the rows are gone.
-        evidence.lock(conn)
-        runs = sql.Identifier(LEDGER_SCHEMA, "runs")
         purged_records = sql.Identifier(LEDGER_SCHEMA, "purged_records")
-        ledger_id = conn.execute(
-            sql.SQL("INSERT INTO {} (policy_id, run_key, dag_run_id, policy_hash, object, action, source, cutoff, "
-                    "status, started_at) VALUES (%s, %s, %s, %s, %s, 'purge', 'store', %s, 'succeeded', %s) "
-                    "RETURNING id").format(runs),
-            (policy.id, f"{policy.id}__purge__{as_of.astimezone(UTC):%Y%m%dT%H%M%S}", dag_run_id, policy.source_hash,
-             policy.object, before, started_at)).fetchone()[0]
-        purged = conn.execute(
-            sql.SQL("WITH gone AS (DELETE FROM {} c WHERE {} RETURNING c.sfid, c._action_status, c._retained_at) "
-                    "INSERT INTO {} (ledger_id, policy_id, sfid, action_status, retained_at) SELECT %(ledger)s, "
-                    "%(policy)s, sfid, _action_status, _retained_at FROM gone").format(
-                table, purgeable, purged_records), {**args, "ledger": ledger_id}
-        ).rowcount if exists else 0
-        children = _purge_children(conn, policy, ledger_id) if exists else 0
-        digest = conn.execute(
-            sql.SQL("SELECT encode(sha256(convert_to(coalesce(string_agg(sfid, E'\\n' ORDER BY sfid), ''), 'UTF8')), "
-                    "'hex') FROM {} WHERE ledger_id = %s").format(purged_records), (ledger_id,)).fetchone()[0]
-        remaining = count(mine)
-        message = (f"purged {purged} rows of cache.{policy.retain.table} retained before {before.isoformat()} "
-                   f"(keep_days {policy.retain.keep_days}); kept {len(held_ids)} under privacy hold"
-                   + (f" and {unfinished} whose action has not finished" if unfinished else "")
-                   + (f"; with them {children} rows of their cascade children" if children else ""))
-        conn.execute(
-            sql.SQL("UPDATE {} SET eligible = %s, held = %s, retained = %s, acted = %s, failed = 0, "
-                    "holds_applied = %s, validation = %s, message = %s, finished_at = now() WHERE id = %s")
-            .format(runs),
-            (purged + len(held_ids) + unfinished, len(held_ids), remaining, purged, json.dumps(held_ids),
-             json.dumps({"table": f"cache.{policy.retain.table}", "keep_days": policy.retain.keep_days,
-                         "purged_ids_sha256": digest, "unfinished": unfinished,
-                         "holds_mirrored_at": mirrored[0].isoformat()}), message, ledger_id))
-        evidence.seal_last_row(conn, ledger_id)
-    return PurgeResult(ledger_id, before, purged, held_ids, unfinished, remaining, digest)
+        outcome: dict = {}
+
+        def purge_rows(ledger_id: int) -> dict:
+            purged = conn.execute(
+                sql.SQL("WITH gone AS (DELETE FROM {} c WHERE {} RETURNING c.sfid, c._action_status, c._retained_at) "
+                        "INSERT INTO {} (ledger_id, policy_id, sfid, action_status, retained_at) SELECT %(ledger)s, "
+                        "%(policy)s, sfid, _action_status, _retained_at FROM gone").format(
+                    table, purgeable, purged_records), {**args, "ledger": ledger_id}
+            ).rowcount if exists else 0
+            children = _purge_children(conn, policy, ledger_id) if exists else 0
+            digest = conn.execute(
+                sql.SQL("SELECT encode(sha256(convert_to(coalesce(string_agg(sfid, E'\\n' ORDER BY sfid), ''), "
+                        "'UTF8')), 'hex') FROM {} WHERE ledger_id = %s").format(purged_records),
+                (ledger_id,)).fetchone()[0]
+            remaining = count(mine)
+            outcome.update(purged=purged, digest=digest, remaining=remaining)
+            message = (f"purged {purged} rows of cache.{policy.retain.table} retained before {before.isoformat()} "
+                       f"(keep_days {policy.retain.keep_days}); kept {len(held_ids)} under privacy hold"
+                       + (f" and {unfinished} whose action has not finished" if unfinished else "")
+                       + (f"; with them {children} rows of their cascade children" if children else ""))
+            return {"eligible": purged + len(held_ids) + unfinished, "held": len(held_ids), "retained": remaining,
+                    "acted": purged, "failed": 0, "holds_applied": held_ids,
+                    "validation": {"table": f"cache.{policy.retain.table}", "keep_days": policy.retain.keep_days,
+                                   "purged_ids_sha256": digest, "unfinished": unfinished,
+                                   "holds_mirrored_at": mirrored[0].isoformat()},
+                    "message": message, "finished_at": conn.execute("SELECT now()").fetchone()[0]}
+
+        ledger_id = evidence.append(conn, {
+            "policy_id": policy.id, "run_key": f"{policy.id}__purge__{as_of.astimezone(UTC):%Y%m%dT%H%M%S}",
+            "dag_run_id": dag_run_id, "policy_hash": policy.source_hash, "object": policy.object, "action": "purge",
+            "source": "store", "cutoff": before, "status": "succeeded", "started_at": started_at,
+        }, then=purge_rows)
+    return PurgeResult(ledger_id, before, outcome["purged"], held_ids, unfinished, outcome["remaining"],
+                       outcome["digest"])

@@ -6,12 +6,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException, BaseOperator
 
-from retention import pipeline
+from retention.steps.run import RetentionError, Run, make_run
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from retention.policy import Policy
+
+HASH_KEY_ID = "retention_hash_key"
 
 
 class PolicyOperator(BaseOperator):
@@ -33,9 +35,9 @@ class PolicyOperator(BaseOperator):
         self.store_conn_id = store_conn_id
         self.salesforce_conn_id = salesforce_conn_id
 
-    def run(self, context: Context) -> pipeline.Run:
+    def run(self, context: Context) -> Run:
         dag_run = context["dag_run"]
-        return pipeline.make_run(
+        return make_run(
             self.policy, logical_date=context.get("logical_date"), run_after=dag_run.run_after,
             dag_run_id=dag_run.run_id, params=context["params"], started_at=dag_run.start_date,
         )
@@ -50,8 +52,15 @@ class PolicyOperator(BaseOperator):
 
         return SalesforceBulk2Hook(self.salesforce_conn_id)
 
-    def extracted(self, context: Context) -> dict:
-        return context["ti"].xcom_pull(task_ids="extract")
+    def hash_key(self) -> bytes | None:
+        """The keyed-hash secret: Airflow connection ``retention_hash_key`` (password), else the variable."""
+        from airflow.sdk import BaseHook, Variable
+
+        try:
+            secret = BaseHook.get_connection(HASH_KEY_ID).password
+        except Exception:
+            secret = Variable.get(HASH_KEY_ID, default=None)
+        return secret.encode() if secret else None
 
     def execute(self, context: Context) -> Any:
         run = self.run(context)
@@ -59,9 +68,9 @@ class PolicyOperator(BaseOperator):
             raise AirflowSkipException("dry run: nothing is changed")
         try:
             return self.execute_run(context, run)
-        except pipeline.RetentionError as err:
+        except RetentionError as err:
             # A stop with a reason (guard, validation, configuration): retrying cannot change it.
             raise AirflowFailException(str(err)) from err
 
-    def execute_run(self, context: Context, run: pipeline.Run) -> Any:
+    def execute_run(self, context: Context, run: Run) -> Any:
         raise NotImplementedError

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from retention import pipeline
 from retention.operators.base import PolicyOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from retention.steps.run import Run
+
 
 class LoadToCacheOperator(PolicyOperator):
     """Commit the retained copy; re-running it rewrites the same rows, never duplicates them."""
 
-    def execute_run(self, context: Context, run: pipeline.Run) -> int:
-        rows = pipeline.load_to_cache(self.store(), self.policy, run)
+    def execute_run(self, context: Context, run: Run) -> int:
+        from retention.steps import load
+
+        rows = load.load(self.store(), self.policy, run)
         self.log.info("%s: %d rows upserted into cache.%s", run.run_key, rows, self.policy.retain.table)
         return rows

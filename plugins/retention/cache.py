@@ -1,0 +1,118 @@
+"""The store's cache tables: their columns, how a run writes its retained rows, and which rows are settled.
+
+A cache table (``cache.<retain.table>``) keeps each retained record's subset keyed by ``sfid`` beside the
+bookkeeping of its action (``_action_status`` and friends). Extract, load, the act step, cascades and the
+purge all read or write these tables; the rules they share live here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA
+
+if TYPE_CHECKING:
+    from retention.policy import Policy
+    from retention.steps.run import Run
+
+# Salesforce type -> staging column type, matching Heroku Connect's mirror types so that both sources
+# stage identical tables (datetimes as UTC timestamps without time zone, as Connect stores them).
+STAGING_TYPES = {
+    "id": "varchar(18)", "reference": "varchar(18)", "date": "date", "datetime": "timestamp",
+    "boolean": "boolean", "double": "double precision", "currency": "double precision", "percent": "double precision",
+    "int": "integer", "textarea": "text",
+}
+# Cache bookkeeping columns, beside the retained fields; Salesforce field names never start with '_'.
+STATUS_COLUMNS = (
+    ("_retention_policy", "text NOT NULL"),
+    ("_retention_run", "text NOT NULL"),
+    ("_retained_at", "timestamptz NOT NULL"),
+    ("_action", "text NOT NULL"),
+    ("_action_status", "text NOT NULL"),  # pending | submitting | submitted | done | failed | refused | held
+    ("_action_error", "text"),
+    ("_action_at", "timestamptz"),
+    ("_bulk_job_id", "text"),
+)
+# Action statuses of records a later run must not select again: their retained copy is final.
+SETTLED = ("done", "refused")
+
+
+def column(name: str) -> sql.Identifier:
+    """A Salesforce field's column, named as Heroku Connect names it (lower case)."""
+    return sql.Identifier(name.lower())
+
+
+def table(name: str) -> sql.Identifier:
+    return sql.Identifier(CACHE_SCHEMA, name)
+
+
+def field_types(describe: dict) -> dict[str, str]:
+    return {f["name"]: f["type"] for f in describe["fields"]}
+
+
+def staged_fields(policy: Policy) -> list[str]:
+    """Fields copied into staging: what is retained, what masking reads, and the retention clock."""
+    names = {policy.select.date_field, *policy.retain.fields, *(policy.mask or {})}
+    return sorted(names, key=str.lower)
+
+
+def table_exists(conn, name: sql.Identifier) -> bool:
+    return conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone()[0] is not None
+
+
+def already_done(policy: Policy, alias: str) -> sql.Composable:
+    """Records an earlier run already retained and acted on, or that Salesforce refused for good (in the cache,
+    or since purged from it). They are not eligible again: a masked record must never overwrite its retained
+    original, and a refused one would only be refused again."""
+    settled = sql.SQL(", ").join(map(sql.Literal, SETTLED))
+    return sql.SQL(
+        "(EXISTS (SELECT 1 FROM {cache} c WHERE c.sfid = {a}.sfid AND c._action_status IN ({s})) OR EXISTS "
+        "(SELECT 1 FROM {purged} p WHERE p.policy_id = {policy} AND p.sfid = {a}.sfid AND p.action_status IN ({s})))"
+    ).format(cache=table(policy.retain.table), a=sql.Identifier(alias), s=settled,
+             purged=sql.Identifier(LEDGER_SCHEMA, "purged_records"), policy=sql.Literal(policy.id))
+
+
+def ensure_table(conn, name: str, fields: dict, types: dict[str, str], *, parent: bool = False) -> None:
+    """Create one cache table (or add the columns a changed policy now retains); a cascade child's table also
+    keeps its parent's sfid."""
+    from retention import transforms
+
+    target = table(name)
+    retained = [(field, transforms.result_type(t.kind, STAGING_TYPES.get(types[field], "text")))
+                for field, t in fields.items()]
+    cols = [sql.SQL("sfid varchar(18) PRIMARY KEY")]
+    cols += [sql.SQL("_parent_sfid varchar(18) NOT NULL")] if parent else []
+    cols += [sql.SQL("{} {}").format(column(n), sql.SQL(t)) for n, t in retained]
+    cols += [sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t)) for n, t in STATUS_COLUMNS]
+    conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({})").format(target, sql.SQL(", ").join(cols)))
+    for field, pg_type in retained:
+        conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(target, column(field),
+                                                                                   sql.SQL(pg_type)))
+    if parent:
+        conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (_parent_sfid)").format(
+            sql.Identifier(f"{name[:50]}_parent"), target))
+
+
+def upsert_retained(conn, name: str, fields: list[str], subset: sql.Identifier, policy: Policy, run: Run, *,
+                    parent: bool = False) -> int:
+    """Upsert a subset table into a cache table keyed by sfid, each row ``pending`` for this run's action."""
+    target = table(name)
+    cols = [column(n) for n in fields] + ([sql.Identifier("_parent_sfid")] if parent else [])
+    names = sql.SQL(", ").join([sql.Identifier("sfid"), *cols, *(sql.Identifier(n) for n, _ in STATUS_COLUMNS)])
+    values = sql.SQL(", ").join([sql.Identifier("s", "sfid"),
+                                 *(sql.Identifier("s", n.lower()) for n in fields),
+                                 *([sql.Identifier("s", "_parent_sfid")] if parent else []),
+                                 sql.SQL("%(policy)s, %(run)s, now(), %(action)s, 'pending', NULL, NULL, NULL")])
+    # A record already acted on (or refused for good) keeps its row untouched: its retained copy is the original.
+    updates = sql.SQL(", ").join(
+        [sql.SQL("{c} = excluded.{c}").format(c=c) for c in cols]
+        + [sql.SQL("{c} = excluded.{c}").format(c=sql.Identifier(n)) for n, _ in STATUS_COLUMNS]
+    )
+    return conn.execute(
+        sql.SQL("INSERT INTO {t} ({names}) SELECT {values} FROM {subset} s ON CONFLICT (sfid) DO UPDATE SET "
+                "{updates} WHERE {t}._action_status NOT IN ('done', 'refused', 'submitting', 'submitted')").format(
+            t=target, names=names, values=values, subset=subset, updates=updates),
+        {"policy": policy.id, "run": run.run_key, "action": policy.action},
+    ).rowcount

@@ -1,0 +1,204 @@
+"""confirm: check in Salesforce that the acted records are deleted or masked, wait until the Connect mirror shows
+it, append the run's evidence to the ledger, and drop the run's working tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING
+
+import structlog
+from psycopg import sql
+
+from retention.cache import column, table, table_exists
+from retention.hooks.store import MIRROR_SCHEMA
+from retention.steps.results import Reported
+from retention.steps.run import RetentionError
+
+if TYPE_CHECKING:
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+    from retention.policy import Policy
+    from retention.steps.results import Acted, Extracted, Validated
+    from retention.steps.run import Run
+
+# Airflow's own logging (structlog): lines land in the task's log, as an operator's self.log would.
+log = structlog.get_logger(__name__)
+
+# What the action did, as the ledger's message and the errors say it.
+DONE_VERB = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked"}
+
+
+def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
+            validated: Validated | None, acted: Acted | None, *, mirror_timeout: float,
+            poll_interval: float) -> Reported:
+    """The step: a record reported done but not so in the org stops the run (its retained row is kept); any failed
+    record fails it after the ledger row is written."""
+    from retention.steps.results import Acted
+
+    acted = acted or Acted()
+    if policy.cascade:
+        from retention import cascade
+
+        with store.connect() as conn:
+            cascade.follow_parents(conn, policy, run)  # again: a crash may have come between
+            children = cascade.summary(conn, policy, run)
+    else:
+        children = {}
+    summary = action_summary(store, policy, run)
+    done, failed, refused = summary.get("done", []), summary.get("failed", []), summary.get("refused", [])
+    sent = sent_values(store, run) if policy.action == "mask" else {}
+
+    not_applied = _not_applied_in_org(sf, policy, policy.object, done, sent)
+    for name, child in children.items():
+        not_applied += _not_applied_in_org(sf, policy, name, child["ids"].get("done", []), {})
+    if not_applied:
+        raise RetentionError(
+            f"{len(not_applied)} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
+            f"{', '.join(not_applied[:5])}; their retained rows are kept")
+    deadline = time.monotonic() + mirror_timeout
+    while done and not (mirror_reflects(store, policy, done, sent) and all(
+            mirror_shows_gone(store, name, child["ids"].get("done", [])) for name, child in children.items())):
+        if time.monotonic() > deadline:
+            raise RetentionError(
+                f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records within "
+                f"{mirror_timeout:.0f}s; Salesforce is already changed, re-run confirm_and_report later")
+        time.sleep(poll_interval)
+
+    validated_counts = (validated.counts if validated else None) or {}
+    counts = {"eligible": extracted.eligible, "held": extracted.held + len(acted.held_at_action),
+              "staged": extracted.staged, "retained": validated_counts.get("retained"), "acted": len(done),
+              "failed": len(failed), "refused": len(refused), "blocked": len(extracted.blocked),
+              "salesforce": validated_counts.get("salesforce")}
+    status = "succeeded" if not failed else "partially_failed"
+    message = (f"{policy.id}: {len(done)} {DONE_VERB[policy.action]}, {len(refused)} refused by Salesforce, "
+               f"{len(failed)} failed (both kept retained, see cache.{policy.retain.table}._action_error), "
+               f"{counts['held']} held")
+    for name, child in children.items():
+        message += f"; {child.get('done', 0)} {name} records went with their parents (cache.{child['table']})"
+    if counts["blocked"]:
+        message += (f"; {counts['blocked']} kept back: a delete would take children the policy does not retain "
+                    "(see the ledger's blocked_records)")
+    if acted.hard_delete_fallback:
+        message += "; hard delete not permitted for this user: fell back to delete (records are in the recycle bin)"
+    ledger_id = write_ledger(
+        store, policy, run, counts=counts, bulk_job_ids=acted.bulk_job_ids,
+        holds_applied=sorted(set(extracted.held_ids) | set(acted.held_at_action)),
+        validation=validated.to_xcom() if validated else None, status=status, message=message, timings={},
+        blocked_records=extracted.blocked,
+        cascade={name: {k: v for k, v in child.items() if k != "ids"} for name, child in children.items()},
+    )
+    drop_staging(store, run, policy)
+    log.info("ledger row %d: %s", ledger_id, message)
+    if refused:
+        log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and are not "
+                    "selected again", len(refused), refused[0], action_error(store, policy, refused[0]))
+    if failed:
+        raise RetentionError(message)
+    return Reported(ledger_id=ledger_id, status=status, counts=counts)
+
+
+def _not_applied_in_org(sf: SalesforceBulk2Hook, policy: Policy, object_name: str, done: list[str],
+                        sent: dict[str, dict]) -> list[str]:
+    """Ids the org does not show as acted on (still live for deletes; values differ for masks)."""
+    fields = sorted({k for v in sent.values() for k in v}) if policy.action == "mask" else []
+    records = sf.live_records(object_name, done, fields)
+    if policy.action != "mask":
+        return [r["Id"] for r in records]
+    return [r["Id"] for r in records
+            if any(not same_value(want, r.get(f)) for f, want in sent.get(r["Id"], {}).items())]
+
+
+def action_summary(store: RetentionStoreHook, policy: Policy, run: Run) -> dict[str, list[str]]:
+    with store.connect() as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT c._action_status, c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s")
+            .format(table(policy.retain.table), run.staging), (run.run_key,)).fetchall()
+    out: dict[str, list[str]] = {}
+    for status, sfid in rows:
+        out.setdefault(status, []).append(sfid)
+    return out
+
+
+def action_error(store: RetentionStoreHook, policy: Policy, sfid: str) -> str | None:
+    with store.connect() as conn:
+        row = conn.execute(sql.SQL("SELECT _action_error FROM {} WHERE sfid = %s").format(
+            table(policy.retain.table)), (sfid,)).fetchone()
+    return row[0] if row else None
+
+
+def sent_values(store: RetentionStoreHook, run: Run) -> dict[str, dict]:
+    with store.connect() as conn:
+        if not table_exists(conn, run.sent):
+            return {}
+        return dict(conn.execute(sql.SQL("SELECT sfid, sent FROM {}").format(run.sent)).fetchall())
+
+
+def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], sent: dict[str, dict]) -> bool:
+    """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
+    if policy.action in ("delete", "hard_delete"):
+        return mirror_shows_gone(store, policy.object, ids)
+    mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
+    with store.connect() as conn:
+        if not table_exists(conn, mirror):
+            return True
+        fields = sorted({k for v in sent.values() for k in v}, key=str.lower)
+        cols = sql.SQL(", ").join(column(f) for f in fields)
+        rows = conn.execute(sql.SQL("SELECT sfid, {} FROM {} WHERE sfid = ANY(%s)").format(cols, mirror),
+                            (ids,)).fetchall()
+    for row in rows:
+        want = sent.get(row[0], {})
+        for f, have in zip(fields, row[1:], strict=True):
+            if f in want and not same_value(want[f], have):
+                return False
+    return len(rows) == len(ids)
+
+
+def mirror_shows_gone(store: RetentionStoreHook, object_name: str, ids: list[str]) -> bool:
+    """True once none of ``ids`` is left in Connect's mirror of the object (or the object is not mapped)."""
+    mirror = sql.Identifier(MIRROR_SCHEMA, object_name.lower())
+    with store.connect() as conn:
+        if not ids or not table_exists(conn, mirror):
+            return True
+        return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE sfid = ANY(%s)").format(mirror),
+                            (ids,)).fetchone()[0] == 0
+
+
+def same_value(sent, have) -> bool:
+    """Whether a value read back (from the org or the mirror) is the one sent."""
+    if sent is None or have is None:
+        return sent is None and have is None
+    if isinstance(have, dt.datetime):
+        return have.strftime("%Y-%m-%dT%H:%M:%S") == str(sent)[:19]
+    if isinstance(have, (dt.date, float, int, bool)):
+        return str(have).lower() == str(sent).lower() or str(have) == str(sent)[:10]
+    return str(have) == str(sent)
+
+
+def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts: dict, bulk_job_ids: list[str],
+                 holds_applied: list[str], validation: dict | None, status: str, message: str,
+                 timings: dict, blocked_records: dict[str, str] | None = None, cascade: dict | None = None) -> int:
+    """The run's ledger row (appended and sealed by ``evidence.append``)."""
+    from retention import evidence
+
+    with store.connect() as conn:
+        return evidence.append(conn, {
+            "policy_id": policy.id, "run_key": run.run_key, "dag_run_id": run.dag_run_id,
+            "policy_hash": policy.source_hash, "object": policy.object, "action": policy.action,
+            "source": policy.source, "cutoff": run.cutoff, "dry_run": run.dry_run,
+            "eligible": counts.get("eligible"), "held": counts.get("held"), "staged": counts.get("staged"),
+            "retained": counts.get("retained"), "acted": counts.get("acted"), "failed": counts.get("failed"),
+            "salesforce_count": counts.get("salesforce"), "bulk_job_ids": bulk_job_ids,
+            "holds_applied": holds_applied, "validation": validation, "status": status, "message": message,
+            "started_at": run.started_at, "timings": timings, "refused": counts.get("refused", 0),
+            "blocked": counts.get("blocked", 0), "blocked_records": blocked_records or {}, "cascade": cascade or {},
+        })
+
+
+def drop_staging(store: RetentionStoreHook, run: Run, policy: Policy | None = None) -> None:
+    from retention import cascade
+
+    children = cascade.tables(run, policy) if policy is not None else []
+    with store.connect() as conn:
+        for name in (run.staging, run.subset, run.sent, *children):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))

@@ -1,0 +1,237 @@
+"""extract: check the policy against the org's describe, then stage this run's eligible, non-held records.
+
+Two sources, one result: a Bulk 2.0 query streamed into ``COPY`` (``salesforce_api``), or one ``CREATE TABLE AS``
+over Heroku Connect's mirror (``heroku_connect``). Both stage the same columns (see ``cache.STAGING_TYPES``) in
+``retention_staging.<run key>``, leave out records under a privacy hold and records an earlier run settled, stage
+the cascade children with their parents, and stop before anything is touched when the guard is exceeded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import structlog
+from psycopg import ClientCursor, sql
+
+from retention.cache import STAGING_TYPES, already_done, column, field_types, staged_fields
+from retention.hooks.store import MIRROR_SCHEMA
+from retention.steps.results import ChildStaged, Extracted
+from retention.steps.run import RetentionError, guard
+
+if TYPE_CHECKING:
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+    from retention.policy import Policy
+    from retention.steps.run import Run
+
+# Airflow's own logging (structlog): lines land in the task's log, as an operator's self.log would.
+log = structlog.get_logger(__name__)
+
+
+def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run) -> Extracted:
+    """The step: describe, check, stage (dry runs: preview what would be retained, then roll back)."""
+    from retention.policy import check_against_describe
+
+    describe = sf.describe_object(policy.object)
+    others = {name: sf.describe_or_none(name) for name in policy.related_fields()}
+    problems = check_against_describe(policy, describe, others)
+    if problems:
+        raise RetentionError(f"policy {policy.id} does not fit {policy.object} in Salesforce: " + "; ".join(problems))
+    store.ensure_schema()
+    if policy.source == "salesforce_api":
+        out = from_salesforce(store, sf, policy, run, describe, others)
+    else:
+        out = from_mirror(store, policy, run, describe, others, sf)
+    log.info("%s: cutoff %s, %d eligible, %d held by privacy holds, %d already retained and acted on, %d staged",
+             run.run_key, out.cutoff, out.eligible, out.held, out.done, out.staged)
+    for child in out.children:
+        log.info("%s: %d %s records go with their parents and are staged for cache.%s", run.run_key, child.staged,
+                 child.object, child.table)
+    if out.blocked:
+        first, reason = next(iter(out.blocked.items()))
+        log.warning("%d records are kept back: a delete would take children the policy does not retain (e.g. %s: %s)",
+                    len(out.blocked), first, reason)
+    if run.dry_run:
+        log.info("DRY RUN preview (nothing was changed): %d would be retained then %s; sample of the retained "
+                 "rows:\n%s", out.eligible, policy.action, "\n".join(str(r) for r in out.preview or []))
+    return out
+
+
+def _result(policy: Policy, run: Run, types: dict[str, str], **counts) -> Extracted:
+    wanted = set(staged_fields(policy))
+    return Extracted(run_key=run.run_key, cutoff=run.cutoff.isoformat(),
+                     field_types={n: t for n, t in types.items() if n in wanted},
+                     date_type=types[policy.select.date_field], **counts)
+
+
+def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: dict,
+                others: dict[str, dict | None] | None = None, sf: SalesforceBulk2Hook | None = None) -> Extracted:
+    """Stage the eligible, non-held records from the Connect mirror with one CREATE TABLE AS.
+
+    :param others: describes of the objects the policy reads besides its own (sub-selects, cascade children).
+    :param sf: the org, asked which parents have children a delete would take (cascade checks).
+    """
+    from retention import holds, soql_filter
+
+    others = {k.lower(): v for k, v in (others or {}).items()}
+
+    def relation(name: str):
+        return sql.Identifier(MIRROR_SCHEMA, name.lower()), field_types(others.get(name.lower()) or {"fields": []})
+
+    types = field_types(describe)
+    base = [
+        sql.SQL("NOT coalesce(m.isdeleted, false)"),
+        sql.SQL("m.{} < %s").format(column(policy.select.date_field)),
+    ]
+    params: list = [run.cutoff_value(types[policy.select.date_field])]
+    if policy.select.where:
+        where_sql, where_params = soql_filter.to_sql(
+            soql_filter.parse(policy.select.where), lambda n: sql.Identifier("m", soql_filter.mirror_column(n)),
+            today=run.cutoff.date(), types=types, relation=relation,
+        )
+        base.append(sql.SQL("({})").format(where_sql))
+        params += where_params
+    matching = sql.SQL(" AND ").join(base)
+    mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
+    hold = holds.in_mirror("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
+    done = already_done(policy, "m")
+    cols = sql.SQL(", ").join(sql.Identifier("m", f.lower()) for f in staged_fields(policy))
+    with store.connect() as conn:
+        _ensure_cache_table(conn, policy, types)
+        eligible, held, already = conn.execute(
+            sql.SQL("SELECT count(*) FILTER (WHERE NOT {done} AND NOT {hold}), count(*) FILTER (WHERE NOT {done} "
+                    "AND {hold}), count(*) FILTER (WHERE {done}) FROM {m} m WHERE {w}")
+            .format(hold=hold, done=done, m=mirror, w=matching), params,
+        ).fetchone()
+        guard(policy, eligible)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.staging))
+        # CREATE TABLE AS cannot take bind parameters: a client-side cursor binds them safely instead.
+        with ClientCursor(conn) as cur:
+            cur.execute(sql.SQL("CREATE TABLE {} AS SELECT m.sfid, {} FROM {} m WHERE {} AND NOT {} AND NOT {}").format(
+                run.staging, cols, mirror, matching, done, hold), params)
+            staged = cur.rowcount
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(run.staging))
+        held_query = sql.SQL("SELECT m.sfid FROM {} m WHERE {} AND NOT {} AND {} ORDER BY 1").format(
+            mirror, matching, done, hold)
+        held_ids = ([r[0] for r in conn.execute(held_query, params).fetchall()]
+                    if policy.select.exclude_privacy_holds else [])
+        out = _result(policy, run, types, eligible=eligible, held=held, done=already, staged=staged, held_ids=held_ids)
+        _with_children(conn, sf, policy, run, describe, others, out, holds=None)
+        _preview_and_roll_back(conn, policy, run, out)
+    return out
+
+
+def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,
+                    describe: dict, others: dict[str, dict | None] | None = None) -> Extracted:
+    """Stage the eligible records from a Bulk 2.0 query, each page streamed into COPY as it arrives."""
+    types = field_types(describe)
+    fields = staged_fields(policy)
+    soql = soql_for(policy, run, fields, types[policy.select.date_field])
+    holds = _active_holds(sf) if policy.select.exclude_privacy_holds else set()
+    columns = sql.SQL(", ").join([sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
+        sql.SQL("{} {}").format(column(f), sql.SQL(STAGING_TYPES.get(types[f], "text"))) for f in fields])
+    names = sql.SQL(", ").join([sql.Identifier("sfid")] + [column(f) for f in fields])
+    with store.connect() as conn:
+        _ensure_cache_table(conn, policy, types)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.staging))
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(run.staging, columns))
+        copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true, FORCE_NULL ({}))").format(
+            run.staging, names, sql.SQL(", ").join(column(f) for f in fields))
+        for page in sf.query_pages(policy.object, soql):
+            with conn.cursor().copy(copy) as cp:
+                cp.write(page)
+        already = conn.execute(sql.SQL("DELETE FROM {} s WHERE {}").format(
+            run.staging, already_done(policy, "s"))).rowcount
+        held_rows = conn.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s) RETURNING sfid").format(run.staging),
+                                 (sorted(holds),)).fetchall()
+        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+        guard(policy, staged)
+        held_ids = sorted(r[0] for r in held_rows)
+        out = _result(policy, run, types, eligible=staged, held=len(held_ids), done=already, staged=staged,
+                      held_ids=held_ids)
+        _with_children(conn, sf, policy, run, describe, others, out,
+                       holds=holds if policy.select.exclude_privacy_holds else None)
+        _preview_and_roll_back(conn, policy, run, out)
+    return out
+
+
+def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, count: bool = False) -> str:
+    """The policy's selection as SOQL (the where filter re-rendered from its parsed form, never pasted)."""
+    from retention import soql_filter
+
+    clauses = [f"{policy.select.date_field} < {run.soql_cutoff(date_type)}"]
+    if policy.select.where:
+        clauses.append(f"({soql_filter.to_soql(soql_filter.parse(policy.select.where))})")
+    head = "COUNT()" if count else ", ".join(["Id", *fields])
+    return f"SELECT {head} FROM {policy.object} WHERE {' AND '.join(clauses)}"
+
+
+def _active_holds(sf: SalesforceBulk2Hook) -> set[str]:
+    from retention import holds
+
+    try:
+        return holds.in_org(sf)
+    except holds.HoldsUnavailable as err:
+        raise RetentionError(str(err)) from err
+
+
+def _ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
+    """Create ``cache.<table>`` (or add columns a changed policy now retains): the settled-records check reads it."""
+    from retention.cache import ensure_table
+
+    ensure_table(conn, policy.retain.table, policy.retain.fields, types)
+
+
+def _with_children(conn, sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, describe: dict,
+                   others: dict[str, dict | None], out: Extracted, *, holds: set[str] | None) -> None:
+    """Stage the cascade children of the staged parents, and take out the parents a delete must not touch: those
+    with a held child (counted as held) and those with children the policy does not retain (blocked, with the
+    reason). ``holds``: the org's held record ids (None: read holds from the Connect mirror)."""
+    from retention import cascade
+
+    relations = cascade.undeclared(policy, describe)
+    if not policy.cascade and not relations:
+        return
+    others = {k.lower(): v for k, v in (others or {}).items()}
+    types = {policy.object: field_types(describe),
+             **{c.object: field_types(others[c.object.lower()]) for c in policy.cascade}}
+    date_type = types[policy.object][policy.select.date_field]
+    cascade.ensure_cache_tables(conn, policy, types)
+    if policy.source == "salesforce_api":
+        children = cascade.stage_from_salesforce(conn, sf, policy, run, types)
+    else:
+        children = cascade.stage_from_mirror(conn, policy, run, types)
+    held_via = cascade.held_parents(conn, policy, run, holds) if policy.select.exclude_privacy_holds else {}
+    blocked = {p: r for p, r in cascade.blocked_parents(conn, sf, policy, run, describe, date_type).items()
+               if p not in held_via}
+    cascade.drop_parents(conn, policy, run, sorted(set(held_via) | set(blocked)))
+    staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+    out.children = [ChildStaged(c["object"], c["table"], c["candidates"], count)
+                    for c, count in zip(children, cascade.staged_counts(conn, policy, run), strict=True)]
+    guard(policy, staged + sum(c.staged for c in out.children))
+    out.eligible = out.staged = staged
+    out.held += len(held_via)
+    out.held_ids = sorted({*out.held_ids, *held_via})
+    out.held_via_children, out.blocked = held_via, blocked
+    out.cascade_relations = [vars(r) for r in relations]
+
+
+def _preview_and_roll_back(conn, policy: Policy, run: Run, out: Extracted, limit: int = 5) -> None:
+    """Dry runs: a few staged records as they would be retained (hashed fields with a throw-away key), then roll
+    everything back."""
+    if not run.dry_run:
+        return
+    from retention.steps.load import subset_table
+
+    subset_table(conn, policy.retain.fields, run.staging, run.subset, b"dry-run-preview-key")
+    cur = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY sfid LIMIT %s").format(run.subset), (limit,))
+    names = [d.name for d in cur.description]
+    out.preview = [{k: _jsonable(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+    conn.rollback()
+
+
+def _jsonable(value):
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value

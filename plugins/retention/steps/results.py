@@ -1,0 +1,131 @@
+"""What the steps of a run hand each other, and the ids of the tasks that run them: one definition each.
+
+Each result travels as its operator's XCom return value, a plain JSON object (readable in the Airflow UI and by
+any task), and is read back with ``<Result>.pull(ti)``. Cheap to import: the DAG factory and the alert callback
+use the task ids in every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+
+class Task(enum.StrEnum):
+    """The task ids of a policy DAG, in the order they run."""
+
+    WAIT_FOR_CONNECT_SYNC = "wait_for_connect_sync"
+    EXTRACT = "extract"
+    SUBSET = "subset"
+    LOAD_TO_CACHE = "load_to_cache"
+    VALIDATE = "validate_row_counts"
+    ACT = "delete_or_mask"
+    CONFIRM = "confirm_and_report"
+
+
+class _Result:
+    """A step's result: ``asdict`` for XCom, ``pull`` to read the one its task pushed in this run."""
+
+    task: ClassVar[Task]
+    _nested: ClassVar[dict[str, type]] = {}
+
+    def to_xcom(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_xcom(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        values = {k: v for k, v in data.items() if k in names}
+        for name, kind in cls._nested.items():
+            if name in values:
+                items = values[name]
+                values[name] = ({k: kind.from_xcom(v) for k, v in items.items()} if isinstance(items, dict)
+                                else [kind.from_xcom(v) for v in items])
+        return cls(**values)
+
+    @classmethod
+    def pull(cls, ti) -> Self | None:
+        """This run's result of the step (None: the task did not return one, e.g. it was skipped)."""
+        data = ti.xcom_pull(task_ids=str(cls.task))
+        return cls.from_xcom(data) if data else None
+
+
+@dataclass
+class ChildStaged(_Result):
+    """One cascade child object as extract staged it."""
+
+    object: str
+    table: str
+    candidates: int  # the children of every parent past the cutoff: what the org's count is compared with
+    staged: int = 0
+
+
+@dataclass
+class Extracted(_Result):
+    """extract: the counts it saw and what later steps need to know about the staged records."""
+
+    task: ClassVar[Task] = Task.EXTRACT
+    _nested: ClassVar[dict[str, type]] = {"children": ChildStaged}
+
+    run_key: str
+    cutoff: str
+    eligible: int
+    held: int
+    done: int  # already retained and acted on (or refused for good) by an earlier run
+    staged: int
+    held_ids: list[str] = field(default_factory=list)
+    field_types: dict[str, str] = field(default_factory=dict)  # Salesforce type of each staged field
+    date_type: str | None = None
+    children: list[ChildStaged] = field(default_factory=list)
+    held_via_children: dict[str, str] = field(default_factory=dict)  # parent: its held child
+    blocked: dict[str, str] = field(default_factory=dict)  # parent: why a delete must not take it
+    cascade_relations: list[dict[str, str]] = field(default_factory=list)  # cascading relationships not retained
+    preview: list[dict[str, Any]] | None = None  # dry runs: a sample of the rows as they would be retained
+
+
+@dataclass
+class ChildValidated(_Result):
+    counts: dict[str, Any] | None
+    salesforce_candidates: int
+
+
+@dataclass
+class Validated(_Result):
+    """validate_row_counts: the gate passed, with the counts it compared."""
+
+    task: ClassVar[Task] = Task.VALIDATE
+    _nested: ClassVar[dict[str, type]] = {"children": ChildValidated}
+
+    message: str
+    counts: dict[str, Any] | None
+    salesforce_total: int
+    data_docs: str | None = None
+    children: dict[str, ChildValidated] = field(default_factory=dict)
+
+
+@dataclass
+class Acted(_Result):
+    """delete_or_mask: what Salesforce did with the run's records."""
+
+    task: ClassVar[Task] = Task.ACT
+
+    bulk_job_ids: list[str] = field(default_factory=list)
+    done: int = 0
+    refused: int = 0
+    failed: int = 0
+    held_at_action: list[str] = field(default_factory=list)  # came under a hold between extract and the act
+    operation_used: str | None = None
+    hard_delete_fallback: bool = False
+
+
+@dataclass
+class Reported(_Result):
+    """confirm_and_report: the ledger row written and the run's counts."""
+
+    task: ClassVar[Task] = Task.CONFIRM
+
+    ledger_id: int
+    status: str
+    counts: dict[str, Any] = field(default_factory=dict)

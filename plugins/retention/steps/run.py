@@ -1,0 +1,100 @@
+"""The run: its key (policy id + logical date) and its cutoff, decided once and the same on every retry.
+
+A run is identified by its **run key**: every table and row it writes carries it, so a retry or a re-run of the
+same date finds its own work instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from retention.hooks.store import STAGING_SCHEMA
+
+if TYPE_CHECKING:
+    from retention.policy import Policy
+
+UTC = dt.UTC
+
+
+class RetentionError(Exception):
+    """A run must stop: the message says why, with the numbers; ``details`` carries them for alerts."""
+
+    def __init__(self, message: str, *, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One policy run: what it decides and where its working tables are."""
+
+    policy_id: str
+    run_key: str
+    cutoff: dt.datetime
+    dag_run_id: str
+    dry_run: bool
+    started_at: dt.datetime
+
+    @property
+    def staging(self) -> sql.Identifier:
+        return sql.Identifier(STAGING_SCHEMA, self.run_key)
+
+    @property
+    def sent(self) -> sql.Identifier:
+        return sql.Identifier(STAGING_SCHEMA, self.run_key + "__sent")
+
+    @property
+    def subset(self) -> sql.Identifier:
+        return sql.Identifier(STAGING_SCHEMA, self.run_key + "__subset")
+
+    def cutoff_value(self, field_type: str) -> dt.date | dt.datetime:
+        """The cutoff as Postgres compares it with a staged or mirrored column (naive UTC for datetimes)."""
+        return self.cutoff.date() if field_type == "date" else self.cutoff.replace(tzinfo=None)
+
+    def soql_cutoff(self, field_type: str) -> str:
+        """The cutoff as a SOQL literal for a date or datetime field."""
+        return self.cutoff.strftime("%Y-%m-%d" if field_type == "date" else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_run(policy: Policy, *, logical_date: dt.datetime | None, run_after: dt.datetime, dag_run_id: str,
+             params: dict[str, Any], started_at: dt.datetime | None = None) -> Run:
+    """The run's cutoff comes from its logical date (or run_after for manual runs), or the ``cutoff`` param."""
+    anchor = utc(logical_date or run_after)
+    override = params.get("cutoff")
+    if override:
+        cutoff = _parse_cutoff(str(override))
+        anchor = cutoff + dt.timedelta(days=policy.select.older_than_days)
+    else:
+        cutoff = anchor - dt.timedelta(days=policy.select.older_than_days)
+    run_key = f"{policy.id}__{anchor:%Y%m%dT%H%M%S}"
+    return Run(policy.id, run_key, cutoff, dag_run_id, bool(params.get("dry_run")), started_at or dt.datetime.now(UTC))
+
+
+def utc(moment: dt.datetime) -> dt.datetime:
+    """A plain aware UTC datetime (naive is read as UTC): pendulum drops the zone on subtraction, and a naive
+    cutoff would be read in the store session's time zone."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return dt.datetime.fromtimestamp(moment.timestamp(), UTC)
+
+
+def _parse_cutoff(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise RetentionError(f"param cutoff {text!r} is not an ISO date or datetime") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def guard(policy: Policy, eligible: int) -> None:
+    """``guards.max_records_per_run``: a run over it stops before anything is touched."""
+    limit = policy.guards.max_records_per_run
+    if eligible > limit:
+        raise RetentionError(
+            f"{eligible} records are eligible, more than guards.max_records_per_run ({limit}); nothing was "
+            "touched. Raise the guard in the policy if this is expected."
+        )

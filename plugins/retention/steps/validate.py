@@ -1,0 +1,103 @@
+"""validate: the gate before anything destructive. eligible = staged = retained, sfid unique and not null in the
+store (Great Expectations over this run's retained rows), and the org's own count agrees; the same for each
+cascade child. A failure stops the run with the numbers, and nothing is deleted or masked."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from psycopg import sql
+
+from retention.cache import table
+from retention.hooks.store import CACHE_SCHEMA
+from retention.steps.extract import soql_for
+from retention.steps.results import ChildValidated, Validated
+from retention.steps.run import RetentionError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.hooks.store import RetentionStoreHook
+    from retention.policy import Policy
+    from retention.steps.results import Extracted
+    from retention.steps.run import Run
+
+# Airflow's own logging (structlog): lines land in the task's log, as an operator's self.log would.
+log = structlog.get_logger(__name__)
+
+
+def validate(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted, *,
+             docs_dir: Path) -> Validated:
+    """The step: one Salesforce login for the parents' count and the children's; Data Docs in ``docs_dir``."""
+    from retention.validation import RowCounts, validate_retained
+
+    staged, retained = store_counts(store, policy, run)
+    # The org counts every record matching the policy, including held ones and ones an earlier run already
+    # retained and masked; what remains must equal this run's eligible count.
+    in_org = sf.count(soql_for(policy, run, [], extracted.field_types[policy.select.date_field], count=True))
+    org_eligible = in_org - extracted.held - extracted.done - len(extracted.blocked)
+    counts = RowCounts(eligible=extracted.eligible, staged=staged, retained=retained, salesforce=org_eligible)
+    result = validate_retained(
+        store.get_uri(), query=retained_query(policy, run), schema=CACHE_SCHEMA, table=policy.retain.table,
+        run_column="_retention_run", run_value=run.run_key, counts=counts, policy_id=policy.id,
+        run_label=run.run_key, docs_dir=docs_dir,
+    )
+    _gate(result, counts)
+    return Validated(message=result.message, counts=result.details.get("counts"), salesforce_total=in_org,
+                     data_docs=result.details.get("data_docs"),
+                     children=_children(store, sf, policy, run, extracted, docs_dir))
+
+
+def retained_query(policy: Policy, run: Run) -> sql.Composed:
+    """This run's retained rows: cache rows of the staged records, written by this run."""
+    return sql.SQL("SELECT c.* FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
+        table(policy.retain.table), run.staging, sql.Literal(run.run_key))
+
+
+def store_counts(store: RetentionStoreHook, policy: Policy, run: Run) -> tuple[int, int]:
+    """(staged, retained) as the store holds them now."""
+    with store.connect() as conn:
+        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+        retained = conn.execute(
+            sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run))).fetchone()[0]
+    return staged, retained
+
+
+def _gate(result, counts) -> None:
+    docs = result.details.get("data_docs")
+    log.info("%s; Data Docs: %s", result.message, docs)
+    if not result.success:
+        from retention.validation import count_mismatches
+
+        raise RetentionError(f"{result.message}. Nothing was deleted or masked. Data Docs: {docs}",
+                             details={"counts": count_mismatches(counts), "data_docs": docs})
+
+
+def _children(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
+              docs_dir: Path) -> dict[str, ChildValidated]:
+    """The same gate for each cascade child: every child the parents' delete takes is retained. The org counts the
+    candidates (children of every parent past the cutoff); those the run left with their parents (held, blocked,
+    done, outside the filter) are subtracted as the source counted them."""
+    from retention import cascade
+    from retention.validation import RowCounts, validate_retained
+
+    out: dict[str, ChildValidated] = {}
+    if not policy.cascade:
+        return out
+    with store.connect() as conn:
+        stored = cascade.counts(conn, policy, run)
+    for n, (child, info) in enumerate(zip(policy.cascade, extracted.children, strict=True)):
+        staged, retained = stored[n]
+        in_org = sf.count(cascade.org_count_soql(policy, run, n, extracted.date_type))
+        counts = RowCounts(eligible=info.staged, staged=staged, retained=retained,
+                           salesforce=in_org - (info.candidates - info.staged))
+        result = validate_retained(
+            store.get_uri(), query=cascade.retained_query(policy, run, n), schema=CACHE_SCHEMA,
+            table=child.retain.table, run_column="_retention_run", run_value=run.run_key, counts=counts,
+            policy_id=policy.id, run_label=f"{run.run_key} ({child.object})", docs_dir=docs_dir,
+        )
+        _gate(result, counts)
+        out[child.object] = ChildValidated(counts=result.details.get("counts"), salesforce_candidates=in_org)
+    return out

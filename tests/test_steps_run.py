@@ -1,0 +1,90 @@
+"""The run and its cutoff (retention.steps.run), and what the steps hand each other (retention.steps.results)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from retention.policy import load_policy
+from retention.steps.results import Acted, ChildStaged, ChildValidated, Extracted, Task, Validated
+from retention.steps.run import RetentionError, guard, make_run
+from tests.conftest import REPO
+
+UTC = dt.UTC
+
+
+def policy():
+    return load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml")  # older_than_days: 730
+
+
+def run_at(logical_date, **params):
+    return make_run(policy(), logical_date=logical_date, run_after=dt.datetime(2030, 1, 1, tzinfo=UTC),
+                    dag_run_id="r", params=params)
+
+
+def test_cutoff_arithmetic():
+    assert run_at(dt.datetime(2025, 3, 1, 3, 0, tzinfo=UTC)).cutoff == dt.datetime(2023, 3, 2, 3, 0, tzinfo=UTC)
+    # Another zone is the same instant; a naive datetime is taken as UTC.
+    paris = dt.datetime(2025, 3, 1, 4, 0, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert run_at(paris).cutoff == dt.datetime(2023, 3, 2, 3, 0, tzinfo=UTC)
+    assert run_at(paris).cutoff.tzinfo is UTC
+    assert run_at(dt.datetime(2025, 3, 1, 3, 0)).cutoff == dt.datetime(2023, 3, 2, 3, 0, tzinfo=UTC)
+
+
+def test_a_manual_run_takes_its_cutoff_from_run_after_and_the_cutoff_param_moves_the_anchor():
+    manual = make_run(policy(), logical_date=None, run_after=dt.datetime(2026, 6, 1, 12, tzinfo=UTC),
+                      dag_run_id="manual", params={})
+    assert manual.cutoff == dt.datetime(2024, 6, 1, 12, tzinfo=UTC)
+    assert manual.run_key == "inactive_contacts__20260601T120000"
+    forced = run_at(dt.datetime(2026, 6, 1, tzinfo=UTC), cutoff="2020-01-01")
+    assert forced.cutoff == dt.datetime(2020, 1, 1, tzinfo=UTC)
+    assert forced.run_key == "inactive_contacts__20211231T000000"  # 2020-01-01 + 730 days
+    with pytest.raises(RetentionError, match="param cutoff 'soon' is not an ISO date"):
+        run_at(dt.datetime(2026, 6, 1, tzinfo=UTC), cutoff="soon")
+
+
+def test_the_cutoff_as_soql_and_postgres_compare_it():
+    run = run_at(dt.datetime(2026, 6, 1, 3, 4, 5, tzinfo=UTC))
+    assert run.soql_cutoff("date") == "2024-06-01"
+    assert run.soql_cutoff("datetime") == "2024-06-01T03:04:05Z"
+    assert run.cutoff_value("date") == dt.date(2024, 6, 1)
+    assert run.cutoff_value("datetime") == dt.datetime(2024, 6, 1, 3, 4, 5)  # naive UTC, as Connect stores it
+
+
+def test_the_guard_stops_a_run_over_max_records_per_run():
+    p = policy()
+    guard(p, p.guards.max_records_per_run)
+    with pytest.raises(RetentionError, match=rf"{p.guards.max_records_per_run + 1} records are eligible, more than "
+                                             r"guards.max_records_per_run .*nothing was touched"):
+        guard(p, p.guards.max_records_per_run + 1)
+
+
+def test_results_travel_as_plain_json_and_come_back_typed():
+    import json
+
+    extracted = Extracted(run_key="k", cutoff="2024-06-01T00:00:00+00:00", eligible=3, held=1, done=0, staged=3,
+                          held_ids=["003A"], field_types={"LastName": "string"}, date_type="datetime",
+                          children=[ChildStaged("Contact", "contact", candidates=4, staged=3)],
+                          blocked={"001A": "CASCADE_NOT_RETAINED: Case 500A"})
+    wire = json.loads(json.dumps(extracted.to_xcom()))
+    assert Extracted.from_xcom(wire) == extracted
+    assert isinstance(Extracted.from_xcom(wire).children[0], ChildStaged)
+    validated = Validated(message="ok", counts={"retained": 3}, salesforce_total=4,
+                          children={"Contact": ChildValidated(counts={"retained": 3}, salesforce_candidates=4)})
+    assert Validated.from_xcom(json.loads(json.dumps(validated.to_xcom()))) == validated
+    assert Acted.from_xcom(Acted(bulk_job_ids=["750A"], done=2).to_xcom()).done == 2
+
+
+def test_each_result_is_pulled_from_its_own_task():
+    class TaskInstance:
+        def __init__(self):
+            self.asked = []
+
+        def xcom_pull(self, task_ids):
+            self.asked.append(task_ids)
+            return None
+
+    ti = TaskInstance()
+    assert Extracted.pull(ti) is None and Validated.pull(ti) is None and Acted.pull(ti) is None
+    assert ti.asked == [Task.EXTRACT, Task.VALIDATE, Task.ACT] == ["extract", "validate_row_counts", "delete_or_mask"]
