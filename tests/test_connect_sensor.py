@@ -33,7 +33,7 @@ def _ti(run, task_id="wait_for_connect_sync"):
 
 
 def check(object_name="Contact", **kwargs):
-    from retention.mirror_freshness import check_mirror
+    from retention.hooks.mirror_freshness import check_mirror
 
     return check_mirror(object_name, **CHECK, **kwargs)
 
@@ -181,3 +181,30 @@ def test_unsettled_writes_in_the_trigger_log_hold_the_sensor(sandbox, airflow_db
             assert not ready and "unsettled writes in salesforce._trigger_log: 1" in why
         finally:
             conn.execute("DELETE FROM salesforce._trigger_log WHERE sfid = %s AND state = 'NEW'", (rid,))
+
+
+def test_the_sensor_defers_by_default_when_airflow_says_operators_do():
+    """``[operators] default_deferrable`` (https://airflow.apache.org/docs/apache-airflow/stable/configurations-ref.html
+    #default-deferrable) decides, as for Airflow's own deferrable operators; a policy DAG's sensor follows it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = ("from retention.policy import load_policy; from retention.factory import build_dag; "
+             "dag = build_dag(load_policy('include/policies/inactive_contacts.yaml')); "
+             "print(dag.get_task('wait_for_connect_sync').deferrable)")
+
+    def deferrable(setting: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"}
+        if setting is not None:
+            env["AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"] = setting
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO)])
+        out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1]
+
+    assert deferrable(None) == "False"
+    assert deferrable("True") == "True"

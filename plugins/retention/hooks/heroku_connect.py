@@ -2,7 +2,7 @@
 
 Retention reads eligible records from the Connect mirror; acting on a stale mirror could miss records
 or retain an outdated copy, so every run asks Connect first (and proves the mirror current against the
-org itself: ``retention.mirror_freshness``).
+org itself: ``retention.hooks.mirror_freshness``).
 
 Reaching a connection takes discovery (https://devcenter.heroku.com/articles/heroku-connect-api): the
 token's Heroku user is added once to the add-on's access list (``POST https://hc-central.heroku.com/auth/<app>``,

@@ -38,22 +38,13 @@ class RetentionStoreHook(PostgresHook):
     def __init__(self, postgres_conn_id: str = default_conn_name, **kwargs) -> None:
         super().__init__(postgres_conn_id=postgres_conn_id, **kwargs)
 
-    def conninfo(self) -> str:
-        conn = self.get_connection(self.postgres_conn_id)
-        from psycopg.conninfo import make_conninfo
-
-        return make_conninfo(
-            host=conn.host or "localhost", port=conn.port or 5432, user=conn.login or None,
-            password=conn.password or None, dbname=conn.schema or None,
-            **{k: v for k, v in conn.extra_dejson.items() if k in ("sslmode", "sslrootcert", "options")},
-        )
-
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
-        """A psycopg 3 connection; commits on success, rolls back on error."""
-        import psycopg
-
-        with psycopg.connect(self.conninfo(), autocommit=autocommit) as conn:
+        """PostgresHook's own psycopg 3 connection (the connection's extras, IAM tokens and all); commits on
+        success, rolls back on error, always closes."""
+        conn = self.get_conn()
+        conn.autocommit = autocommit
+        with conn:
             yield conn
 
     def ensure_schema(self) -> None:

@@ -1,7 +1,7 @@
 """Wait until the Heroku Connect mirror of an object can be read: mapped, synced and proven current.
 
 Retention selects eligible records from the mirror, so a run must never start on a stale one. The
-sensor passes only when ``retention.mirror_freshness.check_mirrors`` says so for every object the run
+sensor passes only when ``retention.hooks.mirror_freshness.check_mirrors`` says so for every object the run
 reads: the connection healthy, the mapping ``DATA_SYNCED`` with nothing pending, no write to the table
 waiting in Connect's ``_trigger_log``, and the mirror as new as the org (its newest ``SystemModstamp``,
 and the org's recent deletions gone). A mapping that does not sync a field the run reads fails the task
@@ -13,12 +13,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException, BaseSensorOperator
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseSensorOperator, conf
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from retention.hooks.heroku_connect import HerokuConnectError, HerokuConnectHook
+from retention.hooks.mirror_freshness import check_mirrors
 from retention.hooks.store import MIRROR_SCHEMA
-from retention.mirror_freshness import check_mirrors
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -36,7 +36,8 @@ class ConnectSyncSensor(BaseSensorOperator):
     :param salesforce_conn_id: Airflow connection of the org, asked for its newest SystemModstamp and its
         recent deletions.
     :param mirror_schema: Connect's schema in the store.
-    :param deferrable: wait in the triggerer instead of holding or rescheduling a worker slot.
+    :param deferrable: wait in the triggerer instead of holding or rescheduling a worker slot (default: Airflow's
+        ``[operators] default_deferrable``).
     """
 
     template_fields = ("object_name", "also_wait_for")
@@ -52,7 +53,7 @@ class ConnectSyncSensor(BaseSensorOperator):
         store_conn_id: str = "retention_store",
         salesforce_conn_id: str = "salesforce_default",
         mirror_schema: str = MIRROR_SCHEMA,
-        deferrable: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float = 30,
         timeout: float = 60 * 60,
         mode: str = "reschedule",

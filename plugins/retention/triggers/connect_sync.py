@@ -41,7 +41,7 @@ class ConnectSyncTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from retention.hooks.heroku_connect import HerokuConnectError
-        from retention.mirror_freshness import check_mirrors
+        from retention.hooks.mirror_freshness import check_mirrors
 
         while True:
             try:
