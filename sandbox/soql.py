@@ -6,11 +6,12 @@ messages with the Row/Column caret) when a query is wrong or outside what the sa
 
 Supported: ``SELECT f, Parent.f | COUNT() FROM Obj [WHERE ...] [ORDER BY ...] [LIMIT n] [OFFSET n]``
 with comparisons, IN / NOT IN, LIKE, AND / OR / NOT, null, booleans, numbers, strings, date and
-datetime literals and relative date literals. Salesforce semantics kept on purpose:
+datetime literals and the calendar (not fiscal) date literals. Salesforce semantics kept on purpose:
 
 * text comparisons and LIKE are case-insensitive; ID comparisons are case-sensitive on the first 15
   characters, so 15- and 18-character IDs both match the stored 18-character ID;
-* ``!=`` and ``NOT IN`` also match nulls (null is a value in SOQL), ``= null`` means IS NULL;
+* ``!=``, ``NOT IN`` and ``NOT`` also match nulls (null is a value in SOQL), ``= null`` means IS NULL
+  (on a checkbox, ``= false``);
 * mixing AND and OR without parentheses is a syntax error;
 * ORDER BY defaults to ASC NULLS FIRST, and DESC to NULLS LAST;
 * deleted rows are hidden unless ``include_deleted`` (queryAll).
@@ -29,7 +30,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -66,95 +67,100 @@ def _located(code: str, text: str, pos: int, message: str) -> SoqlError:
 
 @dataclass(frozen=True)
 class Token:
-    kind: str  # ident, string, number, date, datetime, op, punct, eof
+    kind: str  # word, string, number, date, datetime, op, punct, eof
     text: str  # as written, for error messages
     pos: int
-    value: Any = None
+    value: Any = None  # number/date/datetime: the parsed value; string: the source between the quotes
 
     def kw(self, *words: str) -> bool:
-        return self.kind == "ident" and self.text.upper() in words
+        return self.kind == "word" and self.text.upper() in words
 
 
-_TOKEN_RE = re.compile(
+# The whole lexical grammar as one pattern, scanned match after match: `bad` catches any character no other
+# alternative takes and `unterminated` a quote that never closes, so nothing is skipped silently. (The
+# product's policy filter parser lexes on its own; the sandbox is its oracle and shares none of its code.)
+_LEXEME = re.compile(
     r"""
-    (?P<ws>\s+)
-  | (?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:?\d{2}))
-  | (?P<date>\d{4}-\d{2}-\d{2})(?![\w:])
+    (?P<space>\s+)
+  | (?P<string>'(?:[^'\\]|\\.)*')
+  | (?P<unterminated>')
+  | (?P<datetime>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d))
+  | (?P<date>\d{4}-\d\d-\d\d)(?![\w:])
   | (?P<number>-?\d+(?:\.\d+)?)(?![\w.])
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>!=|<>|<=|>=|=|<|>)
+  | (?P<word>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>[!<>]=|<>|[=<>])
   | (?P<punct>[(),.:*])
+  | (?P<bad>.)
     """,
-    re.VERBOSE,
+    re.VERBOSE | re.DOTALL,
 )
-_DATETIME_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:Z|([+-])(\d\d):?(\d\d))")
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
 
 
 def _tokenize(text: str) -> list[Token]:
-    tokens, pos = [], 0
-    while pos < len(text):
-        if text[pos] == "'":
-            token = _string(text, pos)
-            tokens.append(token)
-            pos += len(token.text)
+    tokens = []
+    for m in _LEXEME.finditer(text):
+        kind, pos, word = m.lastgroup, m.start(), m.group()
+        if kind == "space":
             continue
-        m = _TOKEN_RE.match(text, pos)
-        if not m:
-            raise _located("MALFORMED_QUERY", text, pos, f"unexpected token: '{text[pos]}'")
-        kind, word = m.lastgroup, m.group(m.lastgroup)
-        if kind != "ws":
-            tokens.append(Token(kind, word, pos, _scalar(kind, word, text, pos)))
-        pos = m.end()
+        if kind == "unterminated":  # Salesforce reports the end of the query, where the closing quote is missing
+            raise _located("MALFORMED_QUERY", text, len(text), "unexpected token: '<EOF>'")
+        if kind == "bad":
+            raise _located("MALFORMED_QUERY", text, pos, f"unexpected token: '{word}'")
+        tokens.append(Token(kind, word, pos, _literal(kind, word, text, pos)))
     tokens.append(Token("eof", "<EOF>", len(text)))
     return tokens
 
 
-def _string(text: str, start: int) -> Token:
-    """A quoted literal; value is (plain text, Postgres LIKE pattern) since \\% and \\_ differ in each."""
-    plain, like, i = [], [], start + 1
-    while i < len(text):
-        ch = text[i]
-        if ch == "'":
-            return Token("string", text[start : i + 1], start, ("".join(plain), "".join(like)))
-        if ch == "\\":
-            esc = text[i + 1 : i + 2]
-            if esc in ("%", "_"):
-                plain.append(esc)
-                like.append("\\" + esc)
-            elif esc in _ESCAPES:
-                plain.append(_ESCAPES[esc])
-                like.append("\\\\" if esc == "\\" else _ESCAPES[esc])
-            else:
-                raise _located(
-                    "MALFORMED_QUERY", text, start,
-                    f"Invalid string literal '{text[start:]}'. Illegal character sequence '\\{esc}' in string literal.",
-                )
-            i += 2
-            continue
-        plain.append(ch)
-        like.append(ch)  # bare % and _ are wildcards in both dialects
-        i += 1
-    raise _located("MALFORMED_QUERY", text, len(text), "unexpected token: '<EOF>'")
-
-
-def _scalar(kind: str, word: str, text: str, pos: int) -> Any:
+def _literal(kind: str, word: str, text: str, pos: int) -> Any:
+    """The value a literal token stands for; an impossible date (2024-02-30) is a malformed query."""
     try:
+        if kind == "string":
+            return word[1:-1]  # decoded by the parser, which knows whether it is a LIKE pattern
         if kind == "number":
-            return Decimal(word) if "." in word else int(word)
+            return int(word) if word.lstrip("-").isdigit() else Decimal(word)
         if kind == "date":
             return date.fromisoformat(word)
         if kind == "datetime":
-            y, mo, d, h, mi, s, frac, sign, oh, om = _DATETIME_RE.fullmatch(word).groups()
-            tz = UTC
-            if sign:
-                offset = timedelta(hours=int(oh), minutes=int(om))
-                tz = timezone(-offset if sign == "-" else offset)
-            micro = int((frac or "0").ljust(6, "0")[:6])
-            return datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro, tzinfo=tz)
+            return datetime.fromisoformat(word)
     except ValueError:
         raise _located("MALFORMED_QUERY", text, pos, f"unexpected token: '{word}'") from None
     return None
+
+
+# "Quoted String Escape Sequences", SOQL and SOSL Reference
+# (https://developer.salesforce.com/docs/platform/salesforce-soql-sosl/guide/sforce-api-calls-soql-select-quotedstringescapes.html):
+# \n \r \t \b \f in either case, \" \' \\ and \uXXXX anywhere; \% and \_ in a LIKE expression only; "if you use
+# a backslash character in any other context, an error occurs". The table calls \b "Bell" in English and
+# backspace in its Japanese translation; the sandbox reads it as backspace, as the Java-family escape it is.
+_ESCAPE = re.compile(r"\\(u[0-9A-Fa-f]{4}|.)", re.DOTALL)
+_CONTROL = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f"}
+
+
+def _unquote(tok: Token, text: str, like: bool) -> tuple[str, str]:
+    """(the text the literal means, the same as a Postgres LIKE pattern, whose escape is also a backslash)."""
+    plain, pattern, last = [], [], 0
+    for m in _ESCAPE.finditer(tok.value):
+        raw = tok.value[last : m.start()]  # unescaped text: % and _ are wildcards in a pattern
+        plain.append(raw)
+        pattern.append(raw)
+        last = m.end()
+        seq = m.group(1)
+        if seq[0] in "uU" and len(seq) == 5:
+            char = chr(int(seq[1:], 16))
+        elif seq.lower() in _CONTROL:
+            char = _CONTROL[seq.lower()]
+        elif seq in ("'", '"', "\\") or (like and seq in ("%", "_")):
+            char = seq
+        else:
+            raise _located(
+                "MALFORMED_QUERY", text, tok.pos,
+                f"Invalid string literal '{text[tok.pos:]}'. Illegal character sequence '\\{seq}' in string literal.",
+            )
+        plain.append(char)
+        pattern.append("\\" + char if char in "%_\\" else char)  # an escaped character matches only itself
+    plain.append(tok.value[last:])
+    pattern.append(tok.value[last:])
+    return "".join(plain), "".join(pattern)
 
 
 # ------------------------------------------------------------------------------------------------- AST
@@ -232,20 +238,15 @@ class Query:
 
 # ---------------------------------------------------------------------------------------------- parser
 
-_RELATIVE = {
-    "TODAY", "YESTERDAY", "TOMORROW", "LAST_WEEK", "THIS_WEEK", "NEXT_WEEK", "LAST_MONTH", "THIS_MONTH",
-    "NEXT_MONTH", "LAST_90_DAYS", "NEXT_90_DAYS", "THIS_YEAR", "LAST_YEAR", "NEXT_YEAR",
-}
-_RELATIVE_N = {"LAST_N_DAYS", "NEXT_N_DAYS", "N_DAYS_AGO"}
 _UNSUPPORTED = {
     "GROUP": "GROUP BY", "HAVING": "HAVING", "TYPEOF": "TYPEOF", "WITH": "WITH", "FOR": "FOR VIEW/UPDATE",
     "USING": "USING SCOPE", "INCLUDES": "INCLUDES", "EXCLUDES": "EXCLUDES", "SELECT": "subqueries",
 }
-_OPS = {"=": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_COMPARATORS = {"<>": "!="}  # the one operator with two spellings; the others stand for themselves
 
 
 class _Parser:
-    """Recursive descent over the token list; one method per grammar rule."""
+    """A recursive-descent reader of a SELECT: each method consumes one construct and returns its AST node."""
 
     def __init__(self, text: str):
         self.text = text
@@ -277,7 +278,7 @@ class _Parser:
 
     def unexpected(self, tok: Token | None = None, feature: str | None = None) -> SoqlError:
         tok = tok or self.peek()
-        feature = feature or (_UNSUPPORTED.get(tok.text.upper()) if tok.kind == "ident" else None)
+        feature = feature or (_UNSUPPORTED.get(tok.text.upper()) if tok.kind == "word" else None)
         note = f" ({feature} is not supported by the sandbox)" if feature else ""
         return _located("MALFORMED_QUERY", self.text, tok.pos, f"unexpected token: '{tok.text}'{note}")
 
@@ -286,7 +287,7 @@ class _Parser:
         fields, count_only = self.select_list()
         self.expect_kw("FROM")
         obj = self.advance()
-        if obj.kind != "ident":
+        if obj.kind != "word":
             raise self.unexpected(obj)
         where = self.condition() if self.accept_kw("WHERE") else None
         order_by: list[OrderItem] = []
@@ -325,7 +326,7 @@ class _Parser:
             raise self.unexpected(feature="subqueries")
         if tok.kw("TYPEOF"):
             raise self.unexpected()
-        if tok.kind == "ident" and self.peek(1).text == "(":
+        if tok.kind == "word" and self.peek(1).text == "(":
             raise self.unexpected(feature=f"{tok.text.upper()}()")
         if tok.kw("FROM"):
             raise self.unexpected()
@@ -333,13 +334,13 @@ class _Parser:
 
     def field_ref(self) -> FieldRef:
         first = self.advance()
-        if first.kind != "ident":
+        if first.kind != "word":
             raise self.unexpected(first)
         path = [first.text]
         while self.peek().text == ".":
             self.advance()
             part = self.advance()
-            if part.kind != "ident":
+            if part.kind != "word":
                 raise self.unexpected(part)
             path.append(part.text)
         return FieldRef(tuple(path), first.pos)
@@ -362,17 +363,18 @@ class _Parser:
         return tok.value
 
     def condition(self):
-        """SOQL refuses `a AND b OR c`: once a connective is chosen, the other needs parentheses."""
-        items, joiner = [self.unary()], None
-        while self.peek().kw("AND", "OR"):
-            tok = self.peek()
-            if joiner and tok.text.upper() != joiner:
-                raise self.unexpected(tok)
-            joiner = self.advance().text.upper()
-            items.append(self.unary())
-        if joiner is None:
-            return items[0]
-        return And(tuple(items)) if joiner == "AND" else Or(tuple(items))
+        """Operands under one connective: "Parentheses are required whenever you mix the operators" (Logical
+        Operators, SOQL and SOSL Reference), so a second, different connective is a syntax error."""
+        first = self.unary()
+        if not self.peek().kw("AND", "OR"):
+            return first
+        connective = self.peek().text.upper()
+        operands = [first]
+        while self.accept_kw(connective):
+            operands.append(self.unary())
+        if self.peek().kw("AND", "OR"):
+            raise self.unexpected()
+        return (And if connective == "AND" else Or)(tuple(operands))
 
     def unary(self):
         if self.accept_kw("NOT"):
@@ -391,7 +393,7 @@ class _Parser:
         tok = self.peek()
         if tok.kind == "op":
             self.advance()
-            return Comparison(ref, _OPS[tok.text], self.value())
+            return Comparison(ref, _COMPARATORS.get(tok.text, tok.text), self.value())
         if tok.kw("IN"):
             self.advance()
             return Comparison(ref, "IN", self.subquery() or self.value_list())
@@ -400,7 +402,7 @@ class _Parser:
             return Comparison(ref, "NOT IN", self.subquery() or self.value_list())
         if tok.kw("LIKE"):
             self.advance()
-            value = self.value()
+            value = self.value(like=True)
             if value.kind != "string":
                 raise _located("MALFORMED_QUERY", self.text, value.pos, "invalid LIKE pattern: must be a quoted string")
             return Comparison(ref, "LIKE", value)
@@ -424,7 +426,7 @@ class _Parser:
                            "semi join sub-selects can only select one field")
         self.expect_kw("FROM")
         obj = self.advance()
-        if obj.kind != "ident":
+        if obj.kind != "word":
             raise self.unexpected(obj)
         self.in_subquery = True
         try:
@@ -445,23 +447,24 @@ class _Parser:
         self.expect(")")
         return tuple(values)
 
-    def value(self) -> Value:
+    def value(self, like: bool = False) -> Value:
+        """A literal; `like`: the right side of LIKE, the only place where \\% and \\_ are escapes."""
         tok = self.advance()
         if tok.kind == "string":
-            plain, like = tok.value
-            return Value("string", plain, tok.pos, like)
+            plain, pattern = _unquote(tok, self.text, like)
+            return Value("string", plain, tok.pos, pattern)
         if tok.kind in ("number", "date", "datetime"):
             return Value(tok.kind, tok.value, tok.pos)
-        word = tok.text.upper() if tok.kind == "ident" else ""
-        if word == "NULL":
-            return Value("null", None, tok.pos)
-        if word in ("TRUE", "FALSE"):
-            return Value("boolean", word == "TRUE", tok.pos)
-        if word in _RELATIVE:
+        word = tok.text.upper() if tok.kind == "word" else ""
+        if word in ("NULL", "TRUE", "FALSE"):
+            return Value("null", None, tok.pos) if word == "NULL" else Value("boolean", word == "TRUE", tok.pos)
+        if word in _DATE_LITERALS:
             return Value("relative", (word, None), tok.pos)
-        if word in _RELATIVE_N:
+        if word in _DATE_LITERALS_N:
             self.expect(":")
             return Value("relative", (word, self.integer()), tok.pos)
+        if "FISCAL" in word:
+            raise self.unexpected(tok, feature="fiscal date literals")
         raise self.unexpected(tok)
 
 
@@ -472,41 +475,52 @@ def parse(text: str) -> Query:
 
 # ------------------------------------------------------------------------------------ relative dates
 
+# Written from the table of date literals in "Date Formats and Date Literals in WHERE", SOQL and SOSL Reference
+# (https://developer.salesforce.com/docs/platform/salesforce-soql-sosl/guide/sforce-api-calls-soql-select-dateformats.html).
+# Each literal is a run of whole calendar periods: (unit, first, count), `first` counting periods from the one
+# that holds today (0), so the range is [start of period first, start of period first + count). The page's
+# rows, read into that shape: LAST_N_DAYS:n and LAST_90_DAYS "include the current day" (LAST_N_DAYS:1 is
+# yesterday and today); NEXT_N_DAYS:n and NEXT_90_DAYS start tomorrow; N_DAYS_AGO:n is the one day n days back;
+# LAST_N_WEEKS/MONTHS/QUARTERS/YEARS:n are the n whole periods before the current one, NEXT_N_* the n after it,
+# N_*_AGO:n the single period n back. Weeks start on the locale's first day: Sunday for the sandbox's en_US user.
+_DATE_LITERALS = {
+    "YESTERDAY": ("day", -1, 1), "TODAY": ("day", 0, 1), "TOMORROW": ("day", 1, 1),
+    "LAST_90_DAYS": ("day", -90, 91), "NEXT_90_DAYS": ("day", 1, 90),
+    **{f"{word}_{unit.upper()}": (unit, first, 1)
+       for unit in ("week", "month", "quarter", "year")
+       for word, first in (("LAST", -1), ("THIS", 0), ("NEXT", 1))},
+}
+_DATE_LITERALS_N: dict[str, Callable[[int], tuple[str, int, int]]] = {
+    "LAST_N_DAYS": lambda n: ("day", -n, n + 1),
+    "NEXT_N_DAYS": lambda n: ("day", 1, n),
+    "N_DAYS_AGO": lambda n: ("day", -n, 1),
+    **{name: rule
+       for unit in ("week", "month", "quarter", "year")
+       for name, rule in (
+           (f"LAST_N_{unit.upper()}S", lambda n, u=unit: (u, -n, n)),
+           (f"NEXT_N_{unit.upper()}S", lambda n, u=unit: (u, 1, n)),
+           (f"N_{unit.upper()}S_AGO", lambda n, u=unit: (u, -n, 1)),
+       )},
+}
+# The FISCAL_* literals depend on the org's fiscal year settings, which the sandbox does not model: refused.
 
-def _month(d: date, delta: int) -> date:
-    """First day of the month `delta` months from d's month."""
-    index = d.year * 12 + d.month - 1 + delta
-    return date(index // 12, index % 12 + 1, 1)
+# unit -> (the index of the period a day is in, the first day of the period with that index)
+_PERIODS: dict[str, tuple[Callable[[date], int], Callable[[int], date]]] = {
+    "day": (date.toordinal, date.fromordinal),
+    # date.fromordinal(7) is Sunday 0001-01-07, so Sunday-started weeks are ordinal // 7.
+    "week": (lambda d: d.toordinal() // 7, lambda k: date.fromordinal(7 * k)),
+    "month": (lambda d: 12 * d.year + d.month - 1, lambda k: date(k // 12, k % 12 + 1, 1)),
+    "quarter": (lambda d: 4 * d.year + (d.month - 1) // 3, lambda k: date(k // 4, 3 * (k % 4) + 1, 1)),
+    "year": (lambda d: d.year, lambda k: date(k, 1, 1)),
+}
 
 
 def relative_range(name: str, n: int | None, today: date) -> tuple[date, date]:
-    """The [start, end) day range of a relative date literal, on UTC days."""
-    day = timedelta(days=1)
-    sunday = today - timedelta(days=today.isoweekday() % 7)  # weeks start on Sunday (en_US)
-    ranges = {
-        "TODAY": (today, today + day),
-        "YESTERDAY": (today - day, today),
-        "TOMORROW": (today + day, today + 2 * day),
-        "LAST_WEEK": (sunday - 7 * day, sunday),
-        "THIS_WEEK": (sunday, sunday + 7 * day),
-        "NEXT_WEEK": (sunday + 7 * day, sunday + 14 * day),
-        "LAST_MONTH": (_month(today, -1), _month(today, 0)),
-        "THIS_MONTH": (_month(today, 0), _month(today, 1)),
-        "NEXT_MONTH": (_month(today, 1), _month(today, 2)),
-        "LAST_90_DAYS": (today - 90 * day, today + day),
-        "NEXT_90_DAYS": (today + day, today + 91 * day),
-        "THIS_YEAR": (date(today.year, 1, 1), date(today.year + 1, 1, 1)),
-        "LAST_YEAR": (date(today.year - 1, 1, 1), date(today.year, 1, 1)),
-        "NEXT_YEAR": (date(today.year + 1, 1, 1), date(today.year + 2, 1, 1)),
-    }
-    if name in ranges:
-        return ranges[name]
-    n = n or 0
-    return {
-        "LAST_N_DAYS": (today - n * day, today + day),
-        "NEXT_N_DAYS": (today + day, today + (n + 1) * day),
-        "N_DAYS_AGO": (today - n * day, today - (n - 1) * day),
-    }[name]
+    """The [start, end) days a date literal covers, counted from `today` (a UTC day in the sandbox)."""
+    unit, first, count = _DATE_LITERALS[name] if n is None else _DATE_LITERALS_N[name](n)
+    index_of, start_of = _PERIODS[unit]
+    here = index_of(today)
+    return start_of(here + first), start_of(here + first + count)
 
 
 def id15(value: str) -> str:
@@ -625,7 +639,9 @@ class _Compiler:
             joiner = sql.SQL(" AND " if isinstance(node, And) else " OR ")
             return sql.SQL("({})").format(joiner.join(self.condition(item) for item in node.items))
         if isinstance(node, Not):
-            return sql.SQL("(NOT {})").format(self.condition(node.item))
+            # "NOT fieldExpressionX: true if fieldExpressionX is false" (Logical Operators), and a SOQL comparison
+            # with a null field is false, never Postgres's unknown: NOT (Title = 'x') keeps the null titles.
+            return sql.SQL("(NOT coalesce({}, false))").format(self.condition(node.item))
         return self.comparison(node)
 
     def comparison(self, node: Comparison) -> sql.Composable:
@@ -730,7 +746,7 @@ class _Compiler:
                 lhs, rhs = sql.SQL("left({}, 15)").format(expr), self.bind(key)
         else:
             lhs, rhs = expr, self.bind(value.value)
-        if op == "!=":  # SOQL's != also matches null
+        if op == "!=":  # a null field "doesn't equal the specified value" (Comparison Operators): it matches
             return sql.SQL("{} IS DISTINCT FROM {}").format(lhs, rhs)
         return sql.SQL("{} {} {}").format(lhs, sql.SQL(op), rhs)
 

@@ -73,13 +73,14 @@ def test_parse_count_and_connectives():
 
 def test_parse_values():
     q = parse(
-        r"SELECT Id FROM Contact WHERE Name IN ('a\'b\\c\n\"', 'x\%\_') AND N = -12.50 AND M = 7 AND D = 2024-01-31 "
+        r"SELECT Id FROM Contact WHERE Name IN ('a\'b\\c\n\"', 'x%_\N\u00e9') AND N = -12.50 AND M = 7 "
+        "AND D = 2024-01-31 "
         "AND T = 2024-01-31T12:34:56.123Z AND U = 2024-01-31T12:34:56-08:00 AND R = LAST_N_DAYS:7 AND S = TODAY "
         "AND X != null AND Y <> true"
     )
     values = [c.value for c in q.where.items]
-    assert [v.value for v in values[0]] == ["a'b\\c\n\"", "x%_"]
-    assert values[0][1].like == "x\\%\\_"
+    assert [v.value for v in values[0]] == ["a'b\\c\n\"", "x%_\né"]
+    assert values[0][0].like == "a'b\\\\c\n\""  # an escaped backslash matches only itself in a pattern
     assert values[1].value == Decimal("-12.50") and values[2].value == 7
     assert values[3].value == date(2024, 1, 31)
     assert values[4].value == datetime(2024, 1, 31, 12, 34, 56, 123000, tzinfo=UTC)
@@ -148,10 +149,18 @@ def test_semi_join_limits(text, message):
     assert err.error_code == "MALFORMED_QUERY" and message in err.message
 
 
-def test_invalid_escape():
-    err = _error(r"SELECT Id FROM Contact WHERE Name = 'a\q'")
+@pytest.mark.parametrize("text", [r"Name = 'a\q'", r"Name = 'a\u00g1'", r"Name = '50\%'", r"Name IN ('a\_b')"])
+def test_invalid_escape(text):
+    """Quoted String Escape Sequences: \\% and \\_ are escapes of a LIKE pattern only, and "if you use a backslash
+    character in any other context, an error occurs"."""
+    err = _error(f"SELECT Id FROM Contact WHERE {text}")
     assert err.error_code == "MALFORMED_QUERY"
-    assert err.message.endswith("Illegal character sequence '\\q' in string literal.")
+    assert err.message.endswith("in string literal.") and "Illegal character sequence '\\" in err.message
+
+
+def test_like_escapes():
+    q = parse(r"SELECT Id FROM Account WHERE Name LIKE 'a\%b\_c\\%_\T'")
+    assert (q.where.value.value, q.where.value.like) == ("a%b_c\\%_\t", "a\\%b\\_c\\\\%_\t")
 
 
 # ------------------------------------------------------------------------------------ semantic errors
@@ -318,6 +327,18 @@ def test_id15():
         ("LAST_MONTH", None, date(2024, 2, 1), date(2024, 3, 1)),
         ("THIS_YEAR", None, date(2024, 1, 1), date(2025, 1, 1)),
         ("LAST_YEAR", None, date(2023, 1, 1), date(2024, 1, 1)),
+        ("NEXT_90_DAYS", None, date(2024, 3, 11), date(2024, 6, 9)),
+        ("THIS_QUARTER", None, date(2024, 1, 1), date(2024, 4, 1)),
+        ("NEXT_QUARTER", None, date(2024, 4, 1), date(2024, 7, 1)),
+        ("LAST_N_WEEKS", 2, date(2024, 2, 25), date(2024, 3, 10)),
+        ("NEXT_N_WEEKS", 1, date(2024, 3, 17), date(2024, 3, 24)),
+        ("N_WEEKS_AGO", 1, date(2024, 3, 3), date(2024, 3, 10)),
+        ("LAST_N_MONTHS", 3, date(2023, 12, 1), date(2024, 3, 1)),
+        ("N_MONTHS_AGO", 14, date(2023, 1, 1), date(2023, 2, 1)),
+        ("LAST_N_QUARTERS", 2, date(2023, 7, 1), date(2024, 1, 1)),
+        ("N_QUARTERS_AGO", 4, date(2023, 1, 1), date(2023, 4, 1)),
+        ("NEXT_N_YEARS", 2, date(2025, 1, 1), date(2027, 1, 1)),
+        ("N_YEARS_AGO", 10, date(2014, 1, 1), date(2015, 1, 1)),
     ],
 )
 def test_relative_range(name, n, start, end):
@@ -326,6 +347,14 @@ def test_relative_range(name, n, start, end):
 
 def test_last_month_in_january():
     assert relative_range("LAST_MONTH", None, date(2024, 1, 15)) == (date(2023, 12, 1), date(2024, 1, 1))
+    assert relative_range("LAST_QUARTER", None, date(2024, 1, 15)) == (date(2023, 10, 1), date(2024, 1, 1))
+    assert relative_range("THIS_WEEK", None, date(2024, 1, 1)) == (date(2023, 12, 31), date(2024, 1, 7))
+
+
+def test_fiscal_date_literals_are_refused():
+    """FISCAL literals read the org's fiscal year settings, which the sandbox does not model."""
+    err = _error("SELECT Id FROM Contact WHERE CreatedDate = THIS_FISCAL_YEAR")
+    assert "fiscal date literals is not supported by the sandbox" in err.message
 
 
 def test_relative_dates_compile():

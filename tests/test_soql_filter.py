@@ -75,6 +75,7 @@ def test_precedence_and_grouping():
         ("Name = x", 8, "quote strings"),
         ("Name = 'x", 8, "unterminated string"),
         ("Name = 'a\\q'", 10, "invalid escape sequence"),
+        ("Name = '50\\% off'", 8, "escapes of a LIKE pattern only"),
         ("A < null", 3, "null can only be compared with = or !="),
         ("A > true", 3, "true/false can only be compared"),
         ("A LIKE 3", 8, "LIKE needs a quoted string"),

@@ -123,7 +123,8 @@ _TOKEN_RE = re.compile(
     re.VERBOSE,
 )
 _DATETIME_RE = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:Z|([+-])(\d\d):?(\d\d))")
-# SOQL's escape sequences inside quoted strings; anything else after a backslash is an error.
+# SOQL's escape sequences inside quoted strings (letters in either case, and \uXXXX); anything else after a
+# backslash is an error, and \% \_ are escapes of a LIKE pattern only ("Quoted String Escape Sequences").
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", '"': '"', "'": "'", "\\": "\\"}
 _UNESCAPES = {v: "\\" + k for k, v in _ESCAPES.items() if k != '"'}
 
@@ -182,12 +183,19 @@ def _string(text: str, start: int) -> _Token:
             return _Token("string", text[start : i + 1], start, ("".join(plain), "".join(like)))
         if ch == "\\":
             esc = text[i + 1 : i + 2]
+            code = text[i + 2 : i + 6]
             if esc in ("%", "_"):
                 plain.append(esc)
                 like.append("\\" + esc)
-            elif esc in _ESCAPES:
-                plain.append(_ESCAPES[esc])
-                like.append("\\\\" if esc == "\\" else _ESCAPES[esc])
+            elif esc in ("u", "U") and re.fullmatch(r"[0-9A-Fa-f]{4}", code):  # \uXXXX: one Unicode character
+                char = chr(int(code, 16))
+                plain.append(char)
+                like.append("\\" + char if char in "\\%_" else char)
+                i += 6
+                continue
+            elif esc.lower() in _ESCAPES:  # \N, \R, \T, \B, \F are the same escapes as their lower case
+                plain.append(_ESCAPES[esc.lower()])
+                like.append("\\\\" if esc == "\\" else _ESCAPES[esc.lower()])
             else:
                 raise FilterError(f"invalid escape sequence '\\{esc}' in string literal", i, text)
             i += 2
@@ -319,7 +327,7 @@ class _Parser:
             return Comparison(name.text, "NOT IN", self.subselect() or self.value_list(), name.pos)
         if tok.kw("LIKE"):
             self.advance()
-            value = self.value()
+            value = self.value(like=True)
             if value.kind != "string":
                 raise FilterError("LIKE needs a quoted string pattern", value.pos, self.text)
             return Comparison(name.text, "LIKE", value, name.pos)
@@ -365,11 +373,13 @@ class _Parser:
         self.expect(")")
         return tuple(values)
 
-    def value(self) -> Value:
+    def value(self, like: bool = False) -> Value:
         tok = self.advance()
         if tok.kind == "string":
-            plain, like = tok.value
-            return Value("string", plain, like, tok.pos)
+            if not like and any(m.group(1) in "%_" for m in re.finditer(r"\\(.)", tok.text)):
+                raise self.error("\\% and \\_ are escapes of a LIKE pattern only; write % or _ as they are", tok)
+            plain, pattern = tok.value
+            return Value("string", plain, pattern, tok.pos)
         if tok.kind in ("number", "date", "datetime"):
             return Value(tok.kind, tok.value, None, tok.pos)
         word = tok.text.upper() if tok.kind == "ident" else ""
@@ -611,6 +621,8 @@ def to_sql(
         return _utc_naive(lit.value) if lit.kind == "datetime" else lit.value
 
     def compare(col: sql.Composable, ftype: str | None, op: str, lit: Value) -> sql.Composable:
+        if lit.kind == "null" and ftype == "boolean":  # "= null is equivalent to = false" (Use null in WHERE)
+            return sql.SQL("{} IS NOT TRUE" if op == "=" else "{} IS TRUE").format(col)
         if lit.kind == "null":
             return sql.SQL("{} IS NULL" if op == "=" else "{} IS NOT NULL").format(col)
         if lit.kind == "boolean":  # a Salesforce checkbox is never null; a null in the mirror reads as false
