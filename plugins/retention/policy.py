@@ -567,7 +567,6 @@ def _valid_cron(value: str) -> bool:
 _DATE_TYPES = frozenset({"date", "datetime"})
 
 
-
 def check_against_describe(policy: Policy, describe: Mapping[str, Any],
                            others: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[str]:
     """Problems between a policy and the object's Salesforce describe, one readable line each.
