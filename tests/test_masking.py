@@ -257,9 +257,9 @@ def test_validate_options():
     assert "required" in validate_options("static", {})[0]
     assert len(validate_options("random_date", {})) == 2
     assert "after" in validate_options("random_date", {"start": "2001-01-01", "end": "2000-01-01"})[0]
-    assert "ISO" in validate_options("random_date", {"start": "yesterday", "end": "2000-01-01"})[0]
+    assert "start: input should be a valid" in validate_options("random_date", {"start": "x", "end": "2000-01-01"})[0]
     assert "greater" in validate_options("random_number", {"min": 5, "max": 1})[0]
-    assert "numbers" in validate_options("random_number", {"min": "1", "max": 2})[0]
+    assert "min must be a number" in validate_options("random_number", {"min": "1", "max": 2})[0]
     assert "decimals" in validate_options("random_number", {"min": 1, "max": 2, "decimals": -1})[0]
     assert "library" in validate_options("pseudonymize", {"library": "pokemon"})[0]
     assert "field_length" in validate_options("hash", {"field_length": 0})[0]
@@ -306,7 +306,7 @@ def test_masker_masks_only_the_chosen_fields():
     # A retried task (a new Masker, same key) writes the same reproducible values.
     again = Masker({"Birthdate": ("random_date", {"start": "1950-01-01", "end": "2000-12-31"})}, FIELD_TYPES, KEY)
     assert again.mask_record(record)["Birthdate"] == masked["Birthdate"]
-    row = masker.csv_row(record)
+    row = [to_bulk_csv_value(masked[column]) for column in masker.columns]  # the Bulk update CSV row
     assert row[0] == RECORD and row[3] == "#N/A" and row[5] == "Redacted"
 
 
@@ -329,3 +329,65 @@ def test_masker_reports_every_problem_at_once():
     for fragment in ("FirstName: unknown masking strategy", "Birthdate: anonymize: not valid for date",
                      "Missing__c: no field type", "NumberOfChildren__c: random_number: option 'max' is required"):
         assert fragment in message
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+# One original value of each type a strategy may claim, as the org or the Connect mirror returns it.
+SAMPLES = {
+    "string": "Kelsey Smith", "textarea": "Called on Monday", "encryptedstring": "1234-5678", "combobox": "Other",
+    "url": "https://example.com/kelsey", "email": "kelsey@example.com", "phone": "+1 (555) 010-9999",
+    "date": "1980-05-17", "datetime": "2020-01-01T10:00:00.000Z", "int": 42, "long": 4200000000, "double": 4.5,
+    "currency": Decimal("12.50"), "percent": 50, "picklist": "Web", "multipicklist": "A;B", "time": "10:00:00.000Z",
+    "boolean": True,
+}
+_NUMBERS = {"double", "currency", "percent"}
+STATIC_VALUES = {"boolean": False, "date": "1900-01-01", "datetime": "2000-01-01", "time": "00:00:00",
+                 "email": "redacted@example.invalid", **dict.fromkeys(_NUMBERS | {"int", "long"}, 0)}
+
+
+def _valid_for(ftype: str, value) -> bool:
+    """Whether Salesforce would take ``value`` for a field of ``ftype`` in a Bulk update (None: set to null)."""
+    if value is None:
+        return ftype != "boolean"
+    if ftype == "boolean":
+        return isinstance(value, bool)
+    if ftype in ("int", "long"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ftype in _NUMBERS:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if ftype == "date":
+        return bool(DATE.fullmatch(value))
+    if ftype == "datetime":
+        return bool(DATETIME.fullmatch(value))
+    if ftype == "email":
+        return is_valid_email(value)
+    return isinstance(value, str) and value != ""
+
+
+def _example_options(entry) -> dict:
+    """The strategy's required options, from the examples its options model gives them."""
+    return {name: field.examples[0] for name, field in entry.options.model_fields.items() if field.is_required()}
+
+
+@pytest.mark.parametrize("name", list(masking.STRATEGIES))
+def test_every_strategy_writes_a_valid_value_for_every_type_it_claims(name):
+    """A registry entry is the whole strategy: its options model names it, its function masks, and every type it
+    claims gets a value Salesforce accepts; every other maskable type is refused up front."""
+    entry = masking.STRATEGIES[name]
+    assert entry.options.model_fields["strategy"].default == name
+    assert entry.field_types and entry.field_types <= masking.MASKABLE_TYPES <= set(SAMPLES)
+    options = _example_options(entry)
+    assert validate_options(name, options) == []
+    for ftype in sorted(entry.field_types):
+        if name == "static":  # a static value must itself suit the field
+            options = {"value": STATIC_VALUES.get(ftype, "REDACTED")}
+        masker = Masker({"F": (name, options)}, {"F": ftype}, KEY, field_lengths={"F": 40})
+        masked = masker.mask_record({"Id": RECORD, "F": SAMPLES[ftype]})["F"]
+        assert _valid_for(ftype, masked), (ftype, masked)
+        assert to_bulk_csv_value(masked)
+    for ftype in sorted(masking.MASKABLE_TYPES - entry.field_types):
+        assert f"{name}: not valid for {ftype} fields" in validate_field_type(name, ftype, options)[0]
+        with pytest.raises(ValueError, match="not valid for"):
+            Masker({"F": (name, options)}, {"F": ftype}, KEY)

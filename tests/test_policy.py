@@ -8,7 +8,10 @@ from datetime import date
 from pathlib import Path
 
 import pytest
+from psycopg import sql
+from pydantic import TypeAdapter, ValidationError
 
+from retention import masking, transforms
 from retention import policy as policy_module
 from retention.policy import (
     MaskStrategy,
@@ -151,28 +154,76 @@ def test_transform_forms():
     ]
 
 
+def mask_strategy(data):
+    return TypeAdapter(MaskStrategy).validate_python(data)
+
+
 def test_mask_strategy_forms():
-    assert MaskStrategy.model_validate("nullify").options == {}
-    static = MaskStrategy.model_validate({"strategy": "static", "value": "REDACTED"})
+    assert mask_strategy("nullify").options == {}
+    static = mask_strategy({"strategy": "static", "value": "REDACTED"})
     assert static.options == {"value": "REDACTED"}
-    dates = MaskStrategy.model_validate({"strategy": "random_date", "start": "1950-01-01", "end": date(2000, 12, 31)})
+    dates = mask_strategy({"strategy": "random_date", "start": "1950-01-01", "end": date(2000, 12, 31)})
     assert dates.options == {"start": date(1950, 1, 1), "end": date(2000, 12, 31)}
-    numbers = MaskStrategy.model_validate({"strategy": "random_number", "min": 0, "max": 100, "decimals": 2})
+    numbers = mask_strategy({"strategy": "random_number", "min": 0, "max": 100, "decimals": 2})
     assert numbers.options == {"min": 0, "max": 100, "decimals": 2}
-    names = MaskStrategy.model_validate({"strategy": "pseudonymize", "library": "last_name", "field_length": 20})
+    names = mask_strategy({"strategy": "pseudonymize", "library": "last_name", "field_length": 20})
     assert names.options == {"library": "last_name", "field_length": 20}
 
 
 def test_mask_options_are_what_the_masking_module_accepts():
-    from retention import masking
     for strategy in (
         {"strategy": "static", "value": date(2000, 1, 1)},
         {"strategy": "random_number", "min": 1.5, "max": 2, "decimals": 1},
         {"strategy": "pseudonymize", "library": "city"},
         {"strategy": "hash", "field_length": 64},
     ):
-        parsed = MaskStrategy.model_validate(strategy)
+        parsed = mask_strategy(strategy)
         assert masking.validate_options(parsed.strategy, parsed.options) == [], strategy
+
+
+@pytest.mark.parametrize("spec", ["truncate", "truncate:0", "last:x", "last:-1", "year:2", "md5", "keep:", ""])
+def test_transform_rejects(spec):
+    with pytest.raises(ValidationError):
+        Transform.model_validate(spec)
+
+
+@pytest.mark.parametrize("name", list(transforms.KINDS))
+def test_every_registered_transform_is_accepted_by_the_policy_and_checked(name):
+    """A transform is one entry in retention.transforms: the policy accepts it by that name, the describe check
+    applies its field types, and subset builds its SQL from what the policy holds."""
+    kind = transforms.KINDS[name]
+    written = f"{name}:4" if kind.sized else name
+    policy = parse_policy(VALID.replace("Email: email_domain", f"Email: {written}").encode())
+    transform = policy.retain.fields["Email"]
+    assert (transform.kind, transform.spec, str(transform)) == (name, kind, written)
+    problems = check_against_describe(policy, describe("Contact"), HOLDS)  # Email is an email field
+    if kind.field_types is None or "email" in kind.field_types:
+        assert problems == []
+    else:
+        assert problems == [f"retain.fields.Email: {written} needs {kind.needs}; 'Email' is email"]
+    assert transforms.expression(transform.kind, transform.n, sql.Identifier("s", "email")).as_string(None)
+
+
+@pytest.mark.parametrize("name", list(masking.STRATEGIES))
+def test_every_registered_strategy_is_accepted_by_the_policy_and_applied(name):
+    """A strategy is one entry in retention.masking: the policy accepts it by that name with the options its model
+    declares, the describe check passes it on a field it suits, and the Masker built from the policy applies it."""
+    entry = masking.STRATEGIES[name]
+    required = {key: field.examples[0] for key, field in entry.options.model_fields.items() if field.is_required()}
+    written = ", ".join([f"strategy: {name}", *(f"{key}: {value}" for key, value in required.items())])
+    policy = parse_policy(MASK.replace("FirstName: anonymize", f"Masked__c: {{{written}}}").encode())
+    strategy = policy.mask["Masked__c"]
+    assert isinstance(strategy, entry.options) and strategy.strategy == name
+    ftype = next(t for t in ("string", "date", "double") if t in entry.field_types)
+    contact = describe("Contact")
+    field = {"name": "Masked__c", "type": ftype, "updateable": True, "nillable": True, "length": 40}
+    assert check_against_describe(policy, {**contact, "fields": [*contact["fields"], field]}, HOLDS) == []
+    # As delete_or_mask builds it from the policy.
+    masker = masking.Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()},
+                            {"Masked__c": ftype, "Phone": "phone"}, b"key")
+    original = {"string": "Kelsey", "date": "1980-05-17", "double": 4.5}[ftype]
+    masked = masker.mask_record({"Id": "003000000000001AAA", "Masked__c": original, "Phone": "+1 555 0100"})
+    assert masked["Masked__c"] != original and masked["Phone"] is None
 
 
 def test_schedule_presets_cron_and_null():

@@ -14,26 +14,12 @@ import pytest
 from psycopg import sql
 
 from retention import transforms
-from retention.transforms import apply, expression, parse, pg_text, result_type
+from retention.transforms import apply, expression, pg_text, result_type
 
 KEY = b"retention-test-key-0123456789abcdef"
 
 
 # ------------------------------------------------------------------------------------------ pure Python
-
-
-@pytest.mark.parametrize(
-    ("spec", "expected"),
-    [("keep", ("keep", None)), ("truncate:5", ("truncate", 5)), ("last:4", ("last", 4)), (" hash ", ("hash", None))],
-)
-def test_parse(spec, expected):
-    assert parse(spec) == expected
-
-
-@pytest.mark.parametrize("spec", ["truncate", "truncate:0", "last:x", "last:-1", "year:2", "md5", "keep:", ""])
-def test_parse_rejects(spec):
-    with pytest.raises(ValueError):
-        parse(spec)
 
 
 def test_result_types():
@@ -196,13 +182,12 @@ STAGING_ROWS = [
     ("ab", "trailing@", dt.date(9999, 12, 31), dt.datetime(2020, 6, 15, 8, 0, 0, 1), Decimal("7"), 123456.789, True),
     (None, None, None, None, None, None, None),
 ]
-# Which transforms make sense for which column (year/month need a date or timestamp).
+# Every registered transform on the columns it makes sense for (year and month need a date or timestamp).
 CASES = [
-    (kind, n, column)
-    for column in STAGING_COLUMNS
-    for kind, n in [("keep", None), ("null", None), ("hash", None), ("truncate", 3), ("last", 2),
-                    ("email_domain", None)]
-] + [(kind, None, column) for kind in ("year", "month") for column in ("birthdate", "modified")]
+    (kind.name, 3 if kind.sized else None, column)
+    for kind in transforms.KINDS.values()
+    for column in (("birthdate", "modified") if kind.field_types == {"date", "datetime"} else STAGING_COLUMNS)
+]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,10 @@ Which strategies are random and which are reproducible is part of the contract:
   value still joins to the store.
 - ``random_date``, ``random_number`` and ``format_preserving`` are seeded by (key, record id, field), so
   a retried task writes exactly what the first attempt wrote.
+
+:data:`STRATEGIES` is the registry: each strategy is declared once (its options model, the field types it
+can write, its function), and the policy model and its describe checks read it. Adding one is one options
+class, one function and one :class:`Strategy` entry here (and its test).
 """
 
 from __future__ import annotations
@@ -24,15 +28,15 @@ import math
 import re
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from retention.transforms import hmac_hex, pg_text
 
-STRATEGIES = (
-    "anonymize", "pseudonymize", "hash", "nullify", "static", "random_date", "random_number", "format_preserving",
-)
 LIBRARIES = ("first_name", "last_name", "full_name", "city", "company", "word")
 # What Bulk API 2.0 reads as "set this field to null"; an empty cell would leave the old value in place.
 BULK_NULL = "#N/A"
@@ -142,35 +146,8 @@ whether who why will wish woman worker write yeah you
 _TEXT_TYPES = frozenset({"string", "textarea", "encryptedstring", "combobox", "url"})
 _INT_TYPES = frozenset({"int", "long"})
 _NUMBER_TYPES = frozenset({"double", "currency", "percent"}) | _INT_TYPES
-_ALL = frozenset(STRATEGIES)
-# Which strategies can produce a value the field accepts. Ids and lookups are absent on purpose: Privacy
-# Center only masks mutable fields, and rewriting an owner or a parent would move the record.
-_ALLOWED: dict[str, frozenset[str]] = {
-    **dict.fromkeys(_TEXT_TYPES, _ALL - {"random_date", "random_number"}),
-    "email": frozenset({"anonymize", "pseudonymize", "hash", "nullify", "static", "format_preserving"}),
-    "phone": frozenset({"anonymize", "hash", "nullify", "static", "format_preserving"}),
-    "date": frozenset({"nullify", "static", "random_date"}),
-    "datetime": frozenset({"nullify", "static", "random_date"}),
-    **dict.fromkeys(_NUMBER_TYPES, frozenset({"nullify", "static", "random_number", "format_preserving"})),
-    "picklist": frozenset({"nullify", "static"}),
-    "multipicklist": frozenset({"nullify", "static"}),
-    "time": frozenset({"nullify", "static"}),
-    # A checkbox cannot be null in Salesforce.
-    "boolean": frozenset({"static"}),
-}
 # Salesforce's own limits, used when neither describe nor the policy gives a length.
 _DEFAULT_LENGTH = {"email": 80, "phone": 40}
-_OPTIONS: dict[str, frozenset[str]] = {
-    "anonymize": frozenset(),
-    "pseudonymize": frozenset({"library"}),
-    "hash": frozenset(),
-    "nullify": frozenset(),
-    "static": frozenset({"value"}),
-    "random_date": frozenset({"start", "end"}),
-    "random_number": frozenset({"min", "max", "decimals"}),
-    "format_preserving": frozenset(),
-}
-_REQUIRED = {"static": ("value",), "random_date": ("start", "end"), "random_number": ("min", "max")}
 # Close to what Salesforce's email validation accepts, restricted to ASCII so every masked address passes.
 _EMAIL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)+$")
 _ALNUM = string.ascii_letters + string.digits
@@ -240,45 +217,31 @@ def _to_date(value: Any) -> dt.date | dt.datetime:
     raise TypeError(f"expected a date, got {type(value).__name__}")
 
 
+def _parse(strategy: str, options: Mapping[str, Any] | None) -> tuple[Options | None, list[str]]:
+    """The strategy's options model built from ``options``, or the problems that prevent it."""
+    entry = STRATEGIES.get(strategy)
+    if entry is None:
+        return None, [f"unknown masking strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"]
+    try:
+        return entry.options.model_validate({**(options or {}), "strategy": strategy}), []
+    except ValidationError as exc:
+        return None, [_problem(strategy, err) for err in exc.errors(include_url=False)]
+
+
+def _problem(strategy: str, err: Any) -> str:
+    name = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "missing":
+        return f"{strategy}: option {name!r} is required"
+    if err["type"] == "extra_forbidden":
+        return f"{strategy}: unknown option {name!r} (allowed: {', '.join(STRATEGIES[strategy].options.names())})"
+    if err["type"] == "value_error":  # the options models' own checks say which strategy and option they are
+        return str(err["ctx"]["error"])
+    return f"{strategy}: {name}: {err['msg'][:1].lower()}{err['msg'][1:]}"
+
+
 def validate_options(strategy: str, options: Mapping[str, Any] | None) -> list[str]:
     """Problems with a strategy and its options, as messages for the policy's import error; [] if fine."""
-    if strategy not in STRATEGIES:
-        return [f"unknown masking strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}"]
-    options = dict(options or {})
-    problems = []
-    allowed = _OPTIONS[strategy] | {"field_length"}
-    for name in sorted(set(options) - allowed):
-        problems.append(f"{strategy}: unknown option {name!r} (allowed: {', '.join(sorted(allowed))})")
-    for name in _REQUIRED.get(strategy, ()):
-        if name not in options:
-            problems.append(f"{strategy}: option {name!r} is required")
-    length = options.get("field_length")
-    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length < 1):
-        problems.append(f"{strategy}: field_length must be a positive integer, got {length!r}")
-    if strategy == "pseudonymize" and options.get("library") not in (None, *LIBRARIES):
-        problems.append(f"pseudonymize: library must be one of {', '.join(LIBRARIES)}, got {options['library']!r}")
-    if strategy == "static" and "value" in options:
-        value = options["value"]
-        if value is not None and not isinstance(value, str | int | float | decimal.Decimal | dt.date | dt.time):
-            problems.append(f"static: value must be a scalar, got {type(value).__name__}")
-    if strategy == "random_date" and "start" in options and "end" in options:
-        try:
-            start, end = _to_date(options["start"]), _to_date(options["end"])
-        except (TypeError, ValueError) as exc:
-            problems.append(f"random_date: start and end must be ISO dates ({exc})")
-        else:
-            if _as_datetime(start, end=False) > _as_datetime(end, end=True):
-                problems.append(f"random_date: start {start} is after end {end}")
-    if strategy == "random_number" and "min" in options and "max" in options:
-        low, high = options["min"], options["max"]
-        if not (_is_number(low) and _is_number(high)):
-            problems.append(f"random_number: min and max must be numbers, got {low!r} and {high!r}")
-        elif low > high:
-            problems.append(f"random_number: min {low} is greater than max {high}")
-        decimals = options.get("decimals")
-        if decimals is not None and (not isinstance(decimals, int) or isinstance(decimals, bool) or decimals < 0):
-            problems.append(f"random_number: decimals must be a non-negative integer, got {decimals!r}")
-    return problems
+    return _parse(strategy, options)[1]
 
 
 def validate_field_type(
@@ -286,25 +249,19 @@ def validate_field_type(
 ) -> list[str]:
     """Problems with using ``strategy`` on a Salesforce field of ``field_type`` (from describe); [] if fine."""
     ftype = (field_type or "").lower()
-    if ftype not in _ALLOWED:
+    if ftype not in MASKABLE_TYPES:
         if ftype in ("id", "reference"):
             return [f"{strategy}: {ftype} fields are identifiers or owners and cannot be masked"]
         return [f"{strategy}: field type {field_type!r} cannot be masked"]
-    if strategy not in _ALLOWED[ftype]:
-        return [f"{strategy}: not valid for {ftype} fields (use one of {', '.join(sorted(_ALLOWED[ftype]))})"]
-    options = options or {}
-    if strategy == "static" and options.get("value") is not None:
-        try:
-            value = _coerce(options["value"], ftype)
-        except (TypeError, ValueError) as exc:
-            return [f"static: value {options['value']!r} is not valid for a {ftype} field ({exc})"]
-        length = _max_length(ftype, options.get("field_length"), field_length)
-        if isinstance(value, str) and length is not None and len(value) > length:
-            return [f"static: value is longer than the field's {length} characters"]
-    if strategy == "random_number" and ftype in _INT_TYPES and _is_number(options.get("min")):
-        if _is_number(options.get("max")) and math.ceil(options["min"]) > math.floor(options["max"]):
-            return [f"random_number: no integer between {options['min']} and {options['max']}"]
-    return []
+    entry = STRATEGIES.get(strategy)
+    if entry is None or ftype not in entry.field_types:
+        usable = sorted(name for name, other in STRATEGIES.items() if ftype in other.field_types)
+        return [f"{strategy}: not valid for {ftype} fields (use one of {', '.join(usable)})"]
+    parsed, _ = _parse(strategy, options)
+    if parsed is None or entry.check is None:  # bad options are validate_options' to report
+        return []
+    problem = entry.check(parsed, ftype, _max_length(ftype, parsed.field_length, field_length))
+    return [problem] if problem else []
 
 
 # ------------------------------------------------------------------------------------------- formatting
@@ -386,8 +343,50 @@ def _max_length(ftype: str, option: int | None, parameter: int | None) -> int | 
 # ----------------------------------------------------------------------------------------- strategies
 
 
-def _anonymize(value: Any, ftype: str, length: int | None) -> str:
+class Options(BaseModel):
+    """A strategy's options as a policy writes them; each strategy subclasses it with its ``strategy`` Literal,
+    so that the policy model validates ``mask`` entries as a union discriminated by name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strategy: str
+    # Caps the masked text below the field's own length (every strategy takes it).
+    field_length: int | None = Field(None, ge=1)
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The options a policy may give, this strategy's own first."""
+        own = tuple(name for name in cls.model_fields if name not in ("strategy", "field_length"))
+        return (*own, "field_length")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The options given, as :func:`mask_value` and :class:`Masker` take them."""
+        return self.model_dump(exclude={"strategy"}, exclude_none=True)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The field a value is masked for: what a strategy reads besides the value and its options."""
+
+    name: str
+    ftype: str
+    record_id: str
+    key: bytes
+    length: int | None
+
+    def seeded(self, strategy: str) -> _Seeded:
+        """A stream seeded by (key, record id, field): a retry draws what the first attempt drew."""
+        return _Seeded(self.key, strategy, str(self.record_id), self.name)
+
+
+class Anonymize(Options):
+    strategy: Literal["anonymize"] = "anonymize"
+
+
+def _anonymize(value: Any, options: Anonymize, target: Target) -> str:
     rnd = _Random()
+    ftype, length = target.ftype, target.length
     if ftype == "email":
         budget = (length or 80) - len("@.invalid")
         local_n = min(5, max(1, (budget + 1) // 2))
@@ -398,6 +397,19 @@ def _anonymize(value: Any, ftype: str, length: int | None) -> str:
         n = sum(c in string.digits for c in pg_text(value)) or 10
         return _pick(rnd, string.digits, min(n, length or n))
     return _pick(rnd, _ALNUM, min(5, length or 5))
+
+
+class Pseudonymize(Options):
+    strategy: Literal["pseudonymize"] = "pseudonymize"
+    # Which word library; unset, it is guessed from the field's name (FirstName, MailingCity, ...).
+    library: str | None = None
+
+    @field_validator("library")
+    @classmethod
+    def _library(cls, value: str | None) -> str | None:
+        if value is not None and value not in LIBRARIES:
+            raise ValueError(f"unknown pseudonymize library {value!r} (expected {', '.join(LIBRARIES)})")
+        return value
 
 
 def _guess_library(field_name: str) -> str:
@@ -429,16 +441,16 @@ def _draw(rnd: _Seeded, library: str, avoid: str) -> str:
     return words[index]
 
 
-def _pseudonymize(value: Any, field_name: str, ftype: str, length: int | None, key: bytes, library: str | None) -> str:
-    text = pg_text(value)
-    if ftype == "email":
+def _pseudonymize(value: Any, options: Pseudonymize, target: Target) -> str:
+    text, key, length = pg_text(value), target.key, target.length
+    if target.ftype == "email":
         rnd = _Seeded(key, "pseudonymize", "email", text)
         first, last, word = _draw(rnd, "first_name", ""), _draw(rnd, "last_name", ""), _draw(rnd, "word", "")
         address = f"{first}.{last}@{word}.invalid".lower()
         if length is not None and len(address) > length:
             address = f"{first}@{word}.invalid".lower()
         return address
-    library = library or _guess_library(field_name)
+    library = options.library or _guess_library(target.name)
     rnd = _Seeded(key, "pseudonymize", library, text)
     if library == "full_name":
         first, _, last = text.partition(" ")
@@ -448,28 +460,103 @@ def _pseudonymize(value: Any, field_name: str, ftype: str, length: int | None, k
     return result[:length] if length else result
 
 
-def _hash(value: Any, ftype: str, length: int | None, key: bytes) -> str:
-    digest = hmac_hex(key, pg_text(value))
-    if ftype == "email":
+class Hash(Options):
+    strategy: Literal["hash"] = "hash"
+
+
+def _hash(value: Any, options: Hash, target: Target) -> str:
+    digest = hmac_hex(target.key, pg_text(value))
+    length = target.length
+    if target.ftype == "email":
         local_n = 20 if length is None else max(1, min(20, length - len("@hash.invalid")))
         return f"{digest[:local_n]}@hash.invalid"
     return digest[:length] if length else digest
 
 
-def _random_date(ftype: str, rnd: _Seeded, options: Mapping[str, Any]) -> str:
-    start, end = _to_date(options["start"]), _to_date(options["end"])
-    if ftype == "date":
-        first = start.date() if isinstance(start, dt.datetime) else start
-        last = end.date() if isinstance(end, dt.datetime) else end
-        return (first + dt.timedelta(days=rnd.below((last - first).days + 1))).isoformat()
-    low, high = _as_datetime(start, end=False), _as_datetime(end, end=True)
+class Nullify(Options):
+    strategy: Literal["nullify"] = "nullify"
+
+
+def _nullify(value: Any, options: Nullify, target: Target) -> None:
+    return None
+
+
+class Static(Options):
+    strategy: Literal["static"] = "static"
+    value: Any = Field(examples=["REDACTED"])
+
+    @field_validator("value")
+    @classmethod
+    def _scalar(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str | int | float | decimal.Decimal | dt.date | dt.time):
+            kind = type(value).__name__
+            raise ValueError(f"static value must be a single string, number, boolean or date, got {kind}")
+        return value
+
+
+def _static(value: Any, options: Static, target: Target) -> Any:
+    return None if options.value is None else _coerce(options.value, target.ftype)
+
+
+def _check_static(options: Static, ftype: str, length: int | None) -> str | None:
+    if options.value is None:
+        return None
+    try:
+        value = _coerce(options.value, ftype)
+    except (TypeError, ValueError) as exc:
+        return f"static: value {options.value!r} is not valid for a {ftype} field ({exc})"
+    if isinstance(value, str) and length is not None and len(value) > length:
+        return f"static: value is longer than the field's {length} characters"
+    return None
+
+
+class RandomDate(Options):
+    strategy: Literal["random_date"] = "random_date"
+    start: dt.date = Field(examples=[dt.date(1950, 1, 1)])
+    end: dt.date = Field(examples=[dt.date(2000, 12, 31)])
+
+    @model_validator(mode="after")
+    def _range(self) -> RandomDate:
+        if self.start > self.end:
+            raise ValueError(f"random_date start {self.start} is after end {self.end}")
+        return self
+
+
+def _random_date(value: Any, options: RandomDate, target: Target) -> str:
+    rnd = target.seeded("random_date")
+    if target.ftype == "date":
+        days = (options.end - options.start).days
+        return (options.start + dt.timedelta(days=rnd.below(days + 1))).isoformat()
+    low, high = _as_datetime(options.start, end=False), _as_datetime(options.end, end=True)
     seconds = int((high - low).total_seconds())
     return _sf_datetime(low + dt.timedelta(seconds=rnd.below(seconds + 1)))
 
 
-def _random_number(ftype: str, rnd: _Seeded, options: Mapping[str, Any]) -> int | float:
-    low, high, decimals = options["min"], options["max"], options.get("decimals")
-    if ftype in _INT_TYPES or (isinstance(low, int) and isinstance(high, int) and decimals is None):
+class RandomNumber(Options):
+    strategy: Literal["random_number"] = "random_number"
+    min: int | float = Field(examples=[0])
+    max: int | float = Field(examples=[100])
+    # Places after the point for a non-integer field; unset: 2, or a whole number when min and max are.
+    decimals: int | None = Field(None, ge=0)
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _number(cls, value: Any, info: ValidationInfo) -> Any:
+        if not _is_number(value):  # not "1", which pydantic would read as a number
+            raise ValueError(f"random_number {info.field_name} must be a number, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> RandomNumber:
+        if self.min > self.max:
+            raise ValueError(f"random_number min {self.min} is greater than max {self.max}")
+        return self
+
+
+def _random_number(value: Any, options: RandomNumber, target: Target) -> int | float:
+    rnd = target.seeded("random_number")
+    low, high, decimals = options.min, options.max, options.decimals
+    if target.ftype in _INT_TYPES or (isinstance(low, int) and isinstance(high, int) and decimals is None):
         first, last = math.ceil(low), math.floor(high)
         return first + rnd.below(last - first + 1)
     places = 2 if decimals is None else decimals
@@ -477,8 +564,19 @@ def _random_number(ftype: str, rnd: _Seeded, options: Mapping[str, Any]) -> int 
     return min(max(number, float(low)), float(high))
 
 
-def _format_preserving(value: Any, ftype: str, length: int | None, rnd: _Seeded) -> str | int | float:
-    text = pg_text(value)
+def _check_random_number(options: RandomNumber, ftype: str, length: int | None) -> str | None:
+    if ftype in _INT_TYPES and math.ceil(options.min) > math.floor(options.max):
+        return f"random_number: no integer between {options.min} and {options.max}"
+    return None
+
+
+class FormatPreserving(Options):
+    strategy: Literal["format_preserving"] = "format_preserving"
+
+
+def _format_preserving(value: Any, options: FormatPreserving, target: Target) -> str | int | float:
+    rnd = target.seeded("format_preserving")
+    text, ftype = pg_text(value), target.ftype
     numeric = ftype in _NUMBER_TYPES
     out = []
     leading = True
@@ -496,31 +594,58 @@ def _format_preserving(value: Any, ftype: str, length: int | None, rnd: _Seeded)
     if numeric:
         return int(result) if ftype in _INT_TYPES else float(result)
     # An address keeps its length and so its validity; cutting it would break it.
-    return result if ftype == "email" or not length else result[:length]
+    return result if ftype == "email" or not target.length else result[:target.length]
 
 
-def _mask(
-    strategy: str, value: Any, *, field_name: str, ftype: str, record_id: str, key: bytes,
-    options: Mapping[str, Any], length: int | None,
-) -> Any:
-    if strategy == "static":
-        static = options.get("value")
-        return None if static is None else _coerce(static, ftype)
-    if value is None or value == "" or strategy == "nullify":
+@dataclass(frozen=True)
+class Strategy:
+    """One masking strategy, declared once: the policy model, the describe checks and :class:`Masker` read it.
+
+    :param options: its options model; the ``strategy`` Literal is its name in a policy.
+    :param field_types: the Salesforce describe types it can write a valid value to.
+    :param mask: ``(value, options, target) -> replacement``, None meaning "set to null".
+    :param check: a problem with these options on a field of this type and length, beyond the type itself.
+    :param fills_empty: it writes into empty fields too; the others leave an empty field empty.
+    :param nulls: it writes null, which a required (not nillable) field refuses.
+    """
+
+    options: type[Options]
+    field_types: frozenset[str]
+    mask: Callable[[Any, Any, Target], Any]
+    check: Callable[[Any, str, int | None], str | None] | None = None
+    fills_empty: bool = False
+    nulls: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.options.model_fields["strategy"].default
+
+
+_TEXT = _TEXT_TYPES | {"email"}
+_DATES = frozenset({"date", "datetime"})
+_CHOICES = frozenset({"picklist", "multipicklist", "time"})
+# Ids and lookups are absent on purpose: Privacy Center only masks mutable fields, and rewriting an owner or a
+# parent would move the record.
+STRATEGIES: dict[str, Strategy] = {entry.name: entry for entry in (
+    Strategy(Anonymize, _TEXT | {"phone"}, _anonymize),
+    Strategy(Pseudonymize, _TEXT, _pseudonymize),
+    Strategy(Hash, _TEXT | {"phone"}, _hash),
+    # A checkbox cannot be null in Salesforce.
+    Strategy(Nullify, _TEXT | {"phone"} | _DATES | _NUMBER_TYPES | _CHOICES, _nullify, nulls=True),
+    Strategy(Static, _TEXT | {"phone"} | _DATES | _NUMBER_TYPES | _CHOICES | {"boolean"}, _static,
+             check=_check_static, fills_empty=True),
+    Strategy(RandomDate, _DATES, _random_date),
+    Strategy(RandomNumber, _NUMBER_TYPES, _random_number, check=_check_random_number),
+    Strategy(FormatPreserving, _TEXT | {"phone"} | _NUMBER_TYPES, _format_preserving),
+)}
+MASKABLE_TYPES = frozenset().union(*(entry.field_types for entry in STRATEGIES.values()))
+
+
+def _mask(entry: Strategy, options: Options, value: Any, target: Target) -> Any:
+    if (value is None or value == "") and not entry.fills_empty:
         # Nothing personal in an empty field, and inventing a value would make it look as if there was.
         return None
-    if strategy == "anonymize":
-        return _anonymize(value, ftype, length)
-    if strategy == "pseudonymize":
-        return _pseudonymize(value, field_name, ftype, length, key, options.get("library"))
-    if strategy == "hash":
-        return _hash(value, ftype, length, key)
-    rnd = _Seeded(key, strategy, str(record_id), field_name)
-    if strategy == "random_date":
-        return _random_date(ftype, rnd, options)
-    if strategy == "random_number":
-        return _random_number(ftype, rnd, options)
-    return _format_preserving(value, ftype, length, rnd)
+    return entry.mask(value, options, target)
 
 
 def _check_key(key: bytes) -> None:
@@ -551,18 +676,13 @@ def mask_value(
     :param field_length: the field's length from describe; the smaller of it and ``field_length`` option wins.
     """
     _check_key(key)
-    options = options or {}
-    problems = validate_options(strategy, options) or validate_field_type(
-        strategy, field_type, options, field_length=field_length
-    )
+    parsed, problems = _parse(strategy, options)
+    problems = problems or validate_field_type(strategy, field_type, options, field_length=field_length)
     if problems:
         raise ValueError(f"{field_name}: " + "; ".join(problems))
     ftype = field_type.lower()
-    length = _max_length(ftype, options.get("field_length"), field_length)
-    return _mask(
-        strategy, value, field_name=field_name, ftype=ftype, record_id=record_id, key=bytes(key),
-        options=options, length=length,
-    )
+    length = _max_length(ftype, parsed.field_length, field_length)
+    return _mask(STRATEGIES[strategy], parsed, value, Target(field_name, ftype, record_id, bytes(key), length))
 
 
 class Masker:
@@ -586,7 +706,7 @@ class Masker:
         self._key = bytes(key)
         types = {name.lower(): ftype for name, ftype in field_types.items()}
         lengths = {name.lower(): n for name, n in (field_lengths or {}).items()}
-        self._plan: list[tuple[str, str, str, Mapping[str, Any], int | None]] = []
+        self._plan: list[tuple[str, Strategy, Options, str, int | None]] = []
         problems = []
         for field, spec in strategies.items():
             strategy, options = (spec, {}) if isinstance(spec, str) else (spec[0], dict(spec[1] or {}))
@@ -594,12 +714,12 @@ class Masker:
             if ftype is None:
                 problems.append(f"{field}: no field type (is the field on the object?)")
                 continue
-            found = validate_options(strategy, options) or validate_field_type(
-                strategy, ftype, options, field_length=lengths.get(field.lower())
-            )
+            parsed, found = _parse(strategy, options)
+            found = found or validate_field_type(strategy, ftype, options, field_length=lengths.get(field.lower()))
             problems.extend(f"{field}: {problem}" for problem in found)
-            length = _max_length(ftype.lower(), options.get("field_length"), lengths.get(field.lower()))
-            self._plan.append((field, strategy, ftype.lower(), options, length))
+            if not found:
+                length = _max_length(ftype.lower(), parsed.field_length, lengths.get(field.lower()))
+                self._plan.append((field, STRATEGIES[strategy], parsed, ftype.lower(), length))
         if problems:
             raise ValueError("invalid masking: " + "; ".join(problems))
 
@@ -619,14 +739,7 @@ class Masker:
         if not record_id:
             raise ValueError("record has no Id")
         masked: dict[str, Any] = {"Id": record_id}
-        for field, strategy, ftype, options, length in self._plan:
-            masked[field] = _mask(
-                strategy, lowered.get(field.lower()), field_name=field, ftype=ftype, record_id=record_id,
-                key=self._key, options=options, length=length,
-            )
+        for field, entry, options, ftype, length in self._plan:
+            target = Target(field, ftype, record_id, self._key, length)
+            masked[field] = _mask(entry, options, lowered.get(field.lower()), target)
         return masked
-
-    def csv_row(self, record: Mapping[str, Any]) -> list[str]:
-        """The record's Bulk update CSV row, in :attr:`columns` order."""
-        masked = self.mask_record(record)
-        return [to_bulk_csv_value(masked[column]) for column in self.columns]

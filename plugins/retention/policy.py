@@ -16,7 +16,6 @@ import os
 import re
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -34,9 +34,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
-from retention import soql_filter
-from retention.soql_filter import ID_TYPES, TEXT_TYPES
+from retention import masking, soql_filter, transforms
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES_DIR_ENV = "RETENTION_POLICIES_DIR"
@@ -112,16 +112,16 @@ class _Model(BaseModel):
 
 # ------------------------------------------------------------------------------------------ transforms
 
-TRANSFORMS = ("keep", "email_domain", "year", "month", "truncate", "last", "hash", "null")
-_SIZED = ("truncate", "last")
-_EXPECTED_TRANSFORMS = "keep, email_domain, year, month, truncate:N, last:N, hash, null"
+# Written as in a policy file: "truncate:N" for the kinds that take a length.
+_EXPECTED_TRANSFORMS = ", ".join(f"{k.name}:N" if k.sized else k.name for k in transforms.KINDS.values())
+_TransformKind = Literal[tuple(transforms.KINDS)]
 
 
 class Transform(_Model):
-    """What is retained of a field. Written ``keep`` or ``truncate:40`` (canonical), or
-    ``{transform: truncate, length: 40}``; ``null`` (YAML's null too) retains the column empty."""
+    """What is retained of a field (a kind of retention.transforms). Written ``keep`` or ``truncate:40``
+    (canonical), or ``{transform: truncate, length: 40}``; ``null`` (YAML's null too) retains the column empty."""
 
-    kind: Literal["keep", "email_domain", "year", "month", "truncate", "last", "hash", "null"]
+    kind: _TransformKind
     n: int | None = None
 
     @model_validator(mode="before")
@@ -131,11 +131,12 @@ class Transform(_Model):
             return {"kind": "null"}
         if isinstance(data, str):
             name, sep, size = data.strip().partition(":")
-            if name not in TRANSFORMS:
+            if name not in transforms.KINDS:
                 raise ValueError(f"unknown transform {data!r} (expected {_EXPECTED_TRANSFORMS})")
-            if name in _SIZED and not sep:
+            sized = transforms.KINDS[name].sized
+            if sized and not sep:
                 raise ValueError(f"{name} needs a length: {name}:N, e.g. {name}:40")
-            if sep and name not in _SIZED:
+            if sep and not sized:
                 raise ValueError(f"{name} takes no length (expected {_EXPECTED_TRANSFORMS})")
             if sep and not size.strip().isdigit():
                 raise ValueError(f"{name}:N needs a whole number N >= 1, got {size.strip()!r}")
@@ -147,11 +148,12 @@ class Transform(_Model):
             if "transform" not in data:
                 raise ValueError(f"long form needs 'transform' (one of {_EXPECTED_TRANSFORMS})")
             name = data["transform"]
-            if name not in TRANSFORMS:
+            if not isinstance(name, str) or name not in transforms.KINDS:
                 raise ValueError(f"unknown transform {name!r} (expected {_EXPECTED_TRANSFORMS})")
-            if name in _SIZED and "length" not in data:
+            sized = transforms.KINDS[name].sized
+            if sized and "length" not in data:
                 raise ValueError(f"{name} needs a length: {{transform: {name}, length: N}}")
-            if name not in _SIZED and "length" in data:
+            if not sized and "length" in data:
                 raise ValueError(f"{name} takes no length")
             length = data.get("length")
             if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
@@ -163,94 +165,58 @@ class Transform(_Model):
 
     @model_validator(mode="after")
     def _size(self) -> Transform:
-        if self.kind in _SIZED and (self.n is None or self.n < 1):
+        if self.spec.sized and (self.n is None or self.n < 1):
             raise ValueError(f"{self.kind}:N needs N >= 1")
         return self
 
+    @property
+    def spec(self) -> transforms.Kind:
+        """The transform's registry entry (its SQL, field types, ...)."""
+        return transforms.KINDS[self.kind]
+
     def __str__(self) -> str:
-        return f"{self.kind}:{self.n}" if self.kind in _SIZED else self.kind
+        return f"{self.kind}:{self.n}" if self.spec.sized else self.kind
 
 
 # ------------------------------------------------------------------------------------- mask strategies
 
-STRATEGIES = (
-    "anonymize", "pseudonymize", "hash", "nullify", "static", "random_date", "random_number", "format_preserving",
-)
-# Options each strategy takes (retention.masking applies them); field_length applies to every strategy.
-_STRATEGY_OPTIONS = {
-    "pseudonymize": ("library",),
-    "static": ("value",),
-    "random_date": ("start", "end"),
-    "random_number": ("min", "max", "decimals"),
-}
-_REQUIRED_OPTIONS = {"static": ("value",), "random_date": ("start", "end"), "random_number": ("min", "max")}
-_ALL_OPTIONS = ("value", "start", "end", "min", "max", "decimals", "library", "field_length")
-_EXAMPLES = {
-    "static": "{strategy: static, value: REDACTED}",
-    "random_date": "{strategy: random_date, start: 1950-01-01, end: 2000-12-31}",
-    "random_number": "{strategy: random_number, min: 0, max: 100}",
-}
+# Every option some strategy takes: one that another strategy takes reads as misplaced, not as a typo.
+_ALL_OPTIONS = frozenset(name for entry in masking.STRATEGIES.values() for name in entry.options.names())
 
 
-class MaskStrategy(_Model):
-    """How a field is overwritten in Salesforce. Written ``nullify`` or ``{strategy: ..., <options>}``."""
+def _strategy_form(data: Any) -> Any:
+    """``nullify`` is short for ``{strategy: nullify}``. Names and options are checked here against
+    retention.masking's registry so that a mistake reads in the policy's words, not as a union error."""
+    if isinstance(data, str):
+        data = {"strategy": data}
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a strategy name or {{strategy: ..., options}}, got {type(data).__name__}")
+    name = data.get("strategy")
+    names = ", ".join(masking.STRATEGIES)
+    if name is None:
+        raise ValueError(f"needs 'strategy' (one of {names})")
+    if not isinstance(name, str) or name not in masking.STRATEGIES:
+        raise ValueError(f"unknown mask strategy {name!r} (expected {names})")
+    options = masking.STRATEGIES[name].options
+    takes = options.names()
+    for key in data:
+        if key in _ALL_OPTIONS and key not in takes:
+            raise ValueError(f"option {key!r} does not apply to {name} ({name} takes {', '.join(takes)})")
+    required = {key: field for key, field in options.model_fields.items() if field.is_required()}
+    if missing := [key for key in required if data.get(key) is None]:
+        example = ", ".join(f"{key}: {field.examples[0]}" for key, field in required.items())
+        raise ValueError(f"{name} needs {' and '.join(missing)}: {{strategy: {name}, {example}}}")
+    return data
 
-    strategy: Literal[
-        "anonymize", "pseudonymize", "hash", "nullify", "static", "random_date", "random_number", "format_preserving"
-    ]
-    value: Any = None
-    start: date | None = None
-    end: date | None = None
-    min: int | float | None = None
-    max: int | float | None = None
-    decimals: int | None = Field(None, ge=0)
-    library: str | None = None
-    field_length: int | None = Field(None, ge=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _short_form(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            data = {"strategy": data}
-        if not isinstance(data, dict):
-            raise ValueError(f"expected a strategy name or {{strategy: ..., options}}, got {type(data).__name__}")
-        name = data.get("strategy")
-        if name is None:
-            raise ValueError(f"needs 'strategy' (one of {', '.join(STRATEGIES)})")
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown mask strategy {name!r} (expected {', '.join(STRATEGIES)})")
-        allowed = (*_STRATEGY_OPTIONS.get(name, ()), "field_length")
-        for key in _ALL_OPTIONS:
-            if key in data and key not in allowed:
-                raise ValueError(f"option {key!r} does not apply to {name} ({name} takes {', '.join(allowed)})")
-        missing = [key for key in _REQUIRED_OPTIONS.get(name, ()) if data.get(key) is None]
-        if missing:
-            raise ValueError(f"{name} needs {' and '.join(missing)}: {_EXAMPLES[name]}")
-        if isinstance(data.get("value"), dict | list):
-            raise ValueError("static value must be a single string, number, boolean or date")
-        for key in ("min", "max"):
-            if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | float)):
-                raise ValueError(f"random_number {key} must be a number, got {data[key]!r}")
-        return data
-
-    @model_validator(mode="after")
-    def _ranges(self) -> MaskStrategy:
-        if self.strategy == "random_date" and self.start > self.end:
-            raise ValueError(f"random_date start {self.start} is after end {self.end}")
-        if self.strategy == "random_number" and self.min > self.max:
-            raise ValueError(f"random_number min {self.min} is greater than max {self.max}")
-        if self.library is not None:
-            from retention.masking import LIBRARIES  # only policies that pick a library pay for this import
-
-            if self.library not in LIBRARIES:
-                raise ValueError(f"unknown pseudonymize library {self.library!r} (expected {', '.join(LIBRARIES)})")
-        return self
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The options given in the policy, as retention.masking takes them."""
-        names = (*_STRATEGY_OPTIONS.get(self.strategy, ()), "field_length")
-        return {key: getattr(self, key) for key in names if getattr(self, key) is not None}
+# How a field is overwritten in Salesforce: one of retention.masking's strategies with its options, written
+# ``nullify`` or ``{strategy: ..., <options>}``. Each value is that strategy's options model (``.strategy``,
+# ``.options``).
+MaskStrategy = Annotated[
+    Union[tuple(entry.options for entry in masking.STRATEGIES.values())],  # noqa: UP007 (no X | Y spelling for a list)
+    Field(discriminator="strategy"),
+    BeforeValidator(_strategy_form),
+]
 
 
 # --------------------------------------------------------------------------------------------- policy
@@ -593,21 +559,6 @@ def _valid_cron(value: str) -> bool:
 _DATE_TYPES = frozenset({"date", "datetime"})
 
 
-@dataclass(frozen=True)
-class _Applies:
-    types: frozenset[str]
-    needs: str
-
-
-_TRANSFORM_TYPES = {
-    "email_domain": _Applies(frozenset({"email", "string"}), "an email or string field"),
-    "year": _Applies(_DATE_TYPES, "a date or datetime field"),
-    "month": _Applies(_DATE_TYPES, "a date or datetime field"),
-    "truncate": _Applies(TEXT_TYPES, "a text field"),
-    "last": _Applies(TEXT_TYPES | ID_TYPES, "a text field"),
-}
-
-
 def check_against_describe(policy: Policy, describe: Mapping[str, Any],
                            others: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[str]:
     """Problems between a policy and the object's Salesforce describe, one readable line each.
@@ -646,9 +597,8 @@ def check_against_describe(policy: Policy, describe: Mapping[str, Any],
 
     for name, transform in policy.retain.fields.items():
         key = f"retain.fields.{name}"
-        if (info := lookup(key, name)) and (rule := _TRANSFORM_TYPES.get(transform.kind)):
-            if info.get("type") not in rule.types:
-                problems.append(f"{key}: {transform} needs {rule.needs}; '{info['name']}' is {info.get('type')}")
+        if (info := lookup(key, name)) and (problem := _transform_problem(transform, info)):
+            problems.append(f"{key}: {problem}")
 
     if policy.action in ("delete", "hard_delete") and describe.get("deletable") is False:
         problems.append(f"action: {sobject} records are not deletable")
@@ -659,12 +609,10 @@ def check_against_describe(policy: Policy, describe: Mapping[str, Any],
         if not info.get("updateable", False) or info.get("calculated"):
             problems.append(f"{key}: '{info['name']}' is not updateable, so it cannot be masked")
             continue
-        if strategy.strategy == "nullify" and info.get("nillable") is False:
-            problems.append(f"{key}: nullify needs a nillable field; '{info['name']}' is required")
+        if masking.STRATEGIES[strategy.strategy].nulls and info.get("nillable") is False:
+            problems.append(f"{key}: {strategy.strategy} needs a nillable field; '{info['name']}' is required")
             continue
         # The masking module owns which strategy can produce a value each field type accepts.
-        from retention import masking
-
         found = masking.validate_field_type(
             strategy.strategy, info.get("type", ""), strategy.options, field_length=info.get("length") or None
         )
@@ -712,10 +660,17 @@ def _check_cascade(policy: Policy, describe: Mapping[str, Any], others: Mapping[
             field_info = fields.get(name.lower())
             if field_info is None:
                 problems.append(f"{key}.retain.fields.{name}: unknown field '{name}' on {child.object}")
-            elif (rule := _TRANSFORM_TYPES.get(transform.kind)) and field_info.get("type") not in rule.types:
-                problems.append(f"{key}.retain.fields.{name}: {transform} needs {rule.needs}; '{field_info['name']}' "
-                                f"is {field_info.get('type')}")
+            elif problem := _transform_problem(transform, field_info):
+                problems.append(f"{key}.retain.fields.{name}: {problem}")
     return problems
+
+
+def _transform_problem(transform: Transform, info: Mapping[str, Any]) -> str | None:
+    """Whether the transform applies to the field's describe type (retention.transforms says which it needs)."""
+    spec = transform.spec
+    if spec.field_types is None or info.get("type") in spec.field_types:
+        return None
+    return f"{transform} needs {spec.needs}; '{info['name']}' is {info.get('type')}"
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -825,11 +780,11 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, str]]:
     """pydantic's errors as (dotted key path, reason), in the words of the policy file."""
     out = []
     for err in exc.errors(include_url=False):
-        loc = tuple(part for part in err["loc"] if part != "[key]")
+        loc, holder = _in_file(tuple(part for part in err["loc"] if part != "[key]"))
         key = ".".join(str(part) for part in loc) or None
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = list(holder.model_fields) if _is_model(holder) else []
             hint = ""
             if allowed:
                 close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -848,23 +803,43 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, str]]:
     return out
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    """The keys a model accepts at a location, to suggest the one a typo meant."""
+def _in_file(loc: tuple) -> tuple[tuple, Any]:
+    """An error's location as the file spells it, and the model that holds its last key (for "did you mean").
+
+    pydantic puts a tagged union's tag (a mask strategy's name) in the location; the file has no such key."""
     model: Any = Policy
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
-        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
-            return []
-        model = _unwrap(model.model_fields[part].annotation)
-        if get_origin(model) is dict:
-            if not parts:
-                return []
-            parts.pop(0)  # the mapping's key (a field name)
-            model = _unwrap(get_args(model)[1])
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return list(model.model_fields)
-    return []
+    holder: Any = None
+    path = []
+    for part in loc:
+        model = _unwrap(model)
+        if (member := _tagged_member(model, part)) is not None:
+            model = member
+            continue
+        holder = model
+        path.append(part)
+        if _is_model(model) and part in model.model_fields:
+            model = model.model_fields[part].annotation
+        elif get_origin(model) is dict:
+            model = get_args(model)[1]  # part is the mapping's key (a field name)
+        else:
+            model = None
+    return tuple(path), holder
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _tagged_member(annotation: Any, tag: Any) -> Any:
+    """The member of a discriminated union (``Annotated[A | B, Field(discriminator=...)]``) that ``tag`` selects."""
+    if get_origin(annotation) is not Annotated:
+        return None
+    union, *meta = get_args(annotation)
+    field = next((m.discriminator for m in meta if isinstance(m, FieldInfo) and m.discriminator), None)
+    for member in get_args(union) if isinstance(field, str) else ():
+        if _is_model(member) and tag in get_args(member.model_fields[field].annotation):
+            return member
+    return None
 
 
 def _unwrap(annotation: Any) -> Any:

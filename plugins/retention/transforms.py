@@ -2,8 +2,11 @@
 
 A policy's ``retain.fields`` maps each field to a transform (``keep``, ``email_domain``, ``year``,
 ``month``, ``truncate:N``, ``last:N``, ``hash``, ``null``). The subset is computed inside Postgres with
-``INSERT ... SELECT <expressions> FROM staging``, so every transform is a SQL expression builder here;
+``INSERT ... SELECT <expressions> FROM staging``, so every transform is a SQL expression here;
 :func:`apply` is its pure-Python twin, used to verify what the store holds against what the org had.
+
+:data:`KINDS` is the registry: each transform is declared once, and the policy model and its describe
+checks read it. Adding one is one :class:`Kind` entry (and its test).
 
 The ``hash`` transform needs HMAC-SHA256 in SQL. Managed Postgres may lack pgcrypto (and the embedded
 server has no extensions at all), so :data:`HMAC_FUNCTION_DDL` builds it from the built-in ``sha256``.
@@ -16,13 +19,14 @@ import decimal
 import hashlib
 import hmac
 import uuid
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from psycopg import sql
+from retention.soql_filter import ID_TYPES, TEXT_TYPES
 
-KINDS = ("keep", "email_domain", "year", "month", "truncate", "last", "hash", "null")
-# Only these take the ":N" argument of the policy syntax, and it must be a positive character count.
-KINDS_WITH_N = frozenset({"truncate", "last"})
+if TYPE_CHECKING:
+    from psycopg import sql
 
 # Name of the query parameter that carries the HMAC key: the key is always bound, never inlined in SQL,
 # so it cannot leak into the Postgres log, pg_stat_statements or an error message that quotes the query.
@@ -47,7 +51,8 @@ def _xored_key(pad_hex: str) -> str:
     return f"substr(bit_send({_PADDED_KEY} # X'{pad_hex}'), 5)"
 
 
-HMAC_FUNCTION_DDL = sql.SQL(
+# Text, not sql.SQL: the policy model imports this module at DAG parse, and psycopg is slow to import.
+HMAC_FUNCTION_DDL = (
     "CREATE OR REPLACE FUNCTION {schema}.hmac_sha256(key bytea, message bytea)\n"
     "RETURNS bytea LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $hmac$\n"
     f"SELECT sha256({_xored_key(_OPAD)} || sha256({_xored_key(_IPAD)} || message))\n"
@@ -58,28 +63,84 @@ HMAC_FUNCTION_DDL = sql.SQL(
 
 def hmac_ddl(schema: str = DEFAULT_SCHEMA) -> sql.Composed:
     """The ``CREATE OR REPLACE FUNCTION <schema>.hmac_sha256`` statement, for the store's DDL step."""
-    return HMAC_FUNCTION_DDL.format(schema=sql.Identifier(schema))
+    from psycopg import sql
+
+    return sql.SQL(HMAC_FUNCTION_DDL).format(schema=sql.Identifier(schema))
 
 
-def parse(spec: str) -> tuple[str, int | None]:
-    """Split the policy syntax (``"truncate:5"``) into ``(kind, n)``; raises ValueError on a bad spec."""
-    kind, sep, arg = str(spec).strip().partition(":")
-    if kind not in KINDS:
-        raise ValueError(f"unknown retain transform {kind!r}; expected one of {', '.join(KINDS)}")
-    if kind in KINDS_WITH_N:
-        if not sep or not arg.strip().isdigit() or int(arg) < 1:
-            raise ValueError(f"transform {kind!r} needs a positive length, e.g. '{kind}:4'")
-        return kind, int(arg)
-    if sep:
-        raise ValueError(f"transform {kind!r} takes no argument")
-    return kind, None
+def hmac_hex(key: bytes, text: str) -> str:
+    """HMAC-SHA256 hex of ``text`` (UTF-8): what ``hmac_sha256`` in SQL yields for the same key."""
+    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def _check(kind: str, n: int | None) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown retain transform {kind!r}; expected one of {', '.join(KINDS)}")
-    if kind in KINDS_WITH_N and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
-        raise ValueError(f"transform {kind!r} needs a positive length, got {n!r}")
+# ------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One retain transform, declared once.
+
+    :param name: its name in a policy.
+    :param sql: the SQL expression, with ``{column}`` (the staging column), ``{n}``, ``{key}`` (the bound
+        HMAC key) and ``{schema}`` (the schema of ``hmac_sha256``) filled in by :func:`expression`.
+    :param apply: the Python twin, ``(value, n, key) -> retained``; never called with None.
+    :param result_type: the cache column's Postgres type; None keeps the source column's.
+    :param sized: written ``name:N``, N a positive character count.
+    :param field_types: the Salesforce types it applies to (None: any), checked against describe.
+    :param needs: how a policy error names ``field_types``.
+    """
+
+    name: str
+    sql: str
+    apply: Callable[[Any, int | None, bytes], Any]
+    result_type: str | None = None
+    sized: bool = False
+    field_types: frozenset[str] | None = None
+    needs: str = ""
+
+
+def _email_domain(value: Any, n: int | None, key: bytes) -> str | None:
+    text = pg_text(value)
+    if "@" not in text:
+        return None
+    return text.rpartition("@")[2].translate(_ASCII_LOWER)
+
+
+def _month(value: Any, n: int | None, key: bytes) -> dt.date:
+    d = _as_datetime(value)
+    return dt.date(d.year, d.month, 1)
+
+
+_DATES = frozenset({"date", "datetime"})
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (
+    Kind("keep", "{column}", lambda value, n, key: value),
+    # ASCII-only lower-casing (the "C" collation) so the result never depends on the server's locale.
+    Kind("email_domain", "lower(substring({column}::text from '@([^@]*)$') COLLATE \"C\")", _email_domain,
+         result_type="text", field_types=frozenset({"email", "string"}), needs="an email or string field"),
+    Kind("year", "extract(year FROM {column})::integer", lambda value, n, key: _as_datetime(value).year,
+         result_type="integer", field_types=_DATES, needs="a date or datetime field"),
+    # Through timestamp, not timestamptz: date_trunc on a date would otherwise depend on TimeZone.
+    Kind("month", "date_trunc('month', {column}::timestamp)::date", _month,
+         result_type="date", field_types=_DATES, needs="a date or datetime field"),
+    Kind("truncate", "left({column}::text, {n})", lambda value, n, key: pg_text(value)[:n],
+         result_type="text", sized=True, field_types=TEXT_TYPES, needs="a text field"),
+    Kind("last", "right({column}::text, {n})", lambda value, n, key: pg_text(value)[-n:],
+         result_type="text", sized=True, field_types=TEXT_TYPES | ID_TYPES, needs="a text field"),
+    Kind("hash", "encode({schema}.hmac_sha256({key}::bytea, convert_to({column}::text, 'UTF8')), 'hex')",
+         lambda value, n, key: hmac_hex(key, pg_text(value)), result_type="char(64)"),
+    # Untyped NULL takes the cache column's type on INSERT.
+    Kind("null", "NULL", lambda value, n, key: None),
+)}
+
+
+def _kind(name: str, n: int | None) -> Kind:
+    kind = KINDS.get(name)
+    if kind is None:
+        raise ValueError(f"unknown retain transform {name!r}; expected one of {', '.join(KINDS)}")
+    if kind.sized and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"transform {name!r} needs a positive length, got {n!r}")
+    return kind
 
 
 def expression(
@@ -87,7 +148,7 @@ def expression(
     n: int | None,
     column: sql.Composable,
     *,
-    key_param: sql.Composable = sql.Placeholder(KEY_PARAM),
+    key_param: sql.Composable | None = None,
     schema: str = DEFAULT_SCHEMA,
 ) -> sql.Composable:
     """The SQL expression that turns ``column`` of a staging row into its retained value.
@@ -95,50 +156,20 @@ def expression(
     :param kind: one of :data:`KINDS`.
     :param n: the character count of ``truncate``/``last``; None otherwise.
     :param column: the source column, e.g. ``sql.Identifier("s", "email")``.
-    :param key_param: the placeholder bound to the HMAC key (bytes) when the query runs.
+    :param key_param: the placeholder bound to the HMAC key (bytes) when the query runs; default ``%(hmac_key)s``.
     :param schema: the schema holding ``hmac_sha256`` (see :func:`hmac_ddl`).
     """
-    _check(kind, n)
-    if kind == "keep":
-        return column
-    if kind == "null":
-        # Untyped NULL takes the cache column's type on INSERT.
-        return sql.SQL("NULL")
-    if kind == "email_domain":
-        # ASCII-only lower-casing (the "C" collation) so the result never depends on the server's locale.
-        return sql.SQL("lower(substring({}::text from '@([^@]*)$') COLLATE \"C\")").format(column)
-    if kind == "year":
-        return sql.SQL("extract(year FROM {})::integer").format(column)
-    if kind == "month":
-        # Through timestamp, not timestamptz: date_trunc on a date would otherwise depend on TimeZone.
-        return sql.SQL("date_trunc('month', {}::timestamp)::date").format(column)
-    if kind == "truncate":
-        return sql.SQL("left({}::text, {})").format(column, sql.Literal(n))
-    if kind == "last":
-        return sql.SQL("right({}::text, {})").format(column, sql.Literal(n))
-    # hash
-    return sql.SQL("encode({}.hmac_sha256({}::bytea, convert_to({}::text, 'UTF8')), 'hex')").format(
-        sql.Identifier(schema), key_param, column
-    )
+    from psycopg import sql
+
+    key = sql.Placeholder(KEY_PARAM) if key_param is None else key_param
+    return sql.SQL(_kind(kind, n).sql).format(column=column, n=sql.Literal(n), key=key, schema=sql.Identifier(schema))
 
 
 def result_type(kind: str, source_pg_type: str) -> str:
     """The Postgres type of the cache column that holds ``kind`` applied to a ``source_pg_type`` column."""
     if kind not in KINDS:
         raise ValueError(f"unknown retain transform {kind!r}")
-    return {
-        "year": "integer",
-        "month": "date",
-        "hash": "char(64)",
-        "email_domain": "text",
-        "truncate": "text",
-        "last": "text",
-    }.get(kind, source_pg_type)
-
-
-def hmac_hex(key: bytes, text: str) -> str:
-    """HMAC-SHA256 hex of ``text`` (UTF-8): what ``hmac_sha256`` in SQL yields for the same key."""
-    return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
+    return KINDS[kind].result_type or source_pg_type
 
 
 def apply(kind: str, n: int | None, value: Any, *, key: bytes) -> Any:
@@ -148,26 +179,10 @@ def apply(kind: str, n: int | None, value: Any, *, key: bytes) -> Any:
     and ``month`` also take ISO strings as the Salesforce API returns them. ``hash`` and the text
     transforms read the value's Postgres text form (DateStyle ISO; a timestamptz in its own offset).
     """
-    _check(kind, n)
-    if value is None or kind == "null":
+    spec = _kind(kind, n)
+    if value is None:
         return None
-    if kind == "keep":
-        return value
-    if kind == "year":
-        return _as_datetime(value).year
-    if kind == "month":
-        d = _as_datetime(value)
-        return dt.date(d.year, d.month, 1)
-    if kind == "email_domain":
-        text = pg_text(value)
-        if "@" not in text:
-            return None
-        return text.rpartition("@")[2].translate(_ASCII_LOWER)
-    if kind == "truncate":
-        return pg_text(value)[:n]
-    if kind == "last":
-        return pg_text(value)[-n:]
-    return hmac_hex(key, pg_text(value))
+    return spec.apply(value, n, key)
 
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
