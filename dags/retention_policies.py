@@ -1,4 +1,4 @@
-"""Airflow DAGs: one per retention policy in include/policies (or $RETENTION_POLICIES_DIR).
+"""Airflow DAGs: one per retention policy in include/policies (or [retention] policies_dir).
 
 A policy file that does not load shows as an import error of this file naming the policy file, the
 key and the reason; the other policies' DAGs still load.

@@ -214,7 +214,8 @@ def cmd_faults(s: Settings, args) -> int:
 
 
 def env_vars(s: Settings, base_url: str) -> dict[str, str]:
-    """Everything a shell, Airflow or a test needs to reach the sandbox."""
+    """Everything a shell, Airflow or a test needs to reach the sandbox; Airflow's connections as
+    ``AIRFLOW_CONN_<ID>`` (JSON), the way airflow_settings.yaml expects secrets to arrive."""
     pg = postgres.Postgres(base_url, embedded=True)
     from urllib.parse import urlsplit
 
@@ -260,13 +261,12 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         # What discovery finds (the region's API root and the connection id), for scripts and tests.
         "HEROKU_CONNECT_API_URL": s.connect_api_url,
         "HEROKU_CONNECT_CONNECTION_ID": s.connection_id,
-        # The sandbox's keyed-hash secret (airflow_settings.yaml reads RETENTION_HASH_KEY); a real
-        # deployment keeps its own in a secrets backend.
-        "RETENTION_HASH_KEY": s.hash_key,
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url("airflow", driver="postgresql+psycopg2"),
         "AIRFLOW_CONN_SALESFORCE_DEFAULT": json.dumps(salesforce_conn),
         "AIRFLOW_CONN_RETENTION_STORE": json.dumps(store_conn),
         "AIRFLOW_CONN_HEROKU_CONNECT_DEFAULT": json.dumps(connect_conn),
+        # The sandbox's keyed-hash secret; a real deployment keeps its own in a secrets backend.
+        "AIRFLOW_CONN_RETENTION_HASH_KEY": json.dumps({"conn_type": "generic", "password": s.hash_key}),
     }
 
 

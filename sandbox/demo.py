@@ -75,7 +75,9 @@ def airflow_env(env: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "RETENTION_RETRY_DELAY_SECONDS": "5",
+        # Transient failures are retried as Airflow's defaults say; a demo should not wait minutes for one.
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "2",
+        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "5",
     }
 
 
@@ -108,7 +110,7 @@ def run_policies(env: dict[str, str], log: Path) -> list[dict]:
     from retention.factory import PURGE_DAG_ID, build_dags
     from retention.settings_loader import apply_settings, load_settings
 
-    apply_settings(load_settings(REPO / "airflow_settings.yaml"))
+    apply_settings(load_settings(REPO / "airflow_settings.yaml"))  # airflow pools import
     from retention import preflight
     from retention.policy import load_policies
 

@@ -2,9 +2,10 @@
 the sandbox, with every retention policy visible as a DAG.
 
 Starts the sandbox if it is not running, points Airflow at its Postgres (metadata in the ``airflow``
-database), applies airflow_settings.yaml (connections, the ``salesforce_api`` pool), puts the Heroku
-Connect token's user on the add-on's access list (``python -m retention connect-register``), and runs
-``airflow standalone`` in the foreground until Ctrl-C. The admin password is printed by Airflow and
+database) and at the sandbox's connections (``AIRFLOW_CONN_*``), applies airflow_settings.yaml (the
+``salesforce_api`` pool, through ``airflow pools import``), puts the Heroku Connect token's user on the
+add-on's access list (``python -m retention connect-register``), and runs ``airflow standalone`` in the
+foreground until Ctrl-C. The admin password is printed by Airflow and
 kept in ``.airflow/simple_auth_manager_passwords.json.generated``.
 """
 
@@ -29,7 +30,7 @@ def main() -> int:
     state = cli.read_state(settings)
     env = {**os.environ, **cli.env_vars(settings, state["base_url"])}
     env.update(airflow_env(env))
-    env.pop("RETENTION_RETRY_DELAY_SECONDS", None)
+    env.pop("AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY", None)  # Airflow's own delay, as in production
     bin_dir = str(Path(sys.executable).parent)
     # standalone starts its children as `airflow <command>` from PATH.
     env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")

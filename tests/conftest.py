@@ -38,8 +38,9 @@ os.environ.update({
     # The retention timetables plugin (plugins/retention_timetables.py) must be found to serialize DAGs.
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
-    # Policy DAGs retry transient failures; in tests a retry should not wait a minute.
-    "RETENTION_RETRY_DELAY_SECONDS": "1",
+    # Policy DAGs retry transient failures as Airflow's defaults say; in tests a retry should not wait minutes.
+    "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "2",
+    "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
 })
 
 

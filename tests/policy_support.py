@@ -68,6 +68,7 @@ def policy_world(sandbox, *, contacts: int | None = None, seed: int = 0):
 
     from sandbox import seed as seeding
 
+    exported = os.environ.get("AIRFLOW_CONN_RETENTION_HASH_KEY")  # the sandbox's, from `python -m sandbox env`
     os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps({"conn_type": "generic", "password": HASH_KEY})
     Pool.create_or_update_pool("salesforce_api", slots=4, description="Salesforce API budget", include_deferred=False)
     if contacts:
@@ -76,7 +77,10 @@ def policy_world(sandbox, *, contacts: int | None = None, seed: int = 0):
     try:
         yield sandbox
     finally:
-        os.environ.pop("AIRFLOW_CONN_RETENTION_HASH_KEY", None)
+        if exported is None:
+            os.environ.pop("AIRFLOW_CONN_RETENTION_HASH_KEY", None)
+        else:
+            os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = exported
 
 
 def lose_staged_rows(monkeypatch, count: int = 2) -> None:

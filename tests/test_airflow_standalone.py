@@ -79,7 +79,7 @@ def standalone(sandbox):
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base + "/airflow_ui",
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "RETENTION_POLICIES_DIR": str(policies),
+        "AIRFLOW__RETENTION__POLICIES_DIR": str(policies),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__API__PORT": str(port),

@@ -84,7 +84,7 @@ def test_a_validation_failure_is_mailed_and_posted(world, smtp_server, webhook, 
     webhook_url, posts = webhook
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({
         "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "retention@localhost"}}))
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "Privacy Bot <privacy-bot@example.com>"}}))
     monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "slackwebhook", "password": webhook_url}))
     sandbox = world
     policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml").model_copy(update={
@@ -107,6 +107,7 @@ def test_a_validation_failure_is_mailed_and_posted(world, smtp_server, webhook, 
 
     (recipients, mail), = mails
     assert recipients == ["privacy-team@example.com"]
+    assert mail["From"] == "Privacy Bot <privacy-bot@example.com>"  # the SMTP connection's own sender
     assert mail["Subject"].startswith("[retention] inactive_contacts: validation failed (run ")
     text = mail.get_payload()[0].get_payload(decode=True).decode()
     assert "Task: validate_row_counts" in text and "(expected " in text and "staged " in text
@@ -125,3 +126,16 @@ def test_a_validation_failure_is_mailed_and_posted(world, smtp_server, webhook, 
     assert "(expected " in happened["text"]["text"] and "index.html" in docs["elements"][0]["text"]
     (button,) = actions["elements"]
     assert button["url"].endswith(f"/dags/retention__inactive_contacts/runs/{quote(run.run_id, safe='')}")
+
+
+def test_the_sender_is_the_smtp_connections_own_else_airflows(monkeypatch):
+    """Mail leaves from the address the mail server accepts: the connection's from_email, else Airflow's
+    [email] from_email; never one the product invents."""
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_OWN", json.dumps({"conn_type": "smtp", "host": "mail.example.com",
+                                                           "extra": {"from_email": "dpo@example.com"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_PLAIN", json.dumps({"conn_type": "smtp", "host": "mail.example.com"}))
+    monkeypatch.setenv("AIRFLOW__EMAIL__FROM_EMAIL", "Airflow <airflow@example.com>")
+    assert alerts.sender("smtp_own") == "dpo@example.com"
+    assert alerts.sender("smtp_plain") == "Airflow <airflow@example.com>"
+    monkeypatch.delenv("AIRFLOW__EMAIL__FROM_EMAIL")
+    assert alerts.sender("smtp_plain") is None  # the smtp provider then refuses to send, naming from_email

@@ -20,7 +20,7 @@ def bag(folder: Path, monkeypatch):
     """A DagBag of the DAG file over ``folder``'s policies (bagging records import errors in the metadata DB)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    monkeypatch.setenv("RETENTION_POLICIES_DIR", str(folder))
+    monkeypatch.setenv("AIRFLOW__RETENTION__POLICIES_DIR", str(folder))
     return DagBag(dag_folder=str(DAG_FILE), safe_mode=True)
 
 
@@ -59,12 +59,12 @@ def test_a_broken_policy_is_an_import_error_naming_file_key_and_reason(airflow_d
 
 
 def test_broken_global_alert_settings_are_an_import_error_and_the_policies_still_load(airflow_db, monkeypatch):
-    monkeypatch.setenv("RETENTION_ALERT_EMAILS", "privacy-team@example.com, privacy team")
+    monkeypatch.setenv("AIRFLOW__RETENTION__ALERT_EMAILS", "privacy-team@example.com, privacy team")
     dags = bag(REPO / "include" / "policies", monkeypatch)
     assert {"retention__inactive_contacts", "retention__stale_leads_mask", "retention_store_purge"} <= set(
         dags.dag_ids)
     (error,) = dags.import_errors.values()
-    assert "RETENTION_ALERT_EMAILS: not an e-mail address: privacy team" in error
+    assert "[retention] alert_emails: not an e-mail address: privacy team" in error
     # Policies without their own alerts: key get none until it is fixed (they are not silently half-set).
     assert dags.get_dag("retention__inactive_contacts").default_args["on_failure_callback"] == []
 

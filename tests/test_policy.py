@@ -116,11 +116,12 @@ def test_examples_show_one_thing_each():
     assert contacts.source == "heroku_connect" and contacts.guards.max_records_per_run == 50_000
 
 
-def test_default_folder_and_env(monkeypatch, tmp_path):
-    monkeypatch.delenv(policy_module.POLICIES_DIR_ENV, raising=False)
+def test_default_folder_and_airflow_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("AIRFLOW__RETENTION__POLICIES_DIR", raising=False)
+    monkeypatch.delenv("RETENTION_POLICIES_DIR", raising=False)
     assert policy_module.default_policies_dir() == EXAMPLES
     write(tmp_path, "a.yml", VALID)
-    monkeypatch.setenv(policy_module.POLICIES_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__RETENTION__POLICIES_DIR", str(tmp_path))
     policies, errors = load_policies()
     assert [p.id for p in policies] == ["inactive_contacts"] and errors == {}
 

@@ -266,7 +266,7 @@ def test_a_fresh_airflow_with_plugins_folder_runs_and_schedules_the_custom_timet
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "RETENTION_POLICIES_DIR": str(policies),
+        "AIRFLOW__RETENTION__POLICIES_DIR": str(policies),
         "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
     }
     airflow = str(Path(sys.executable).with_name("airflow"))

@@ -1,13 +1,13 @@
 """Alerts on failed runs, through Airflow's notifiers: e-mail (smtp provider) and a Slack webhook
 (slack provider). A failed validation is called out as such, with the counts that disagreed.
 
-Recipients come from the policy's ``alerts:`` key, else from ``RETENTION_ALERT_EMAILS`` (comma-separated)
-and ``RETENTION_ALERT_SLACK_CONN_ID`` for every policy.
+Recipients come from the policy's ``alerts:`` key, else from Airflow's ``[retention] alert_emails``
+(comma-separated) and ``[retention] alert_slack_conn_id`` for every policy. Mail goes out from the SMTP
+connection's own sender (its ``from_email`` extra), as every other Airflow e-mail of the deployment.
 """
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseNotifier
@@ -21,7 +21,7 @@ VALIDATION_TASK = Task.VALIDATE
 
 
 class AlertSettingsError(ValueError):
-    """The global alert settings in the environment are not valid; the message names the variable."""
+    """The global alert settings are not valid; the message names the option."""
 
 
 def settings_for(policy: Policy | None) -> Alerts | None:
@@ -37,18 +37,20 @@ def settings_for(policy: Policy | None) -> Alerts | None:
 
 
 def global_settings() -> Alerts | None:
-    """Alerts for every policy (and the store purge) from the environment, when a policy sets none."""
+    """Alerts for every policy (and the store purge) from Airflow's ``[retention]`` section, when a policy
+    sets none."""
     from pydantic import ValidationError
 
+    from retention import config
     from retention.policy import Alerts
 
-    emails = [e.strip() for e in os.environ.get("RETENTION_ALERT_EMAILS", "").split(",") if e.strip()]
-    slack = os.environ.get("RETENTION_ALERT_SLACK_CONN_ID") or None
+    emails = [e.strip() for e in config.get("alert_emails").split(",") if e.strip()]
+    slack = config.get("alert_slack_conn_id") or None
     try:
         return Alerts(email=emails, slack_webhook_conn_id=slack) if emails or slack else None
     except ValidationError as err:
         reasons = "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())
-        raise AlertSettingsError(f"RETENTION_ALERT_EMAILS: {reasons}") from None
+        raise AlertSettingsError(f"{config.source('alert_emails')}: {reasons}") from None
 
 
 def run_url(dag_id: str, run_id: str) -> str:
@@ -139,13 +141,24 @@ class RetentionAlertNotifier(BaseNotifier):
 
             html = "<pre>" + body.replace("&", "&amp;").replace("<", "&lt;") + "</pre>"
             SmtpNotifier(to=self.alerts.email, subject=subject, html_content=html,
-                         smtp_conn_id=self.alerts.smtp_conn_id, from_email="retention@localhost").notify(context)
+                         smtp_conn_id=self.alerts.smtp_conn_id,
+                         from_email=sender(self.alerts.smtp_conn_id)).notify(context)
         if self.alerts.slack_webhook_conn_id:
             from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
             # text: what notifications and clients without blocks show; blocks: the message in the channel.
             SlackWebhookNotifier(slack_webhook_conn_id=self.alerts.slack_webhook_conn_id,
                                  text=f"*{subject}*\n{body}", blocks=slack_blocks(*facts)).notify(context)
+
+
+def sender(smtp_conn_id: str) -> str | None:
+    """The SMTP connection's own sender (its ``from_email`` extra), else Airflow's ``[email] from_email``: the
+    address the mail server and its SPF/DKIM records accept, never one we invent."""
+    from airflow.configuration import conf
+    from airflow.sdk import BaseHook
+
+    own = BaseHook.get_connection(smtp_conn_id).extra_dejson.get("from_email")
+    return own or conf.get("email", "from_email", fallback=None)
 
 
 def _details(exception: BaseException | None) -> dict:

@@ -8,12 +8,12 @@ the key and the reason, while every other policy's DAG still loads.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airflow.sdk import DAG, Param
 
+from retention import config
 from retention.policy import Policy, load_policies
 
 if TYPE_CHECKING:
@@ -21,14 +21,18 @@ if TYPE_CHECKING:
 
 # Every task that calls Salesforce takes a slot: one API budget shared by all policies.
 SALESFORCE_POOL = "salesforce_api"
-# Transient failures (API limits, network, a busy store) are retried with backoff. The environment can
-# shorten the delay (tests, local runs); validation failures and guards never retry (AirflowFailException).
+# Transient failures (API limits, network, a busy store) are retried with backoff, as often and as soon as
+# Airflow's [core] default_task_retries and default_task_retry_delay say (a deployment sets them, not us);
+# validation failures and guards never retry (AirflowFailException).
 DEFAULT_ARGS = {
-    "retries": int(os.environ.get("RETENTION_TASK_RETRIES", "2")),
-    "retry_delay": dt.timedelta(seconds=float(os.environ.get("RETENTION_RETRY_DELAY_SECONDS", "60"))),
     "retry_exponential_backoff": 2.0,
     "max_retry_delay": dt.timedelta(minutes=30),
 }
+
+
+def _default_args(**args) -> dict:
+    """DEFAULT_ARGS with the deprecated RETENTION_* retry variables, read when the DAGs are built."""
+    return {**DEFAULT_ARGS, **config.deprecated_retry_args(), **args}
 
 
 def _doc(policy: Policy) -> str:
@@ -94,7 +98,7 @@ def build_dag(policy: Policy) -> DAG:
         max_active_runs=1,
         tags=["retention", policy.action, policy.object, policy.source],
         doc_md=_doc(policy),
-        default_args={**DEFAULT_ARGS, "owner": policy.owner, "on_failure_callback": on_failure},
+        default_args=_default_args(owner=policy.owner, on_failure_callback=on_failure),
         params={
             "dry_run": Param(False, type="boolean", title="Dry run",
                              description="Preview only: counts and a sample of what would be retained; "
@@ -163,7 +167,7 @@ def build_purge_dag(policies: list[Policy]) -> DAG:
         max_active_runs=1,
         tags=["retention", "maintenance"],
         doc_md=doc,
-        default_args={**DEFAULT_ARGS, "owner": "retention", "on_failure_callback": on_failure},
+        default_args=_default_args(owner="retention", on_failure_callback=on_failure),
         params={"dry_run": Param(False, type="boolean", title="Dry run",
                                  description="Count what would be purged; nothing is deleted or recorded.")},
     ) as dag:

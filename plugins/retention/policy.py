@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import os
 import re
 import types
 from collections.abc import Mapping
@@ -39,7 +38,8 @@ from pydantic.fields import FieldInfo
 from retention import masking, soql_filter, transforms
 
 REPO = Path(__file__).resolve().parents[2]
-POLICIES_DIR_ENV = "RETENTION_POLICIES_DIR"
+# Airflow's [retention] policies_dir (AIRFLOW__RETENTION__POLICIES_DIR); see retention.config.
+POLICIES_DIR_OPTION = "policies_dir"
 DAG_ID_PREFIX = "retention__"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -701,7 +701,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 
 def default_policies_dir() -> Path:
-    return Path(os.environ.get(POLICIES_DIR_ENV) or REPO / "include" / "policies")
+    """``[retention] policies_dir``, else the project's ``include/policies``."""
+    from retention import config
+
+    return Path(config.get(POLICIES_DIR_OPTION) or REPO / "include" / "policies")
 
 
 def load_policy(path: Path | str) -> Policy:
@@ -747,7 +750,7 @@ def load_policies(folder: Path | str | None = None) -> tuple[list[Policy], dict[
     """
     folder = Path(folder) if folder is not None else default_policies_dir()
     if not folder.is_dir():
-        raise FileNotFoundError(f"policies folder {folder} does not exist (set {POLICIES_DIR_ENV})")
+        raise FileNotFoundError(f"policies folder {folder} does not exist (set AIRFLOW__RETENTION__POLICIES_DIR)")
     files = sorted(
         p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file() and not p.name.startswith(".")
     )

@@ -1,16 +1,20 @@
-"""Airflow provider info for this project: registers the ``heroku_connect`` connection type.
+"""Airflow provider info for this project: registers the ``heroku_connect`` connection type and declares the
+``[retention]`` configuration section (``airflow config list --section retention``).
 
 Airflow lists a custom connection type in the UI's connection form (and in ``airflow providers
 hooks``) only when an installed distribution declares it through the ``apache_airflow_provider`` entry
 point; ``pyproject.toml`` points that entry point here and ``pip install -e .`` installs it.
 
 Airflow calls :func:`get_provider_info` in every process that initialises its providers, so this module
-imports nothing: the hook class is named by its dotted path and imported lazily by Airflow.
+imports nothing heavy: the hook class is named by its dotted path and imported lazily by Airflow, and the
+section's options come from :mod:`retention.config`, which imports nothing at all.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from retention.config import provider_config
 
 PACKAGE_NAME = "salesforce-retention"  # must equal the distribution name in pyproject.toml
 VERSION = "0.1.0"
@@ -69,4 +73,5 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         ],
+        "config": provider_config(),
     }

@@ -1,27 +1,18 @@
-"""Apply ``airflow_settings.yaml`` (the Astro CLI format) to Airflow's metadata database.
+"""Apply ``airflow_settings.yaml`` (the Astro CLI format) through Airflow's own CLI, as ``astro dev`` would.
 
 The Astro CLI reads this file for ``astro dev start``; without Astro, this module does the same job::
 
     python -m retention.settings_loader [airflow_settings.yaml] [--check]
 
-It creates or updates the pools, connections and variables the file declares, in one transaction, and
-is idempotent: applying the same file twice changes nothing, applying an edited file updates the
-entries in place. Entries the file does not mention are left alone.
+It checks the file, then hands each section to the Airflow command made for it: ``airflow pools import``,
+``airflow variables import --action-on-existing-key overwrite`` and ``airflow connections import
+--overwrite``. Applying the same file twice changes nothing; entries the file does not mention are left
+alone. This module never writes Airflow's metadata database itself.
 
-The format is Astro's (``airflow: {connections, pools, variables}`` with ``conn_*``, ``pool_*`` and
-``variable_*`` keys), with one extension so that no secret has to be committed: string values may
-reference environment variables, expanded when the file is loaded:
-
-``${NAME}``
-    the value of ``NAME``; an error naming it when it is not set
-``${NAME:-default}``
-    ``default`` when ``NAME`` is unset or empty (``${NAME-default}``: only when unset); the default
-    may itself contain placeholders, e.g. ``${SALESFORCE_DOMAIN:-localhost:${SANDBOX_SF_PORT}}``
-``$$``
-    a literal ``$``
-
-Placeholders are expanded after YAML parsing, so a value containing quotes, colons or ``#`` cannot
-break the file. An empty optional value (``conn_schema: ${SCHEMA:-}``) means "not set".
+The file is committed, so it carries no secret: a connection password (or a password in a ``conn_uri``) is
+refused, and so is a ``${...}`` placeholder, which the Astro CLI would store literally. Secret connections
+come from the environment (``AIRFLOW_CONN_<ID>``, JSON or URI; ``python -m sandbox env`` prints the
+sandbox's) or from a secrets backend.
 """
 
 from __future__ import annotations
@@ -29,15 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import sys
-from collections.abc import Mapping
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
 
 CONNECTION_KEYS = frozenset(
     {"conn_id", "conn_type", "conn_host", "conn_schema", "conn_login", "conn_password", "conn_port", "conn_uri",
@@ -48,11 +37,14 @@ VARIABLE_KEYS = frozenset({"variable_name", "variable_value"})
 SECTIONS = {"connections": CONNECTION_KEYS, "pools": POOL_KEYS, "variables": VARIABLE_KEYS}
 # Airflow's own rule for connection ids and variable keys (airflow.utils.helpers.validate_key).
 KEY_RE = re.compile(r"^[\w.-]+$")
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Our earlier loader expanded these; the Astro CLI does not, and would store them as the value.
+PLACEHOLDER_RE = re.compile(r"\$\{[^}]*\}?")
+NO_SECRETS = ("secrets are not committed: give the connection as AIRFLOW_CONN_{env} (JSON or URI) or in a "
+              "secrets backend, and leave it out of this file")
 
 
 class SettingsError(ValueError):
-    """The settings file is missing, malformed, or references an unset environment variable."""
+    """The settings file is missing, malformed, or holds a secret or a placeholder."""
 
 
 @dataclass(frozen=True)
@@ -69,16 +61,15 @@ class ConnectionSpec:
     host: str | None = None
     schema: str | None = None
     login: str | None = None
-    password: str | None = field(default=None, repr=False)
     port: int | None = None
-    extra: dict[str, Any] | None = field(default=None, repr=False)  # may hold tokens
-    uri: str | None = field(default=None, repr=False)
+    extra: dict[str, Any] | None = field(default=None, repr=False)
+    uri: str | None = None
 
 
 @dataclass(frozen=True)
 class VariableSpec:
     key: str
-    value: str = field(repr=False)
+    value: str
 
 
 @dataclass(frozen=True)
@@ -89,88 +80,11 @@ class Settings:
     source: str = "<memory>"
 
 
-@dataclass(frozen=True)
-class Change:
-    """What applying one entry did: kind is pool/connection/variable, action created/updated/unchanged."""
-
-    kind: str
-    name: str
-    action: str
-    note: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.kind} {self.name}: {self.action}" + (f" ({self.note})" if self.note else "")
-
-
-# --- environment placeholders ---------------------------------------------------------------------------
-
-
-def expand_env(text: str, env: Mapping[str, str] | None = None, where: str = "value") -> str:
-    """Expand ``${NAME}``, ``${NAME:-default}``, ``${NAME-default}`` and ``$$`` in ``text``."""
-    env = os.environ if env is None else env
-    value, end = _expand(text, 0, env, where, evaluate=True, in_default=False)
-    assert end == len(text)
-    return value
-
-
-def _expand(text: str, i: int, env: Mapping[str, str], where: str, *, evaluate: bool, in_default: bool):
-    out: list[str] = []
-    while i < len(text):
-        char = text[i]
-        if char == "}" and in_default:
-            return "".join(out), i
-        if char == "$" and text.startswith("$$", i):
-            out.append("$")
-            i += 2
-        elif char == "$" and text.startswith("${", i):
-            value, i = _reference(text, i + 2, env, where, evaluate=evaluate)
-            out.append(value)
-        else:
-            out.append(char)
-            i += 1
-    if in_default:
-        raise SettingsError(f"{where}: unterminated placeholder in {text!r}: missing '}}'")
-    return "".join(out), i
-
-
-def _reference(text: str, i: int, env: Mapping[str, str], where: str, *, evaluate: bool) -> tuple[str, int]:
-    """Expand one placeholder whose name starts at ``i`` (just after ``${``); return it and the index after."""
-    match = NAME_RE.match(text, i)
-    if not match:
-        raise SettingsError(f"{where}: bad placeholder in {text!r}: expected ${{NAME}} or ${{NAME:-default}}")
-    name, i = match.group(), match.end()
-    if text.startswith("}", i):
-        if evaluate and name not in env:
-            raise SettingsError(
-                f"{where}: environment variable {name} is not set "
-                f"(set it, or give a default with ${{{name}:-default}})"
-            )
-        return (env.get(name, "") if evaluate else ""), i + 1
-    for operator in (":-", "-"):
-        if text.startswith(operator, i):
-            current = env.get(name)
-            use_default = current is None or (operator == ":-" and current == "")
-            default, i = _expand(text, i + len(operator), env, where, evaluate=evaluate and use_default,
-                                 in_default=True)
-            return (default if use_default else current or "") if evaluate else "", i + 1
-    raise SettingsError(f"{where}: bad placeholder in {text!r}: expected '}}', ':-' or '-' after {name}")
-
-
-def _expand_tree(value: Any, env: Mapping[str, str], where: str) -> Any:
-    if isinstance(value, str):
-        return expand_env(value, env, where)
-    if isinstance(value, dict):
-        return {k: _expand_tree(v, env, f"{where}.{k}") for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_tree(v, env, f"{where}[{n}]") for n, v in enumerate(value)]
-    return value
-
-
 # --- loading and validation -----------------------------------------------------------------------------
 
 
-def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None) -> Settings:
-    """Read, expand and validate a settings file; raise :class:`SettingsError` naming the file and key."""
+def load_settings(path: str | os.PathLike) -> Settings:
+    """Read and validate a settings file; raise :class:`SettingsError` naming the file and key."""
     import yaml
 
     path = Path(path)
@@ -181,12 +95,11 @@ def load_settings(path: str | os.PathLike, env: Mapping[str, str] | None = None)
         raise SettingsError(f"{path}: cannot read settings file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise SettingsError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_settings(data, env=env, source=str(path))
+    return parse_settings(data, source=str(path))
 
 
-def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str = "<memory>") -> Settings:
+def parse_settings(data: Any, source: str = "<memory>") -> Settings:
     """Validate already-parsed YAML (see :func:`load_settings`)."""
-    env = os.environ if env is None else env
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -214,12 +127,13 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
             unknown = set(item) - allowed
             if unknown:
                 raise SettingsError(f"{where}: unknown key(s) {_names(unknown)}; allowed: {_names(allowed)}")
+            _refuse_placeholders(where, item)
             entries[section].append((where, item))
 
     settings = Settings(
-        connections=tuple(_connection(where, item, env) for where, item in entries["connections"]),
-        pools=tuple(_pool(where, item, env) for where, item in entries["pools"]),
-        variables=tuple(_variable(where, item, env) for where, item in entries["variables"]),
+        connections=tuple(_connection(where, item) for where, item in entries["connections"]),
+        pools=tuple(_pool(where, item) for where, item in entries["pools"]),
+        variables=tuple(_variable(where, item) for where, item in entries["variables"]),
         source=source,
     )
     for section, names in (
@@ -233,8 +147,23 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
     return settings
 
 
-def _text(where: str, item: dict, key: str, env: Mapping[str, str], *, required: bool = False) -> str | None:
-    """A scalar value as an expanded string; None (or an error naming the key, if required) when empty."""
+def _refuse_placeholders(where: str, value: Any) -> None:
+    if isinstance(value, str):
+        found = PLACEHOLDER_RE.search(value)
+        if found:
+            raise SettingsError(
+                f"{where}: {found.group()!r} would be stored literally (the Astro CLI does not expand "
+                "placeholders); secrets belong in AIRFLOW_CONN_<ID> or a secrets backend, other values in the file")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_placeholders(f"{where}.{key}", item)
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _refuse_placeholders(f"{where}[{n}]", item)
+
+
+def _text(where: str, item: dict, key: str, *, required: bool = False) -> str | None:
+    """A scalar value as a string; None (or an error naming the key, if required) when empty."""
     value = item.get(key)
     if isinstance(value, dict | list):
         raise SettingsError(f"{where}.{key}: expected a single value, got {_kind(value)}")
@@ -242,8 +171,6 @@ def _text(where: str, item: dict, key: str, env: Mapping[str, str], *, required:
         value = "true" if value else "false"
     if value is not None and not isinstance(value, str):
         value = str(value)
-    if isinstance(value, str):
-        value = expand_env(value, env, f"{where}.{key}")
     if not value:
         if required:
             raise SettingsError(f"{where}: {key} is required")
@@ -251,11 +178,11 @@ def _text(where: str, item: dict, key: str, env: Mapping[str, str], *, required:
     return value
 
 
-def _integer(where: str, item: dict, key: str, env: Mapping[str, str], *, required: bool) -> int | None:
+def _integer(where: str, item: dict, key: str, *, required: bool) -> int | None:
     raw = item.get(key)
     if isinstance(raw, int) and not isinstance(raw, bool):
         return raw
-    text = _text(where, item, key, env, required=required)
+    text = _text(where, item, key, required=required)
     if text is None:
         return None
     try:
@@ -270,73 +197,69 @@ def _key(where: str, key: str, value: str) -> str:
     return value
 
 
-def _connection(where: str, item: dict, env: Mapping[str, str]) -> ConnectionSpec:
-    conn_id = _key(where, "conn_id", _text(where, item, "conn_id", env, required=True))
+def _connection(where: str, item: dict) -> ConnectionSpec:
+    conn_id = _key(where, "conn_id", _text(where, item, "conn_id", required=True))
     where = f"{where} ({conn_id})"
-    uri = _text(where, item, "conn_uri", env)
-    conn_type = _text(where, item, "conn_type", env, required=uri is None)
+    env = conn_id.upper()
+    if item.get("conn_password") not in (None, ""):
+        raise SettingsError(f"{where}.conn_password: {NO_SECRETS.format(env=env)}")
+    uri = _text(where, item, "conn_uri")
+    conn_type = _text(where, item, "conn_type", required=uri is None)
     fields = {
-        "host": _text(where, item, "conn_host", env),
-        "schema": _text(where, item, "conn_schema", env),
-        "login": _text(where, item, "conn_login", env),
-        "password": _text(where, item, "conn_password", env),
-        "port": _integer(where, item, "conn_port", env, required=False),
-        "extra": _extra(where, item.get("conn_extra"), env),
+        "host": _text(where, item, "conn_host"),
+        "schema": _text(where, item, "conn_schema"),
+        "login": _text(where, item, "conn_login"),
+        "port": _integer(where, item, "conn_port", required=False),
+        "extra": _extra(where, item.get("conn_extra")),
     }
     if uri is not None:
         given = sorted(f"conn_{name}" for name, value in fields.items() if value is not None)
         if given:
             raise SettingsError(f"{where}: conn_uri cannot be combined with {', '.join(given)}")
-        scheme = urlsplit(uri).scheme
-        if not scheme:
-            raise SettingsError(f"{where}.conn_uri: expected a URI such as postgres://user:pw@host:5432/db")
+        parts = urlsplit(uri)
+        if not parts.scheme:
+            raise SettingsError(f"{where}.conn_uri: expected a URI such as postgres://user@host:5432/db")
+        if parts.password:
+            raise SettingsError(f"{where}.conn_uri: holds a password; {NO_SECRETS.format(env=env)}")
         # Airflow's own normalisation of the URI scheme (Connection._normalize_conn_type).
-        uri_type = "postgres" if scheme == "postgresql" else scheme.replace("-", "_")
+        uri_type = "postgres" if parts.scheme == "postgresql" else parts.scheme.replace("-", "_")
         if conn_type is not None and conn_type != uri_type:
-            raise SettingsError(f"{where}: conn_type {conn_type!r} disagrees with the conn_uri scheme {scheme!r}")
+            raise SettingsError(f"{where}: conn_type {conn_type!r} disagrees with the conn_uri scheme "
+                                f"{parts.scheme!r}")
         conn_type = uri_type
     return ConnectionSpec(conn_id=conn_id, conn_type=conn_type, uri=uri, **fields)
 
 
-def _extra(where: str, raw: Any, env: Mapping[str, str]) -> dict[str, Any] | None:
+def _extra(where: str, raw: Any) -> dict[str, Any] | None:
     where = f"{where}.conn_extra"
     if raw is None or raw == "":
         return None
     if isinstance(raw, str):
-        text = expand_env(raw, env, where)
-        if not text.strip():
-            return None
         try:
-            raw = json.loads(text)
+            raw = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise SettingsError(f"{where}: expected a mapping or a JSON object: {exc}") from None
-        if not isinstance(raw, dict):
-            raise SettingsError(f"{where}: expected a mapping or a JSON object, got {_kind(raw)}")
-        return raw
     if not isinstance(raw, dict):
         raise SettingsError(f"{where}: expected a mapping or a JSON object, got {_kind(raw)}")
-    return {str(k): _expand_tree(v, env, f"{where}.{k}") for k, v in raw.items()}
+    return {str(k): v for k, v in raw.items()}
 
 
-def _pool(where: str, item: dict, env: Mapping[str, str]) -> PoolSpec:
-    name = _text(where, item, "pool_name", env, required=True)
-    slots = _integer(f"{where} ({name})", item, "pool_slot", env, required=True)
+def _pool(where: str, item: dict) -> PoolSpec:
+    name = _text(where, item, "pool_name", required=True)
+    slots = _integer(f"{where} ({name})", item, "pool_slot", required=True)
     if slots < -1:
         raise SettingsError(f"{where} ({name}).pool_slot: must be -1 (unlimited) or more, got {slots}")
-    return PoolSpec(name=name, slots=slots, description=_text(where, item, "pool_description", env) or "")
+    return PoolSpec(name=name, slots=slots, description=_text(where, item, "pool_description") or "")
 
 
-def _variable(where: str, item: dict, env: Mapping[str, str]) -> VariableSpec:
-    key = _key(where, "variable_name", _text(where, item, "variable_name", env, required=True))
-    where = f"{where} ({key})"
+def _variable(where: str, item: dict) -> VariableSpec:
+    key = _key(where, "variable_name", _text(where, item, "variable_name", required=True))
     raw = item.get("variable_value")
     if raw is None:
-        raise SettingsError(f"{where}: variable_value is required")
-    if isinstance(raw, dict | list):  # a structured value is stored as JSON (read with deserialize_json=True)
-        return VariableSpec(key=key, value=json.dumps(_expand_tree(raw, env, f"{where}.variable_value")))
-    if isinstance(raw, bool):
+        raise SettingsError(f"{where} ({key}): variable_value is required")
+    if isinstance(raw, dict | list | bool):  # a structured value is stored as JSON (read with deserialize_json)
         return VariableSpec(key=key, value=json.dumps(raw))
-    return VariableSpec(key=key, value=expand_env(str(raw), env, f"{where}.variable_value"))
+    return VariableSpec(key=key, value=str(raw))
 
 
 def _kind(value: Any) -> str:
@@ -349,93 +272,51 @@ def _names(names) -> str:
     return ", ".join(repr(n) for n in sorted(names))
 
 
-# --- applying -------------------------------------------------------------------------------------------
+# --- applying, through the Airflow CLI ------------------------------------------------------------------
 
 
-def apply_settings(settings: Settings, *, session: Session | None = None) -> list[Change]:
-    """Create or update the pools, connections and variables in Airflow's metadata DB, in one transaction.
-
-    Returns what happened to each entry. Values are never returned or logged, only names.
-    """
-    if session is not None:
-        return _apply(settings, session)
-    from airflow.utils.session import create_session
-
-    with create_session() as new_session:
-        return _apply(settings, new_session)
-
-
-def _apply(settings: Settings, session: Session) -> list[Change]:
-    changes = [_apply_pool(spec, session) for spec in settings.pools]
-    changes += [_apply_connection(spec, session) for spec in settings.connections]
-    changes += [_apply_variable(spec, session) for spec in settings.variables]
-    session.flush()
-    return changes
-
-
-def _apply_pool(spec: PoolSpec, session: Session) -> Change:
-    from airflow.models import Pool
-    from sqlalchemy import select
-
-    existing = session.scalar(select(Pool).where(Pool.pool == spec.name))
-    if existing is not None and (existing.slots, existing.description or "") == (spec.slots, spec.description):
-        return Change("pool", spec.name, "unchanged")
-    # include_deferred is not part of the Astro format: keep what an operator may have set.
-    include_deferred = bool(existing.include_deferred) if existing is not None else False
-    Pool.create_or_update_pool(spec.name, spec.slots, spec.description, include_deferred, session=session)
-    return Change("pool", spec.name, "created" if existing is None else "updated")
+def import_files(settings: Settings, folder: Path) -> list[list[str]]:
+    """Write each non-empty section in the format of its ``airflow ... import`` command into ``folder``, and
+    return those commands (without the ``airflow`` executable), pools first: connections may name them."""
+    commands = []
+    if settings.pools:
+        path = folder / "pools.json"
+        path.write_text(json.dumps({p.name: {"slots": p.slots, "description": p.description}
+                                    for p in settings.pools}, indent=2))
+        commands.append(["pools", "import", str(path)])
+    if settings.variables:
+        path = folder / "variables.json"
+        path.write_text(json.dumps({v.key: v.value for v in settings.variables}, indent=2))
+        commands.append(["variables", "import", "--action-on-existing-key", "overwrite", str(path)])
+    if settings.connections:
+        path = folder / "connections.json"
+        path.write_text(json.dumps({c.conn_id: _connection_json(c) for c in settings.connections}, indent=2))
+        commands.append(["connections", "import", "--overwrite", str(path)])
+    return commands
 
 
-def _apply_connection(spec: ConnectionSpec, session: Session) -> Change:
-    from airflow.models import Connection
-    from sqlalchemy import select
-
-    wanted = Connection(
-        conn_id=spec.conn_id,
-        uri=spec.uri,
-        **({} if spec.uri else {
-            "conn_type": spec.conn_type, "host": spec.host, "schema": spec.schema, "login": spec.login,
-            "password": spec.password, "port": spec.port, "extra": spec.extra,
-        }),
-    )
-    note = None
-    if f"AIRFLOW_CONN_{spec.conn_id.upper()}" in os.environ:
-        note = f"AIRFLOW_CONN_{spec.conn_id.upper()} is set and takes precedence over the database"
-
-    existing = session.scalar(select(Connection).where(Connection.conn_id == spec.conn_id))
-    if existing is None:
-        session.add(wanted)
-        return Change("connection", spec.conn_id, "created", note)
-    if _connection_values(existing) == _connection_values(wanted):
-        return Change("connection", spec.conn_id, "unchanged", note)
-    existing.conn_type = wanted.conn_type
-    existing.host = wanted.host
-    existing.schema = wanted.schema
-    existing.login = wanted.login
-    existing.password = wanted.password  # the setters encrypt with the Fernet key, as the UI does
-    existing.port = wanted.port
-    existing.extra = wanted.extra
-    return Change("connection", spec.conn_id, "updated", note)
+def _connection_json(spec: ConnectionSpec) -> str | dict[str, Any]:
+    """One entry of ``airflow connections import``'s JSON: the URI, or the fields that are set."""
+    if spec.uri:
+        return spec.uri
+    values = {"conn_type": spec.conn_type, "host": spec.host, "schema": spec.schema, "login": spec.login,
+              "port": spec.port, "extra_dejson": spec.extra}
+    return {key: value for key, value in values.items() if value is not None}
 
 
-def _connection_values(conn) -> tuple:
-    return (conn.conn_type, conn.host, conn.schema, conn.login, conn.password, conn.port, conn.extra_dejson)
-
-
-def _apply_variable(spec: VariableSpec, session: Session) -> Change:
-    from airflow.models import Variable
-    from sqlalchemy import select
-
-    existing = session.scalar(select(Variable).where(Variable.key == spec.key))
-    note = None
-    if f"AIRFLOW_VAR_{spec.key.upper()}" in os.environ:
-        note = f"AIRFLOW_VAR_{spec.key.upper()} is set and takes precedence over the database"
-    if existing is not None and existing.val == spec.value:
-        return Change("variable", spec.key, "unchanged", note)
-    # Keep a description someone wrote in the UI: the Astro format has none.
-    description = existing.description if existing is not None else None
-    Variable.set(spec.key, spec.value, description=description, session=session)
-    return Change("variable", spec.key, "created" if existing is None else "updated", note)
+def apply_settings(settings: Settings, *, airflow: str | None = None,
+                   env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
+    """Run ``airflow pools/variables/connections import`` for the sections the file fills; stop at the first
+    that fails. Returns the finished commands; a failure raises :class:`subprocess.CalledProcessError`."""
+    airflow = airflow or str(Path(sys.executable).with_name("airflow"))
+    done = []
+    with tempfile.TemporaryDirectory(prefix="airflow-settings-") as folder:
+        for command in import_files(settings, Path(folder)):
+            result = subprocess.run([airflow, *command], env=env, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+            done.append(result)
+    return done
 
 
 # --- command line ---------------------------------------------------------------------------------------
@@ -446,12 +327,12 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m retention.settings_loader",
-        description="Create or update Airflow pools, connections and variables from airflow_settings.yaml "
-                    "(Astro CLI format; ${ENV} placeholders are expanded).",
+        description="Apply airflow_settings.yaml (Astro CLI format) with `airflow pools import`, `airflow "
+                    "variables import` and `airflow connections import`. Secrets are not in the file: "
+                    "give them as AIRFLOW_CONN_<ID> or in a secrets backend.",
     )
     parser.add_argument("path", nargs="?", default="airflow_settings.yaml", help="default: %(default)s")
-    parser.add_argument("--check", action="store_true",
-                        help="only load, expand and validate the file; do not touch the database")
+    parser.add_argument("--check", action="store_true", help="only check the file; do not run Airflow")
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.path)
@@ -462,19 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.path}: {len(settings.pools)} pool(s), {len(settings.connections)} connection(s), "
               f"{len(settings.variables)} variable(s): OK")
         return 0
-    from sqlalchemy.exc import SQLAlchemyError
-
     try:
-        changes = apply_settings(settings)
-    except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except SQLAlchemyError as exc:
-        print(f"error: cannot write to Airflow's metadata database (did you run 'airflow db migrate'?): "
-              f"{type(exc).__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        done = apply_settings(settings)
+    except subprocess.CalledProcessError as exc:
+        print(f"error: {' '.join(exc.cmd[1:3])} failed (did you run 'airflow db migrate'?):\n"
+              f"{(exc.stdout or '')[-2000:]}{(exc.stderr or '')[-2000:]}", file=sys.stderr)
         return 1
-    for change in changes:
-        print(change)
+    for result in done:
+        print(f"airflow {' '.join(result.args[1:3])}:", result.stdout.strip() or "done")
     return 0
 
 

@@ -3,7 +3,6 @@ and not null in the store, and Salesforce's own count agrees. Failure stops the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +15,13 @@ if TYPE_CHECKING:
 
 
 def data_docs_dir(policy_id: str) -> Path:
-    """Where this policy's Great Expectations Data Docs go: ``$RETENTION_DATA_DOCS_DIR/<policy>`` (default
+    """Where this policy's Great Expectations Data Docs go: ``[retention] data_docs_dir/<policy>`` (default
     ``$AIRFLOW_HOME/data_docs``); one folder per policy, since GX rewrites its project file on every run."""
     from airflow.configuration import AIRFLOW_HOME
 
-    return Path(os.environ.get("RETENTION_DATA_DOCS_DIR", Path(AIRFLOW_HOME) / "data_docs")) / policy_id
+    from retention import config
+
+    return Path(config.get("data_docs_dir") or Path(AIRFLOW_HOME) / "data_docs") / policy_id
 
 
 class ValidateRowCountsOperator(PolicyOperator):
