@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,9 +39,9 @@ os.environ.update({
     # The retention timetables plugin (plugins/retention_timetables.py) must be found to serialize DAGs.
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
-    # Policy DAGs retry transient failures as Airflow's defaults say; in tests a retry should not wait minutes.
-    "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "2",
-    "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "1",
+    # One key for this process and the Airflow CLI processes the tests start (`airflow connections import`
+    # encrypts what this process later reads).
+    "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
 })
 
 

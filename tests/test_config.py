@@ -4,7 +4,6 @@ still read (with a DeprecationWarning) for one release; task retries are Airflow
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -129,27 +128,36 @@ def test_data_docs_dir_comes_from_the_section(clean_env, tmp_path):
 
 
 def test_task_retries_are_airflows_own_defaults(clean_env):
-    """No retry count of our own: [core] default_task_retries/default_task_retry_delay apply (conftest sets 2
-    and 1 s), and the deprecated RETENTION_TASK_RETRIES/RETENTION_RETRY_DELAY_SECONDS still override them."""
-    from airflow.configuration import conf
+    """No retry count of our own: a deployment's [core] default_task_retries/default_task_retry_delay apply (read by
+    Airflow when it starts, so checked in a process of its own), and the deprecated
+    RETENTION_TASK_RETRIES/RETENTION_RETRY_DELAY_SECONDS still override them."""
+    probe = "\n".join([
+        "import warnings",
+        "from retention.factory import build_dag",
+        "from retention.policy import load_policy",
+        "with warnings.catch_warnings(record=True) as caught:",
+        "    warnings.simplefilter('always')",
+        "    dag = build_dag(load_policy('include/policies/inactive_contacts.yaml'))",
+        "print(sorted({(t.retries, t.retry_delay.total_seconds(), t.retry_exponential_backoff) for t in dag.tasks}),",
+        "      'retries' in dag.default_args or 'retry_delay' in dag.default_args,",
+        "      'WARNED' if any('AIRFLOW__CORE__DEFAULT_TASK_RETRIES' in str(w.message) for w in caught) else '')",
+    ])
 
-    from retention.factory import build_dag
-    from retention.policy import load_policy
+    def tasks_retry(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items()
+                if not k.startswith(("AIRFLOW__CORE__DEFAULT_TASK_RETR", "RETENTION_TASK_RETRIES",
+                                     "RETENTION_RETRY_DELAY"))}
+        base["PYTHONPATH"] = os.pathsep.join([str(REPO / "plugins"), str(REPO)])
+        out = subprocess.run([sys.executable, "-c", probe], cwd=REPO,
+                             env={**base, **env}, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out.stdout.strip().splitlines()[-1].strip()
 
-    policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml")
-    retries = conf.getint("core", "default_task_retries")
-    delay = dt.timedelta(seconds=conf.getint("core", "default_task_retry_delay"))
-    assert (retries, delay) == (2, dt.timedelta(seconds=1))  # tests/conftest.py
-    dag = build_dag(policy)
-    assert "retries" not in dag.default_args and "retry_delay" not in dag.default_args
-    for task in dag.tasks:
-        assert (task.retries, task.retry_delay, task.retry_exponential_backoff) == (retries, delay, 2.0)
-
-    clean_env.setenv("RETENTION_TASK_RETRIES", "5")
-    clean_env.setenv("RETENTION_RETRY_DELAY_SECONDS", "7")
-    with pytest.warns(DeprecationWarning, match="AIRFLOW__CORE__DEFAULT_TASK_RETRIES"):
-        dag = build_dag(policy)
-    assert {(t.retries, t.retry_delay) for t in dag.tasks} == {(5, dt.timedelta(seconds=7))}
+    assert tasks_retry() == "[(0, 300.0, 2.0)] False"  # Airflow's own defaults
+    assert tasks_retry(AIRFLOW__CORE__DEFAULT_TASK_RETRIES="2",
+                       AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY="1") == "[(2, 1.0, 2.0)] False"
+    assert tasks_retry(AIRFLOW__CORE__DEFAULT_TASK_RETRIES="2", RETENTION_TASK_RETRIES="5",
+                       RETENTION_RETRY_DELAY_SECONDS="7") == "[(5, 7.0, 2.0)] True WARNED"
 
 
 def test_provider_info_declares_the_section_in_airflows_shape():

@@ -41,8 +41,9 @@ def test_every_example_policy_is_a_dag_with_the_pipeline_shape(airflow_db, monke
         assert {"retention", policy.action, policy.object} <= set(dag.tags)
         assert set(dag.params) == {"dry_run", "cutoff"} and dag.params["dry_run"] is False
         assert policy.description in dag.doc_md and policy.retain.table in dag.doc_md
+        assert "retries" not in dag.default_args  # Airflow's [core] default_task_retries (tests/test_config.py)
         for task in dag.tasks:
-            assert task.owner == policy.owner and task.retries == 2
+            assert task.owner == policy.owner and task.retry_exponential_backoff == 2.0
         for task_id in ("extract", "validate_row_counts", "delete_or_mask", "confirm_and_report"):
             assert dag.get_task(task_id).pool == "salesforce_api"
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from retention.factory import build_dag
 from retention.policy import parse_policy
+from tests.dags import as_deployed
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "include" / "policies"
 _OPPORTUNITY = ("  - object: Opportunity\n    relationship: AccountId\n    retain:\n      table: account_opportunity\n"
@@ -44,4 +45,4 @@ POLICIES = {
         ("table: account_opportunity", "table: growing_opportunity")),
 }
 
-globals().update({policy.dag_id: build_dag(policy) for policy in POLICIES.values()})
+globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in POLICIES.values()})

@@ -2,5 +2,6 @@
 (Airflow's dags folder is this directory during the tests)."""
 
 from retention.factory import build_dags
+from tests.dags import as_deployed
 
-globals().update(build_dags())
+globals().update({dag_id: as_deployed(dag) for dag_id, dag in build_dags().items()})
