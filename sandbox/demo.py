@@ -75,9 +75,6 @@ def airflow_env(env: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        # Transient failures are retried as Airflow's defaults say; a demo should not wait minutes for one.
-        "AIRFLOW__CORE__DEFAULT_TASK_RETRIES": "2",
-        "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": "5",
     }
 
 
