@@ -7,7 +7,7 @@ the same records laid out as a Heroku Connect mirror, and to SOQL that the sandb
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -100,9 +100,9 @@ def _today(case) -> date:
     return case.get("today", CORPUS["today"])
 
 
-def _sandbox_names(pg, case, where: str) -> list[str]:
+def _sandbox_names(pg, case, where: str, *, days_later: int = 0) -> list[str]:
     obj = case.get("object", "Contact")
-    now = datetime.combine(_today(case), datetime.min.time(), UTC).replace(hour=12)
+    now = datetime.combine(_today(case), datetime.min.time(), UTC).replace(hour=12) + timedelta(days=days_later)
     compiled = compile_query(f"SELECT {NAME_FIELD[obj]} FROM {obj} WHERE {where}", now=now)
     return sorted(r[0] for r in pg.execute(compiled.sql, compiled.params).fetchall())
 
@@ -143,3 +143,8 @@ def test_product_filter(pg, case):
         sql.Identifier(NAME_FIELD[obj.name].lower()), sql.Identifier("mirror", obj.table), where)
     assert sorted(r[0] for r in pg.execute(query, params).fetchall()) == sorted(case["expect"]), "on the mirror"
     assert _sandbox_names(pg, case, soql_filter.to_soql(expr)) == sorted(case["expect"]), "as SOQL"
+    # As a run sends it: relative dates fixed to the run's day, so the org's own clock (here 400 days on, as for
+    # a backfill) changes nothing.
+    pinned = soql_filter.to_soql(expr, today=_today(case), types={f.name: f.type for f in obj.fields},
+                                 relation_types=lambda name: {f.name: f.type for f in get_object(name).fields})
+    assert _sandbox_names(pg, case, pinned, days_later=400) == sorted(case["expect"]), f"as SOQL pinned: {pinned}"

@@ -430,3 +430,21 @@ def test_subselects_run_on_the_mirror_as_exists(pg):
         "Deleted case", "No case", "Open case"]
     assert names("AccountId NOT IN (SELECT Id FROM Case)") == ["Closed case", "Deleted case", "No case", "Open case"]
 
+
+
+def test_relative_dates_are_sent_as_the_runs_own_days():
+    """A run sends the days its relative dates stand for on the run's logical date, as the mirror path reads them
+    (``to_sql(today=...)``), so the org's clock at query time (a backfill, a retry days later) changes nothing."""
+    expr = parse("CreatedDate = LAST_N_DAYS:30 AND Birthdate < TODAY AND NOT (LastModifiedDate != THIS_MONTH)")
+    types = {"CreatedDate": "datetime", "Birthdate": "date", "LastModifiedDate": "datetime"}
+    assert to_soql(expr, today=date(2024, 6, 1), types=types) == (
+        "(CreatedDate >= 2024-05-02T00:00:00Z AND CreatedDate < 2024-06-02T00:00:00Z) AND Birthdate < 2024-06-01 AND "
+        "NOT ((LastModifiedDate < 2024-06-01T00:00:00Z OR LastModifiedDate >= 2024-07-01T00:00:00Z OR "
+        "LastModifiedDate = null))")
+    assert to_soql(expr) == ("CreatedDate = LAST_N_DAYS:30 AND Birthdate < TODAY AND NOT (LastModifiedDate != "
+                             "THIS_MONTH)")  # canonical form: unchanged
+    sub = parse("Id NOT IN (SELECT ContactId FROM Case WHERE CreatedDate > YESTERDAY)")
+    assert to_soql(sub, today=date(2024, 6, 1), relation_types=lambda name: {"CreatedDate": "datetime"}) == (
+        "Id NOT IN (SELECT ContactId FROM Case WHERE CreatedDate >= 2024-06-01T00:00:00Z)")
+    with pytest.raises(ValueError, match="LastName: a relative date needs a date or datetime field"):
+        to_soql(parse("LastName = TODAY"), today=date(2024, 6, 1), types={"LastName": "string"})

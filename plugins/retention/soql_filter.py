@@ -482,26 +482,54 @@ def _soql_literal(lit: Value, like: bool = False) -> str:
     return name if n is None else f"{name}:{n}"
 
 
-def to_soql(expr: Expr) -> str:
-    """Canonical SOQL for the filter: keywords upper-case, ``!=`` for ``<>``, literals re-escaped."""
+def to_soql(expr: Expr, *, today: date | None = None, types: Mapping[str, str] | None = None,
+            relation_types: Callable[[str], Mapping[str, str]] | None = None) -> str:
+    """Canonical SOQL for the filter: keywords upper-case, ``!=`` for ``<>``, literals re-escaped.
 
-    def render(node: Expr, nested: bool) -> str:
+    :param today: when given, relative date literals become the absolute days they stand for on that UTC day
+        (``CreatedDate = LAST_N_DAYS:30`` → ``(CreatedDate >= 2024-05-03T00:00:00Z AND CreatedDate <
+        2024-06-02T00:00:00Z)``), the same range ``to_sql`` reads from the mirror; then ``types`` (field ->
+        Salesforce type) says which are datetimes, and ``relation_types(object)`` the same for sub-selects.
+    """
+
+    def absolute(field: str, op: str, lit: Value, kinds: Mapping[str, str]) -> str:
+        ftype = kinds.get(field.lower())
+        if ftype not in ("date", "datetime"):
+            raise ValueError(f"{field}: a relative date needs a date or datetime field, not {ftype or 'unknown'}")
+        lo, hi = relative_range(*lit.value, today)
+
+        def day(d: date) -> str:
+            return f"{d:%Y-%m-%d}T00:00:00Z" if ftype == "datetime" else f"{d:%Y-%m-%d}"
+
+        if op == "=":
+            return f"({field} >= {day(lo)} AND {field} < {day(hi)})"
+        if op == "!=":
+            return f"({field} < {day(lo)} OR {field} >= {day(hi)} OR {field} = null)"
+        bound, soql_op = {"<": (lo, "<"), "<=": (hi, "<"), ">": (hi, ">="), ">=": (lo, ">=")}[op]
+        return f"{field} {soql_op} {day(bound)}"
+
+    def render(node: Expr, nested: bool, kinds: Mapping[str, str]) -> str:
         if isinstance(node, Comparison):
             if isinstance(node.value, SubSelect):
                 sub = node.value
-                where = f" WHERE {render(sub.where, False)}" if sub.where is not None else ""
+                inner = {k.lower(): v for k, v in (relation_types(sub.sobject) if relation_types else {}).items()}
+                where = f" WHERE {render(sub.where, False, inner)}" if sub.where is not None else ""
                 return f"{node.field} {node.op} (SELECT {sub.field} FROM {sub.sobject}{where})"
             if isinstance(node.value, tuple):
+                if today is not None and any(v.kind == "relative" for v in node.value):
+                    raise ValueError(f"{node.field}: relative date literals cannot be listed in {node.op}")
                 values = ", ".join(_soql_literal(v) for v in node.value)
                 return f"{node.field} {node.op} ({values})"
+            if today is not None and node.value.kind == "relative":
+                return absolute(node.field, node.op, node.value, kinds)
             return f"{node.field} {node.op} {_soql_literal(node.value, like=node.op == 'LIKE')}"
         if isinstance(node, Not):
-            return f"NOT ({render(node.item, False)})"
+            return f"NOT ({render(node.item, False, kinds)})"
         joiner = " AND " if isinstance(node, And) else " OR "
-        text = joiner.join(render(item, True) for item in node.items)
+        text = joiner.join(render(item, True, kinds) for item in node.items)
         return f"({text})" if nested else text
 
-    return render(expr, False)
+    return render(expr, False, {k.lower(): v for k, v in (types or {}).items()})
 
 
 # ------------------------------------------------------------------------------------------- Postgres

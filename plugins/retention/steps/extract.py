@@ -43,6 +43,7 @@ def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         out = from_salesforce(store, sf, policy, run, describe, others)
     else:
         out = from_mirror(store, policy, run, describe, others, sf)
+    out.count_soql = soql_for(policy, run, [], field_types(describe), others, count=True)
     log.info("%s: cutoff %s, %d eligible, %d held by privacy holds, %d already retained and acted on, %d staged",
              run.run_key, out.cutoff, out.eligible, out.held, out.done, out.staged)
     for child in out.children:
@@ -88,7 +89,7 @@ def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: d
     if policy.select.where:
         where_sql, where_params = soql_filter.to_sql(
             soql_filter.parse(policy.select.where), lambda n: sql.Identifier("m", soql_filter.mirror_column(n)),
-            today=run.cutoff.date(), types=types, relation=relation,
+            today=run.today, types=types, relation=relation,
         )
         base.append(sql.SQL("({})").format(where_sql))
         params += where_params
@@ -127,7 +128,7 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
     """Stage the eligible records from a Bulk 2.0 query, each page streamed into COPY as it arrives."""
     types = field_types(describe)
     fields = staged_fields(policy)
-    soql = soql_for(policy, run, fields, types[policy.select.date_field])
+    soql = soql_for(policy, run, fields, types, others)
     holds = _active_holds(sf) if policy.select.exclude_privacy_holds else set()
     columns = sql.SQL(", ").join([sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
         sql.SQL("{} {}").format(column(f), sql.SQL(STAGING_TYPES.get(types[f], "text"))) for f in fields])
@@ -156,13 +157,21 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
     return out
 
 
-def soql_for(policy: Policy, run: Run, fields: list[str], date_type: str, *, count: bool = False) -> str:
-    """The policy's selection as SOQL (the where filter re-rendered from its parsed form, never pasted)."""
+def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],
+             others: dict[str, dict | None] | None = None, *, count: bool = False) -> str:
+    """The policy's selection as SOQL (the where filter re-rendered from its parsed form, never pasted; relative
+    dates as the absolute days of the run's ``today``, as the mirror path reads them).
+
+    :param types: the object's field types; ``others``: describes of the objects its sub-selects read.
+    """
     from retention import soql_filter
 
-    clauses = [f"{policy.select.date_field} < {run.soql_cutoff(date_type)}"]
+    by_name = {k.lower(): v for k, v in (others or {}).items()}
+    clauses = [f"{policy.select.date_field} < {run.soql_cutoff(types[policy.select.date_field])}"]
     if policy.select.where:
-        clauses.append(f"({soql_filter.to_soql(soql_filter.parse(policy.select.where))})")
+        clauses.append("({})".format(soql_filter.to_soql(
+            soql_filter.parse(policy.select.where), today=run.today, types=types,
+            relation_types=lambda name: field_types(by_name.get(name.lower()) or {"fields": []}))))
     head = "COUNT()" if count else ", ".join(["Id", *fields])
     return f"SELECT {head} FROM {policy.object} WHERE {' AND '.join(clauses)}"
 

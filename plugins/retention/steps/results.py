@@ -78,6 +78,7 @@ class Extracted(_Result):
     held_ids: list[str] = field(default_factory=list)
     field_types: dict[str, str] = field(default_factory=dict)  # Salesforce type of each staged field
     date_type: str | None = None
+    count_soql: str | None = None  # the org's count of the policy's selection, for validation (same cutoff, today)
     children: list[ChildStaged] = field(default_factory=list)
     held_via_children: dict[str, str] = field(default_factory=dict)  # parent: its held child
     blocked: dict[str, str] = field(default_factory=dict)  # parent: why a delete must not take it

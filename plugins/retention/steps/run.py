@@ -38,6 +38,10 @@ class Run:
     dag_run_id: str
     dry_run: bool
     started_at: dt.datetime
+    # The UTC day of the run's logical date: relative date literals in ``where`` (TODAY, LAST_N_DAYS:n) count from
+    # it, in SOQL and in SQL alike, so a run and its replay (a backfill, a retry days later) decide the same.
+    # Salesforce itself would count them in the API user's time zone from the moment of the query.
+    today: dt.date
 
     @property
     def staging(self) -> sql.Identifier:
@@ -71,7 +75,8 @@ def make_run(policy: Policy, *, logical_date: dt.datetime | None, run_after: dt.
     else:
         cutoff = anchor - dt.timedelta(days=policy.select.older_than_days)
     run_key = f"{policy.id}__{anchor:%Y%m%dT%H%M%S}"
-    return Run(policy.id, run_key, cutoff, dag_run_id, bool(params.get("dry_run")), started_at or dt.datetime.now(UTC))
+    return Run(policy.id, run_key, cutoff, dag_run_id, bool(params.get("dry_run")), started_at or dt.datetime.now(UTC),
+               anchor.date())
 
 
 def utc(moment: dt.datetime) -> dt.datetime:

@@ -11,7 +11,6 @@ from psycopg import sql
 
 from retention.cache import table
 from retention.hooks.store import CACHE_SCHEMA
-from retention.steps.extract import soql_for
 from retention.steps.results import ChildValidated, Validated
 from retention.steps.run import RetentionError
 
@@ -36,7 +35,7 @@ def validate(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy,
     staged, retained = store_counts(store, policy, run)
     # The org counts every record matching the policy, including held ones and ones an earlier run already
     # retained and masked; what remains must equal this run's eligible count.
-    in_org = sf.count(soql_for(policy, run, [], extracted.field_types[policy.select.date_field], count=True))
+    in_org = sf.count(extracted.count_soql)
     org_eligible = in_org - extracted.held - extracted.done - len(extracted.blocked)
     counts = RowCounts(eligible=extracted.eligible, staged=staged, retained=retained, salesforce=org_eligible)
     result = validate_retained(

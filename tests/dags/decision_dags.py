@@ -1,0 +1,30 @@
+"""Airflow DAGs of variants of inactive_contacts for tests/test_run_decisions.py: relative dates in ``where`` and
+the ``max_records_per_run`` guard, through both sources. Each selects only its own contacts (by LastName: the Connect mapping of Contact does not sync Title) and
+has its own cache table, so it shares nothing with the other tests."""
+
+from __future__ import annotations
+
+from retention.factory import build_dag
+from tests.dags.platform_dags import variant
+
+
+def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard: int = 50000):
+    return variant(
+        "inactive_contacts.yaml", ("id: inactive_contacts", f"id: {policy_id}"),
+        ("table: contact", f"table: {policy_id}"),
+        ("older_than_days: 730", "older_than_days: 30"),
+        ('where: "LeadSource != \'Partner Referral\' AND Id NOT IN (SELECT ContactId FROM Case)"',
+         f'where: "LastName LIKE \'{title} %\'{where}"'),
+        ("source: heroku_connect", f"source: {source}"),
+        ("max_records_per_run: 50000", f"max_records_per_run: {guard}"),
+    )
+
+
+POLICIES = [
+    _contacts("relative_mirror", "Relative mirror", "heroku_connect", where=" AND CreatedDate = LAST_N_DAYS:100"),
+    _contacts("relative_bulk", "Relative bulk", "salesforce_api", where=" AND CreatedDate = LAST_N_DAYS:100"),
+    _contacts("guarded_mirror", "Guarded mirror", "heroku_connect", guard=2),
+    _contacts("guarded_bulk", "Guarded bulk", "salesforce_api", guard=2),
+]
+
+globals().update({policy.dag_id: build_dag(policy) for policy in POLICIES})

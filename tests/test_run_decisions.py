@@ -1,0 +1,90 @@
+"""What a run decides, proven in real DAG runs (``dag.test()``) through both sources:
+
+- relative dates in ``where`` (``LAST_N_DAYS:n``, ``TODAY``) count from the UTC day of the run's logical date, in
+  the SOQL sent to Salesforce and in the SQL over the Connect mirror alike, so a run 200 days in the past (a
+  backfill) selects what that day would have selected, and the org's count agrees with the mirror's;
+- ``guards.max_records_per_run``: a run over it fails in extract, naming the guard, with nothing retained, acted
+  on or written to the ledger.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tests.policy_support import cache_rows, org_rows, policy_world, store_rows
+
+UTC = dt.UTC
+# 200 days ago: the org's clock at query time is far from the run's day.
+LOGICAL_DATE = dt.datetime.now(UTC).replace(hour=3, minute=0, second=0, microsecond=0) - dt.timedelta(days=200)
+
+
+@pytest.fixture(scope="module")
+def world(sandbox, airflow_db):
+    with policy_world(sandbox):
+        yield sandbox
+
+
+def run_policy(policy_id: str, logical_date: dt.datetime = LOGICAL_DATE):
+    from tests.dags import decision_dags
+
+    dag = getattr(decision_dags, f"retention__{policy_id}")
+    run = dag.test(logical_date=logical_date, run_conf={"dry_run": False, "cutoff": None})
+    return run, {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+
+def contacts(sandbox, sf, title: str, dates: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """Contacts named ``title`` + name, each (created, last modified) the given days before LOGICAL_DATE. The API cannot
+    set those audit fields; the org's database can. SystemModstamp is now, so Heroku Connect picks them up."""
+    ids = {name: sf.Contact.create({"LastName": f"{title} {name}", "Email": f"{name}@decisions.example"})["id"]
+           for name in dates}
+    with sandbox.org_conn() as conn:
+        for name, (created, modified) in dates.items():
+            conn.execute("UPDATE org.contact SET createddate = %s, lastmodifieddate = %s, systemmodstamp = now() "
+                         "WHERE id = %s", (LOGICAL_DATE - dt.timedelta(days=created),
+                                           LOGICAL_DATE - dt.timedelta(days=modified), ids[name]))
+    return ids
+
+
+def ledger(sandbox, policy_id: str) -> list[dict]:
+    return store_rows(sandbox, "SELECT * FROM retention.runs WHERE policy_id = %s ORDER BY id", (policy_id,))
+
+
+def live(sandbox, ids) -> set[str]:
+    return {r["id"] for r in org_rows(sandbox, "SELECT id FROM org.contact WHERE id = ANY(%s) AND NOT isdeleted",
+                                      (list(ids),))}
+
+
+@pytest.mark.parametrize(("policy_id", "title"), [("relative_mirror", "Relative mirror"),
+                                                  ("relative_bulk", "Relative bulk")])
+def test_relative_dates_count_from_the_runs_logical_date(world, sf, policy_id, title):
+    """``CreatedDate = LAST_N_DAYS:100`` on a run 200 days ago: created 50 days before it is in; created 120 days
+    before is out (it would be in counted from the cutoff, 30 days earlier); created 10 days before the run's day
+    and modified 40 days before is in. Counted from today (the org's clock) none would be, and validation, which
+    compares the source's count with the org's, would fail."""
+    ids = contacts(world, sf, title, {"in_50": (50, 40), "out_120": (120, 40), "in_45": (45, 35)})
+    run, states = run_policy(policy_id)
+    assert run.state == "success", states
+    [row] = ledger(world, policy_id)
+    assert (row["eligible"], row["acted"], row["salesforce_count"]) == (2, 2, 2)
+    assert set(cache_rows(world, policy_id)) == {ids["in_50"], ids["in_45"]}
+    assert live(world, ids.values()) == {ids["out_120"]}
+
+
+@pytest.mark.parametrize(("policy_id", "title"), [("guarded_mirror", "Guarded mirror"),
+                                                  ("guarded_bulk", "Guarded bulk")])
+def test_a_run_over_max_records_per_run_fails_before_touching_anything(world, sf, capfd, policy_id, title):
+    ids = contacts(world, sf, title, {f"guarded_{n}": (60, 40) for n in range(3)})
+    run, states = run_policy(policy_id)
+    assert run.state == "failed" and states["extract"] == "failed", states
+    assert {s for t, s in states.items() if t not in ("extract", "wait_for_connect_sync")} == {"upstream_failed"}
+    assert "3 records are eligible, more than guards.max_records_per_run (2); nothing was touched" in \
+        capfd.readouterr().out
+    with world.store_conn() as conn:  # extract's transaction rolled back: not even the cache table was made
+        assert conn.execute("SELECT to_regclass(%s)", (f"cache.{policy_id}",)).fetchone()[0] is None
+    assert live(world, ids.values()) == set(ids.values())
+    assert ledger(world, policy_id) == []
+    with world.store_conn() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging' AND tablename "
+                            "LIKE %s", (f"{policy_id}%",)).fetchone()[0] == 0
