@@ -5,6 +5,7 @@ has its own cache table, so it shares nothing with the other tests."""
 from __future__ import annotations
 
 from retention.factory import build_dag
+from tests.dags import as_deployed
 from tests.dags.platform_dags import variant
 
 
@@ -27,4 +28,4 @@ POLICIES = [
     _contacts("guarded_bulk", "Guarded bulk", "salesforce_api", guard=2),
 ]
 
-globals().update({policy.dag_id: build_dag(policy) for policy in POLICIES})
+globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in POLICIES})
