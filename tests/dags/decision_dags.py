@@ -1,6 +1,7 @@
 """Airflow DAGs of variants of inactive_contacts for tests/test_run_decisions.py: relative dates in ``where`` and
-the ``max_records_per_run`` guard, through both sources. Each selects only its own contacts (by LastName: the Connect mapping of Contact does not sync Title) and
-has its own cache table, so it shares nothing with the other tests."""
+the ``max_records_per_run`` guard, through both sources. Each selects only its own contacts (by LastName: the
+Connect mapping of Contact does not sync Title) and has its own cache table, so it shares nothing with the other
+tests."""
 
 from __future__ import annotations
 
