@@ -4,7 +4,10 @@
   the SOQL sent to Salesforce and in the SQL over the Connect mirror alike, so a run 200 days in the past (a
   backfill) selects what that day would have selected, and the org's count agrees with the mirror's;
 - ``guards.max_records_per_run``: a run over it fails in extract, naming the guard, with nothing retained, acted
-  on or written to the ledger.
+  on or written to the ledger;
+- a privacy hold placed after extract (while the run loads its copy) keeps its record untouched: the act step asks
+  the org again, marks it ``held``, and the ledger counts it and names it in ``holds_applied``; a held lead stays
+  unmasked, and a later run of the mask policy never overwrites the retained originals with masked values.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import datetime as dt
 
 import pytest
 
-from tests.policy_support import cache_rows, org_rows, policy_world, store_rows
+from tests.policy_support import cache_rows, org_rows, place_hold, policy_world, store_rows
 
 UTC = dt.UTC
 # 200 days ago: the org's clock at query time is far from the run's day.
@@ -88,3 +91,71 @@ def test_a_run_over_max_records_per_run_fails_before_touching_anything(world, sf
     with world.store_conn() as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging' AND tablename "
                             "LIKE %s", (f"{policy_id}%",)).fetchone()[0] == 0
+
+
+def hold_after_load(monkeypatch, sf, record_id: str) -> None:
+    """A privacy officer places a hold on ``record_id`` while the run loads its retained copy (after extract)."""
+    from retention.steps import load
+
+    real_load = load.load
+
+    def load_then_hold(store, policy, run):
+        rows = real_load(store, policy, run)
+        place_hold(sf, record_id, name=f"Hold on {record_id} during a run")
+        return rows
+
+    monkeypatch.setattr(load, "load", load_then_hold)
+
+
+def test_a_hold_placed_during_a_run_keeps_its_contact(world, sf, monkeypatch):
+    ids = contacts(world, sf, "Held contacts", {"kept": (60, 40), "gone": (60, 40)})
+    hold_after_load(monkeypatch, sf, ids["kept"])
+    run, states = run_policy("held_contacts")
+    assert run.state == "success", states
+    rows = cache_rows(world, "held_contacts")
+    assert {k: v["_action_status"] for k, v in rows.items()} == {ids["kept"]: "held", ids["gone"]: "done"}
+    assert live(world, ids.values()) == {ids["kept"]}
+    [row] = ledger(world, "held_contacts")
+    assert (row["eligible"], row["acted"], row["held"], row["holds_applied"]) == (2, 1, 1, [ids["kept"]])
+
+
+def leads(sandbox, sf, names: list[str]) -> dict[str, str]:
+    """Leads of held_leads_mask (Company 'Held mask Co'), created 400 days before LOGICAL_DATE."""
+    ids = {name: sf.Lead.create({"FirstName": "Ada", "LastName": name, "Company": "Held mask Co",
+                                 "Email": f"{name}@original.example", "Phone": "+1 555 0100",
+                                 "Country": "France"})["id"] for name in names}
+    with sandbox.org_conn() as conn:
+        conn.execute("UPDATE org.lead SET createddate = %s, systemmodstamp = now() WHERE id = ANY(%s)",
+                     (LOGICAL_DATE - dt.timedelta(days=400), list(ids.values())))
+    return ids
+
+
+def test_a_held_lead_stays_unmasked_and_a_rerun_keeps_the_retained_originals(world, sf, monkeypatch):
+    ids = leads(world, sf, ["Heldlead", "Maskedlead"])
+    hold_after_load(monkeypatch, sf, ids["Heldlead"])
+    run, states = run_policy("held_leads_mask")
+    assert run.state == "success", states
+    org = {r["id"]: r for r in org_rows(world, "SELECT id, firstname, lastname, email, phone FROM org.lead WHERE "
+                                               "id = ANY(%s)", (list(ids.values()),))}
+    assert (org[ids["Heldlead"]]["lastname"], org[ids["Heldlead"]]["email"], org[ids["Heldlead"]]["phone"]) == (
+        "Heldlead", "Heldlead@original.example", "+1 555 0100")  # untouched
+    masked = org[ids["Maskedlead"]]
+    assert masked["lastname"] != "Maskedlead" and masked["email"] != "Maskedlead@original.example"
+    assert masked["phone"] is None
+    [row] = ledger(world, "held_leads_mask")
+    assert (row["acted"], row["held"], row["holds_applied"]) == (1, 1, [ids["Heldlead"]])
+    before = cache_rows(world, "held_lead")
+    assert before[ids["Maskedlead"]]["email"] == "original.example" and before[ids["Maskedlead"]][
+        "_action_status"] == "done"
+
+    monkeypatch.undo()
+    run, states = run_policy("held_leads_mask", LOGICAL_DATE + dt.timedelta(days=7))
+    assert run.state == "success", states
+    after = cache_rows(world, "held_lead")
+    # The masked lead still matches the policy (its Company is kept) but is settled: its retained row is the original.
+    assert after[ids["Maskedlead"]] == before[ids["Maskedlead"]]
+    assert after[ids["Heldlead"]]["_action_status"] == "held"  # still under its hold: held again, not masked
+    assert org_rows(world, "SELECT lastname FROM org.lead WHERE id = %s", (ids["Heldlead"],)) == [
+        {"lastname": "Heldlead"}]
+    second = ledger(world, "held_leads_mask")[-1]
+    assert (second["acted"], second["held"]) == (0, 1)

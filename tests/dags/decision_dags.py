@@ -1,7 +1,7 @@
-"""Airflow DAGs of variants of inactive_contacts for tests/test_run_decisions.py: relative dates in ``where`` and
-the ``max_records_per_run`` guard, through both sources. Each selects only its own contacts (by LastName: the
-Connect mapping of Contact does not sync Title) and has its own cache table, so it shares nothing with the other
-tests."""
+"""Airflow DAGs of variants of the examples for tests/test_run_decisions.py: relative dates in ``where`` and the
+``max_records_per_run`` guard through both sources, and holds placed while a run is under way. Each selects only
+its own records (contacts by LastName: the Connect mapping of Contact does not sync Title) and has its own cache
+table, so it shares nothing with the other tests."""
 
 from __future__ import annotations
 
@@ -23,6 +23,11 @@ def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard
 
 
 POLICIES = [
+    _contacts("held_contacts", "Held contacts", "salesforce_api"),
+    # The mask example, on its own leads (Company, which it keeps, marks them: masking changes their names).
+    variant("stale_leads_mask.yaml", ("id: stale_leads_mask", "id: held_leads_mask"),
+            ("table: lead", "table: held_lead"),
+            ('where: "IsConverted = false"', 'where: "IsConverted = false AND Company = \'Held mask Co\'"')),
     _contacts("relative_mirror", "Relative mirror", "heroku_connect", where=" AND CreatedDate = LAST_N_DAYS:100"),
     _contacts("relative_bulk", "Relative bulk", "salesforce_api", where=" AND CreatedDate = LAST_N_DAYS:100"),
     _contacts("guarded_mirror", "Guarded mirror", "heroku_connect", guard=2),
