@@ -5,6 +5,8 @@
   backfill) selects what that day would have selected, and the org's count agrees with the mirror's;
 - ``guards.max_records_per_run``: a run over it fails in extract, naming the guard, with nothing retained, acted
   on or written to the ledger;
+- the org changing between extract and validation (a record created, deleted or edited out of the selection)
+  fails validation, with nothing deleted or masked;
 - a privacy hold placed after extract (while the run loads its copy) keeps its record untouched: the act step asks
   the org again, marks it ``held``, and the ledger counts it and names it in ``holds_applied``; a held lead stays
   unmasked, and a later run of the mask policy never overwrites the retained originals with masked values.
@@ -159,3 +161,43 @@ def test_a_held_lead_stays_unmasked_and_a_rerun_keeps_the_retained_originals(wor
         {"lastname": "Heldlead"}]
     second = ledger(world, "held_leads_mask")[-1]
     assert (second["acted"], second["held"]) == (0, 1)
+
+
+@pytest.mark.parametrize("change", ["created", "deleted", "edited"])
+def test_the_org_changing_between_extract_and_validation_stops_the_run(world, sf, monkeypatch, change):
+    """Not staged rows lost in the store: the org itself disagrees with what extract staged, so the count the
+    validation asks of the org differs from the eligible count, and nothing is acted on."""
+    from retention.steps import load
+
+    ids = contacts(world, sf, "Changing contacts", {f"{change}_a": (60, 40), f"{change}_b": (60, 40)})
+    real_load = load.load
+
+    def load_then_change(store, policy, run):
+        rows = real_load(store, policy, run)
+        if change == "created":  # an eligible contact the run did not stage
+            contacts(world, sf, "Changing contacts", {f"{change}_late": (60, 40)})
+        elif change == "deleted":
+            sf.Contact.delete(ids[f"{change}_a"])
+        else:  # edited today: no longer past the cutoff
+            sf.Contact.update(ids[f"{change}_a"], {"Email": "edited@decisions.example"})
+        return rows
+
+    monkeypatch.setattr(load, "load", load_then_change)
+    before = org_rows(world, "SELECT id, isdeleted, systemmodstamp FROM org.contact WHERE lastname LIKE "
+                             "'Changing contacts %%' AND id != %s ORDER BY id", (ids[f"{change}_a"],))
+    run, states = run_policy("changing_contacts")
+    assert run.state == "failed" and states["validate_row_counts"] == "failed", states
+    assert states["delete_or_mask"] == states["confirm_and_report"] == "upstream_failed"
+    # The store agrees with itself (every staged record retained, pending): what failed is the org's own count.
+    run_key = f"changing_contacts__{LOGICAL_DATE:%Y%m%dT%H%M%S}"
+    with world.store_conn() as conn:
+        staged = {r[0] for r in conn.execute(f'SELECT sfid FROM retention_staging."{run_key}"').fetchall()}
+        conn.execute(f'DROP TABLE retention_staging."{run_key}"')  # kept for inspection after a failed validation
+    assert {ids[f"{change}_a"], ids[f"{change}_b"]} <= staged
+    retained = cache_rows(world, "changing_contacts")
+    assert {retained[k]["_retention_run"] for k in staged} == {run_key}
+    assert org_rows(world, "SELECT id, isdeleted, systemmodstamp FROM org.contact WHERE lastname LIKE "
+                           "'Changing contacts %%' AND id != %s AND id = ANY(%s) ORDER BY id",
+                    (ids[f"{change}_a"], [r["id"] for r in before])) == before
+    assert ledger(world, "changing_contacts") == []
+    assert {r["_action_status"] for r in cache_rows(world, "changing_contacts").values()} == {"pending"}

@@ -24,6 +24,7 @@ def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard
 
 POLICIES = [
     _contacts("held_contacts", "Held contacts", "salesforce_api"),
+    _contacts("changing_contacts", "Changing contacts", "salesforce_api"),
     # The mask example, on its own leads (Company, which it keeps, marks them: masking changes their names).
     variant("stale_leads_mask.yaml", ("id: stale_leads_mask", "id: held_leads_mask"),
             ("table: lead", "table: held_lead"),
