@@ -38,7 +38,6 @@ from pydantic import (
 from retention import soql_filter
 from retention.soql_filter import ID_TYPES, TEXT_TYPES
 
-REPO = Path(__file__).resolve().parents[2]
 POLICIES_DIR_ENV = "RETENTION_POLICIES_DIR"
 DAG_ID_PREFIX = "retention__"
 
@@ -62,10 +61,18 @@ class PolicyError(ValueError):
         return [f"{where}: {key}: {reason}" if key else f"{where}: {reason}" for key, reason in self.problems]
 
 
+def project_dir() -> Path:
+    """The Airflow project (dags/, include/, plugins/): the folder holding Airflow's dags folder, as in an Astro
+    project. Not the package's own location, which in a deployment is an installed wheel in site-packages."""
+    from airflow.configuration import conf
+
+    return Path(conf.get("core", "dags_folder")).resolve().parent
+
+
 def _display(path: Path) -> str:
-    """Paths inside the repo read as in a pull request (include/policies/x.yaml)."""
+    """Paths inside the Airflow project read as in a pull request (include/policies/x.yaml)."""
     try:
-        return str(path.resolve().relative_to(REPO))
+        return str(path.resolve().relative_to(project_dir()))
     except ValueError:
         return str(path)
 
@@ -746,7 +753,8 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 
 def default_policies_dir() -> Path:
-    return Path(os.environ.get(POLICIES_DIR_ENV) or REPO / "include" / "policies")
+    """$RETENTION_POLICIES_DIR, else the project's include/policies beside the dags folder."""
+    return Path(os.environ.get(POLICIES_DIR_ENV) or project_dir() / "include" / "policies")
 
 
 def load_policy(path: Path | str) -> Policy:
