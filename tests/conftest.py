@@ -36,6 +36,8 @@ os.environ.update({
         f"postgresql+psycopg2://postgres@127.0.0.1:{PORTS['SANDBOX_PG_PORT']}/airflow",
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
+    # The policies sit beside dags/, not beside this dags folder: name them.
+    "AIRFLOW__RETENTION__POLICIES_DIR": str(REPO / "include" / "policies"),
     # The retention timetables plugin (plugins/retention_timetables.py) must be found to serialize DAGs.
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),

@@ -78,7 +78,7 @@ def test_parsing_the_dag_file_imports_no_heavy_libraries(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe, str(DAG_FILE)], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": f"{REPO / 'plugins'}:{REPO}", "PATH": "/usr/bin:/bin",
-                              "AIRFLOW_HOME": str(tmp_path)})
+                              "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE.parent)})
     heavy = [m for m in out.stdout.strip().split(",") if m]
     assert "great_expectations" not in heavy and "simple_salesforce" not in heavy, heavy
 

@@ -117,9 +117,13 @@ def test_examples_show_one_thing_each():
 
 
 def test_default_folder_and_airflow_config(monkeypatch, tmp_path):
+    """Without the setting, the Airflow project's include/policies, beside its dags folder (not the package's)."""
     monkeypatch.delenv("AIRFLOW__RETENTION__POLICIES_DIR", raising=False)
     monkeypatch.delenv("RETENTION_POLICIES_DIR", raising=False)
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
     assert policy_module.default_policies_dir() == EXAMPLES
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(tmp_path / "project" / "dags"))
+    assert policy_module.default_policies_dir() == tmp_path / "project" / "include" / "policies"
     write(tmp_path, "a.yml", VALID)
     monkeypatch.setenv("AIRFLOW__RETENTION__POLICIES_DIR", str(tmp_path))
     policies, errors = load_policies()
@@ -339,7 +343,8 @@ def test_error_message_shape(tmp_path):
     assert err.problems[0] == ("owner", "required key is missing")
 
 
-def test_paths_in_the_repo_read_as_in_a_pull_request():
+def test_paths_in_the_repo_read_as_in_a_pull_request(monkeypatch):
+    monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(REPO / "dags"))
     err = PolicyError(EXAMPLES / "bad.yaml", [("retain.fields.Email", "unknown transform 'domain'")])
     assert str(err) == "include/policies/bad.yaml: retain.fields.Email: unknown transform 'domain'"
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     reg.add_argument("--conn-id", default="heroku_connect_default", help="the Airflow connection of Heroku Connect")
     pre = sub.add_parser("preflight", help="check the org, store, Heroku Connect and Airflow before a first run")
     pre.add_argument("--policies", type=Path, help="policies folder (default: Airflow's [retention] "
-                                                   "policies_dir, else include/policies)")
+                                                   "policies_dir, else include/policies beside Airflow's dags folder)")
     pre.add_argument("--salesforce-conn-id", default="salesforce_default")
     pre.add_argument("--store-conn-id", default="retention_store")
     pre.add_argument("--connect-conn-id", default="heroku_connect_default")

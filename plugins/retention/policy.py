@@ -37,7 +37,6 @@ from pydantic.fields import FieldInfo
 
 from retention import masking, soql_filter, transforms
 
-REPO = Path(__file__).resolve().parents[2]
 # Airflow's [retention] policies_dir (AIRFLOW__RETENTION__POLICIES_DIR); see retention.config.
 POLICIES_DIR_OPTION = "policies_dir"
 DAG_ID_PREFIX = "retention__"
@@ -62,10 +61,18 @@ class PolicyError(ValueError):
         return [f"{where}: {key}: {reason}" if key else f"{where}: {reason}" for key, reason in self.problems]
 
 
+def project_dir() -> Path:
+    """The Airflow project (dags/, include/, plugins/): the folder holding Airflow's dags folder, as in an Astro
+    project. Not the package's own location, which in a deployment is an installed wheel in site-packages."""
+    from airflow.configuration import conf
+
+    return Path(conf.get("core", "dags_folder")).resolve().parent
+
+
 def _display(path: Path) -> str:
-    """Paths inside the repo read as in a pull request (include/policies/x.yaml)."""
+    """Paths inside the Airflow project read as in a pull request (include/policies/x.yaml)."""
     try:
-        return str(path.resolve().relative_to(REPO))
+        return str(path.resolve().relative_to(project_dir()))
     except ValueError:
         return str(path)
 
@@ -701,10 +708,10 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 
 
 def default_policies_dir() -> Path:
-    """``[retention] policies_dir``, else the project's ``include/policies``."""
+    """``[retention] policies_dir``, else the project's ``include/policies`` beside Airflow's dags folder."""
     from retention import config
 
-    return Path(config.get(POLICIES_DIR_OPTION) or REPO / "include" / "policies")
+    return Path(config.get(POLICIES_DIR_OPTION) or project_dir() / "include" / "policies")
 
 
 def load_policy(path: Path | str) -> Policy:

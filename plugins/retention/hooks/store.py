@@ -7,7 +7,7 @@ connection details live in one place. Connections are psycopg 3 (COPY streaming,
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
+from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
     import psycopg
 
-SQL_DIR = Path(__file__).resolve().parents[3] / "include" / "sql"
+# The DDL ships inside the package (retention/sql/*.sql, package data), so an installed wheel applies it too.
+SQL_DIR = files("retention") / "sql"
 MIRROR_SCHEMA = "salesforce"
 CACHE_SCHEMA = "cache"
 LEDGER_SCHEMA = "retention"
@@ -54,6 +55,6 @@ class RetentionStoreHook(PostgresHook):
         with self.connect() as conn:
             # One DDL run at a time: concurrent CREATE ... IF NOT EXISTS can still collide in Postgres.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('retention.ensure_schema'))")
-            for path in sorted(SQL_DIR.glob("*.sql")):
-                conn.execute(path.read_text())
+            for path in sorted((p for p in SQL_DIR.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
+                conn.execute(path.read_text(encoding="utf-8"))
             conn.execute(transforms.hmac_ddl(LEDGER_SCHEMA))
