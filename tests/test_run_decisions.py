@@ -7,6 +7,9 @@
   on or written to the ledger;
 - the org changing between extract and validation (a record created, deleted or edited out of the selection)
   fails validation, with nothing deleted or masked;
+- confirm_and_report: a record reported done that the org still shows fails the run, its copy kept; a mirror that
+  has not caught up is retried until it has; a retry after the ledger row was written adds no second row, while a
+  new DAG run of the same date appends its own;
 - a privacy hold placed after extract (while the run loads its copy) keeps its record untouched: the act step asks
   the org again, marks it ``held``, and the ledger counts it and names it in ``holds_applied``; a held lead stays
   unmasked, and a later run of the mask policy never overwrites the retained originals with masked values.
@@ -201,3 +204,87 @@ def test_the_org_changing_between_extract_and_validation_stops_the_run(world, sf
                     (ids[f"{change}_a"], [r["id"] for r in before])) == before
     assert ledger(world, "changing_contacts") == []
     assert {r["_action_status"] for r in cache_rows(world, "changing_contacts").values()} == {"pending"}
+
+
+def test_a_record_reported_done_but_still_in_the_org_fails_the_run_and_keeps_its_copy(world, sf, monkeypatch):
+    from retention.steps import act
+
+    ids = contacts(world, sf, "Confirmed contacts", {"back": (60, 40), "gone": (60, 40)})
+    real = act.record_outcomes
+
+    def outcomes_then_undeleted(store, policy, run, job_id, outcomes, **kwargs):
+        counts = real(store, policy, run, job_id, outcomes, **kwargs)
+        with world.org_conn() as conn:  # the job said success, yet the org shows the record
+            conn.execute("UPDATE org.contact SET isdeleted = false WHERE id = %s", (ids["back"],))
+        return counts
+
+    monkeypatch.setattr(act, "record_outcomes", outcomes_then_undeleted)
+    run, states = run_policy("confirmed_contacts")
+    assert run.state == "failed" and states["confirm_and_report"] == "failed", states
+    assert ledger(world, "confirmed_contacts") == []
+    rows = cache_rows(world, "confirmed_contacts")
+    assert set(rows) == set(ids.values())  # both copies kept
+    assert live(world, ids.values()) == {ids["back"]}
+    with world.store_conn() as conn:  # the run's working tables stay for the next attempt
+        run_key = f"confirmed_contacts__{LOGICAL_DATE:%Y%m%dT%H%M%S}"
+        assert conn.execute("SELECT to_regclass(%s)", (f'retention_staging."{run_key}"',)).fetchone()[0]
+
+
+def test_a_mirror_behind_is_retried_until_it_shows_the_deletes(world, sf, monkeypatch):
+    """Connect paused right after the deletes: confirm_and_report's first attempt times out on the mirror and is
+    retried (Airflow's retries); once Connect resumes, the retry writes the one ledger row."""
+    import threading
+
+    from retention.steps import act
+    from tests.conftest import ConnectApi
+
+    connect = ConnectApi(world)
+    ids = contacts(world, sf, "Mirrored contacts", {"m1": (60, 40), "m2": (60, 40)})
+    real = act.act
+
+    def act_then_pause(*args, **kwargs):
+        connect.pause()
+        threading.Timer(8, connect.resume).start()  # after the first attempt's 4 s wait has run out
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(act, "act", act_then_pause)
+    try:
+        run, states = run_policy("mirrored_contacts")
+    finally:
+        connect.resume()
+    assert run.state == "success", states
+    tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
+    assert tries["confirm_and_report"] >= 2 and tries["delete_or_mask"] == 1, tries
+    [row] = ledger(world, "mirrored_contacts")
+    assert (row["acted"], row["status"]) == (2, "succeeded")
+    assert live(world, ids.values()) == set()
+
+
+def test_a_retry_after_the_ledger_row_adds_no_second_row_and_a_new_run_adds_its_own(world, sf, monkeypatch):
+    from retention.steps import confirm
+
+    contacts(world, sf, "Confirmed contacts", {"again": (60, 40)})
+    with world.store_conn() as conn:  # the first test's run left its working tables and unreported rows
+        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' AND "
+                                     "tablename LIKE 'confirmed_contacts%%'").fetchall():
+            conn.execute(f'DROP TABLE retention_staging."{table}"')
+    real, crashed = confirm.drop_staging, []
+
+    def crash_once_after_the_ledger_row(store, run, policy=None):
+        if not crashed:
+            crashed.append(run.dag_run_id)
+            raise ConnectionError("worker lost after writing the ledger row")
+        return real(store, run, policy)
+
+    monkeypatch.setattr(confirm, "drop_staging", crash_once_after_the_ledger_row)
+    logical_date = LOGICAL_DATE + dt.timedelta(days=1)
+    run, states = run_policy("confirmed_contacts", logical_date)
+    assert run.state == "success", states
+    assert {ti.task_id: ti.try_number for ti in run.get_task_instances()}["confirm_and_report"] == 2
+    rows = [r for r in ledger(world, "confirmed_contacts") if r["dag_run_id"] == run.run_id]
+    assert len(rows) == 1 and crashed == [run.run_id]
+
+    again, states = run_policy("confirmed_contacts", logical_date)  # a new DAG run of the same date
+    assert again.state == "success", states
+    keys = [r["run_key"] for r in ledger(world, "confirmed_contacts")]
+    assert keys.count(f"confirmed_contacts__{logical_date:%Y%m%dT%H%M%S}") == 2

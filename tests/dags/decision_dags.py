@@ -25,6 +25,8 @@ def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard
 POLICIES = [
     _contacts("held_contacts", "Held contacts", "salesforce_api"),
     _contacts("changing_contacts", "Changing contacts", "salesforce_api"),
+    _contacts("confirmed_contacts", "Confirmed contacts", "salesforce_api"),
+    _contacts("mirrored_contacts", "Mirrored contacts", "heroku_connect"),
     # The mask example, on its own leads (Company, which it keeps, marks them: masking changes their names).
     variant("stale_leads_mask.yaml", ("id: stale_leads_mask", "id: held_leads_mask"),
             ("table: lead", "table: held_lead"),
@@ -36,3 +38,6 @@ POLICIES = [
 ]
 
 globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in POLICIES})
+# The mirror wait of confirm_and_report, short enough for a test that pauses Heroku Connect.
+retention__mirrored_contacts.get_task("confirm_and_report").mirror_timeout = 4  # noqa: F821
+retention__mirrored_contacts.get_task("confirm_and_report").mirror_poll_interval = 0.5  # noqa: F821

@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 # Airflow's own logging (structlog): lines land in the task's log, as an operator's self.log would.
 log = structlog.get_logger(__name__)
 
+class MirrorBehind(Exception):
+    """Heroku Connect's mirror has not shown the changes yet: worth a retry later (Airflow's retries), unlike a
+    RetentionError. Salesforce is already changed; the run's working tables stay until a retry reports it."""
+
+
 # What the action did, as the ledger's message and the errors say it.
 DONE_VERB = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked"}
 
@@ -36,6 +41,14 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     record fails it after the ledger row is written."""
     from retention.steps.results import Acted
 
+    reported = _reported(store, run)
+    if reported is not None:  # a retry after the ledger row was written: that row is the run's evidence
+        drop_staging(store, run, policy)
+        log.info("ledger row %d already holds DAG run %s: %s", reported.ledger_id, run.dag_run_id,
+                 reported.message)
+        if reported.status != "succeeded":
+            raise RetentionError(reported.message)
+        return reported
     acted = acted or Acted()
     if policy.cascade:
         from retention import cascade
@@ -60,9 +73,10 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     while done and not (mirror_reflects(store, policy, done, sent) and all(
             mirror_shows_gone(store, name, child["ids"].get("done", [])) for name, child in children.items())):
         if time.monotonic() > deadline:
-            raise RetentionError(
+            raise MirrorBehind(
                 f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records within "
-                f"{mirror_timeout:.0f}s; Salesforce is already changed, re-run confirm_and_report later")
+                f"{mirror_timeout:.0f}s; Salesforce is already changed: the task retries, or clear confirm_and_report "
+                "later")
         time.sleep(poll_interval)
 
     validated_counts = (validated.counts if validated else None) or {}
@@ -95,7 +109,20 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
                     "selected again", len(refused), refused[0], action_error(store, policy, refused[0]))
     if failed:
         raise RetentionError(message)
-    return Reported(ledger_id=ledger_id, status=status, counts=counts)
+    return Reported(ledger_id=ledger_id, status=status, counts=counts, message=message)
+
+
+def _reported(store: RetentionStoreHook, run: Run) -> Reported | None:
+    """This DAG run's ledger row, if an earlier attempt of the step wrote it."""
+    with store.connect() as conn:
+        row = conn.execute(
+            "SELECT id, status, message, eligible, held, staged, retained, acted, failed, refused, blocked, "
+            "salesforce_count FROM retention.runs WHERE run_key = %s AND dag_run_id = %s ORDER BY id LIMIT 1",
+            (run.run_key, run.dag_run_id)).fetchone()
+    if row is None:
+        return None
+    names = ("eligible", "held", "staged", "retained", "acted", "failed", "refused", "blocked", "salesforce")
+    return Reported(ledger_id=row[0], status=row[1], counts=dict(zip(names, row[3:], strict=True)), message=row[2])
 
 
 def _not_applied_in_org(sf: SalesforceBulk2Hook, policy: Policy, object_name: str, done: list[str],
@@ -178,10 +205,19 @@ def same_value(sent, have) -> bool:
 def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts: dict, bulk_job_ids: list[str],
                  holds_applied: list[str], validation: dict | None, status: str, message: str,
                  timings: dict, blocked_records: dict[str, str] | None = None, cascade: dict | None = None) -> int:
-    """The run's ledger row (appended and sealed by ``evidence.append``)."""
+    """The run's ledger row (appended and sealed by ``evidence.append``): one per DAG run, so a retry of this step
+    after its row was written (a crash before the working tables were dropped) finds that row instead of adding a
+    second. A new DAG run of the same date (cleared, or triggered again) appends its own."""
     from retention import evidence
 
     with store.connect() as conn:
+        evidence.lock(conn)
+        written = conn.execute("SELECT id FROM retention.runs WHERE run_key = %s AND dag_run_id = %s ORDER BY id "
+                               "LIMIT 1", (run.run_key, run.dag_run_id)).fetchone()
+        if written:
+            log.info("the ledger already holds row %d for DAG run %s: not writing another", written[0],
+                     run.dag_run_id)
+            return written[0]
         return evidence.append(conn, {
             "policy_id": policy.id, "run_key": run.run_key, "dag_run_id": run.dag_run_id,
             "policy_hash": policy.source_hash, "object": policy.object, "action": policy.action,

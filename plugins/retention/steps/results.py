@@ -130,3 +130,4 @@ class Reported(_Result):
     ledger_id: int
     status: str
     counts: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
