@@ -10,6 +10,8 @@
 - confirm_and_report: a record reported done that the org still shows fails the run, its copy kept; a mirror that
   has not caught up is retried until it has; a retry after the ledger row was written adds no second row, while a
   new DAG run of the same date appends its own;
+- Salesforce's session expiring or its rate limit answering during validation or the act step: the run
+  recovers (a new login, or Airflow's retry) and every record is acted on exactly once;
 - a privacy hold placed after extract (while the run loads its copy) keeps its record untouched: the act step asks
   the org again, marks it ``held``, and the ledger counts it and names it in ``holds_applied``; a held lead stays
   unmasked, and a later run of the mask policy never overwrites the retained originals with masked values.
@@ -288,3 +290,36 @@ def test_a_retry_after_the_ledger_row_adds_no_second_row_and_a_new_run_adds_its_
     assert again.state == "success", states
     keys = [r["run_key"] for r in ledger(world, "confirmed_contacts")]
     assert keys.count(f"confirmed_contacts__{logical_date:%Y%m%dT%H%M%S}") == 2
+
+
+@pytest.mark.parametrize(("n", "step", "fault"), [(0, "validate", "session_expiry"), (1, "validate", "rate_limit"),
+                                                  (2, "act", "session_expiry"), (3, "act", "rate_limit")])
+def test_a_fault_during_validation_or_the_act_step_is_recovered_and_acts_once(world, sf, monkeypatch, n, step, fault):
+    """The fault is armed (once) as the step starts, so it meets the step's first Salesforce call: an expired
+    session (INVALID_SESSION_ID) is renewed by the JWT connection, a 403 REQUEST_LIMIT_EXCEEDED fails the attempt
+    and Airflow retries it."""
+    import importlib
+
+    module = importlib.import_module(f"retention.steps.{step}")
+    real, attempts = getattr(module, step), []
+
+    def armed(*args, **kwargs):
+        attempts.append(1)
+        if len(attempts) > 1:  # the retry meets a healthy org
+            return real(*args, **kwargs)
+        with world.fault(fault, count=1):
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, step, armed)
+    ids = contacts(world, sf, "Faulty contacts", {f"{step}_{fault}_{k}": (60, 40) for k in range(3)})
+    run, states = run_policy("faulty_contacts", LOGICAL_DATE + dt.timedelta(days=n))
+    assert run.state == "success", states
+    tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
+    task = {"validate": "validate_row_counts", "act": "delete_or_mask"}[step]
+    assert tries[task] == (2 if fault == "rate_limit" else 1), tries
+    rows = cache_rows(world, "faulty_contacts")
+    assert {rows[i]["_action_status"] for i in ids.values()} == {"done"}
+    assert len({rows[i]["_bulk_job_id"] for i in ids.values()}) == 1  # one job: no record sent twice
+    assert live(world, ids.values()) == set()
+    mine = [r for r in ledger(world, "faulty_contacts") if r["dag_run_id"] == run.run_id]
+    assert [(r["acted"], r["status"]) for r in mine] == [(3, "succeeded")]

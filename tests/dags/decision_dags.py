@@ -26,6 +26,7 @@ POLICIES = [
     _contacts("held_contacts", "Held contacts", "salesforce_api"),
     _contacts("changing_contacts", "Changing contacts", "salesforce_api"),
     _contacts("confirmed_contacts", "Confirmed contacts", "salesforce_api"),
+    _contacts("faulty_contacts", "Faulty contacts", "salesforce_api"),
     _contacts("mirrored_contacts", "Mirrored contacts", "heroku_connect"),
     # The mask example, on its own leads (Company, which it keeps, marks them: masking changes their names).
     variant("stale_leads_mask.yaml", ("id: stale_leads_mask", "id: held_leads_mask"),
