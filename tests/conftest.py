@@ -35,7 +35,8 @@ os.environ.update({
         f"postgresql+psycopg2://postgres@127.0.0.1:{PORTS['SANDBOX_PG_PORT']}/airflow",
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
-    # The retention timetables plugin (plugins/retention_timetables.py) must be found to serialize DAGs.
+    # plugins/ as Airflow's plugins folder, as in an Astro project: it holds no plugin (the policies' timetables
+    # are Airflow's own), and plugins/.airflowignore keeps the package out of the plugin scan.
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
     # Policy DAGs retry transient failures; in tests a retry should not wait a minute.
