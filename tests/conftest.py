@@ -38,7 +38,8 @@ os.environ.update({
     "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "tests" / "dags"),
     # The policies sit beside dags/, not beside this dags folder: name them.
     "AIRFLOW__RETENTION__POLICIES_DIR": str(REPO / "include" / "policies"),
-    # The retention timetables plugin (plugins/retention_timetables.py) must be found to serialize DAGs.
+    # plugins/ as Airflow's plugins folder, as in an Astro project: it holds no plugin (the policies' timetables
+    # are Airflow's own), and plugins/.airflowignore keeps the package out of the plugin scan.
     "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
     "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(AIRFLOW_HOME / "logs"),
     # One key for this process and the Airflow CLI processes the tests start (`airflow connections import`

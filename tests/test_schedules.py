@@ -1,6 +1,7 @@
-"""Policy schedules: every form a policy may write becomes an explicit timetable with the expected run
-dates (monthly on the 31st falls back in February), the policy DAG serializes with it, catchup decides
-whether missed runs are replayed, and bad frequencies are policy errors naming the key."""
+"""Policy schedules: every form a policy may write becomes one of Airflow's stock timetables with the expected
+run dates (monthly on the 31st falls back in February), the policy DAG serializes with it and a fresh Airflow
+schedules it without any plugin, catchup decides whether missed runs are replayed, and bad frequencies are
+policy errors naming the key."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from retention.policy import PolicyError, load_policy, parse_policy
-from retention.timetables import MonthlyOnDayTimetable, timetable_for
+from retention.timetables import day_crons, timetable_for
 from tests.test_policy import VALID
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,20 +64,38 @@ def run_dates(timetable, n: int = 6, start: dt.datetime = START, catchup: bool =
     return dates
 
 
-@pytest.fixture
-def registered(monkeypatch):
-    """Airflow's plugin scan over the repository's plugins/ folder, as a deployment configures it."""
+def cron_kind(timetable) -> tuple[str, list[str]]:
+    """The stock timetable's class name and its crons."""
+    crons = [t.expression for t in timetable.timetables] if hasattr(timetable, "timetables") else [
+        timetable.expression]
+    return type(timetable).__name__, crons
+
+
+def plugins_in(folder: Path, monkeypatch):
+    """Airflow's plugin scan over ``folder`` as its plugins folder (the caches cleared before and after)."""
     from airflow import plugins_manager, settings
 
     def reload():
         plugins_manager._get_plugins.cache_clear()
         plugins_manager.get_timetables_plugins.cache_clear()
 
-    monkeypatch.setattr(settings, "PLUGINS_FOLDER", str(REPO / "plugins"))
+    monkeypatch.setattr(settings, "PLUGINS_FOLDER", str(folder))
     reload()
     yield plugins_manager
     monkeypatch.undo()
     reload()
+
+
+@pytest.fixture
+def no_plugins(monkeypatch, tmp_path):
+    """An Airflow with an empty plugins folder: no timetable registered by any plugin."""
+    yield from plugins_in(tmp_path / "no-plugins", monkeypatch)
+
+
+@pytest.fixture
+def repo_plugins(monkeypatch):
+    """Airflow's plugin scan over the repository's plugins/ folder, as an Astro project configures it."""
+    yield from plugins_in(REPO / "plugins", monkeypatch)
 
 
 # ------------------------------------------------------------------------------------------ run dates
@@ -84,20 +103,23 @@ def registered(monkeypatch):
 
 def test_monthly_on_the_31st_falls_back_to_the_last_day_of_shorter_months():
     timetable = timetable_for(schedule_of('{frequency: monthly, day: 31, at: "03:00"}'))
-    assert timetable == MonthlyOnDayTimetable(31, 3, 0)
+    assert cron_kind(timetable) == ("CronTriggerTimetable", ["0 3 L * *"])  # L: the month's last day
     assert run_dates(timetable, 7) == [
         at(2026, 1, 31, 3), at(2026, 2, 28, 3), at(2026, 3, 31, 3), at(2026, 4, 30, 3), at(2026, 5, 31, 3),
         at(2026, 6, 30, 3), at(2026, 7, 31, 3),
     ]
     assert run_dates(timetable, 3, start=at(2027, 12, 15)) == [at(2027, 12, 31, 3), at(2028, 1, 31, 3),
                                                                 at(2028, 2, 29, 3)]  # a leap year
-    assert "last day" in timetable.description and timetable.summary == "monthly on day 31 at 03:00 UTC"
+    assert "last day" in core(timetable).description
 
 
 def test_monthly_on_the_30th_and_on_a_day_every_month_has():
-    assert run_dates(timetable_for(schedule_of('{frequency: monthly, day: 30, at: "00:15"}')), 3) == [
-        at(2026, 1, 30, 0, 15), at(2026, 2, 28, 0, 15), at(2026, 3, 30, 0, 15)]
-    # Days 1-28 exist in every month: a plain cron does it, no custom timetable needed.
+    timetable = timetable_for(schedule_of('{frequency: monthly, day: 30, at: "00:15"}'))
+    assert cron_kind(timetable) == ("MultipleCronTriggerTimetable", ["15 0 30 1,3-12 *", "15 0 L 2 *"])
+    assert run_dates(timetable, 3) == [at(2026, 1, 30, 0, 15), at(2026, 2, 28, 0, 15), at(2026, 3, 30, 0, 15)]
+    assert run_dates(timetable, 3, start=at(2028, 1, 31)) == [at(2028, 2, 29, 0, 15), at(2028, 3, 30, 0, 15),
+                                                              at(2028, 4, 30, 0, 15)]  # a leap year
+    # Days 1-28 exist in every month: a plain cron does it.
     timetable = timetable_for(schedule_of('{frequency: monthly, day: 15, at: "03:00"}'))
     assert type(timetable).__name__ == "CronTriggerTimetable" and timetable.expression == "0 3 15 * *"
     assert run_dates(timetable, 3) == [at(2026, 1, 15, 3), at(2026, 2, 15, 3), at(2026, 3, 15, 3)]
@@ -105,9 +127,9 @@ def test_monthly_on_the_30th_and_on_a_day_every_month_has():
 
 def test_yearly_on_29_february_runs_on_the_28th_in_other_years():
     timetable = timetable_for(schedule_of('{frequency: yearly, month: february, day: 29, at: "03:00"}'))
-    assert timetable == MonthlyOnDayTimetable(29, 3, 0, month=2)
+    assert cron_kind(timetable) == ("CronTriggerTimetable", ["0 3 L 2 *"])
     assert run_dates(timetable, 4) == [at(2026, 2, 28, 3), at(2027, 2, 28, 3), at(2028, 2, 29, 3), at(2029, 2, 28, 3)]
-    assert "28 February in other years" in timetable.description
+    assert "last day of the month, only in February" in core(timetable).description
     yearly = timetable_for(schedule_of('{frequency: yearly, month: 3, day: 31, at: "06:30"}'))
     assert run_dates(yearly, 2) == [at(2026, 3, 31, 6, 30), at(2027, 3, 31, 6, 30)]
 
@@ -157,34 +179,47 @@ def test_null_means_manual_runs_only(tmp_path):
 
 # --------------------------------------------------------------------------- the DAG and serialization
 
+# Each schedule form, and the logical dates of its first four runs from 1 January 2026 (the policy's start).
 KINDS = {
-    "cron": '"0 3 * * *"',
-    "preset": '"@weekly"',
-    "once_preset": '"@once"',
-    "once": "{frequency: once, at: 2026-03-01T02:00:00Z}",
-    "daily": '{frequency: daily, at: "03:00"}',
-    "weekly": '{frequency: weekly, weekday: monday, at: "03:00"}',
-    "monthly": '{frequency: monthly, day: 31, at: "03:00"}',
-    "yearly": '{frequency: yearly, month: 2, day: 29, at: "03:00"}',
-    "null": "null",
+    "cron": ('"0 3 * * *"', [at(2026, 1, d, 3) for d in (1, 2, 3, 4)]),
+    "preset": ('"@weekly"', [at(2026, 1, d) for d in (4, 11, 18, 25)]),
+    "once_preset": ('"@once"', [START]),
+    "once": ("{frequency: once, at: 2026-03-01T02:00:00Z}", [at(2026, 3, 1, 2)]),
+    "daily": ('{frequency: daily, at: "03:00"}', [at(2026, 1, d, 3) for d in (1, 2, 3, 4)]),
+    "weekly": ('{frequency: weekly, weekday: monday, at: "03:00"}', [at(2026, 1, d, 3) for d in (5, 12, 19, 26)]),
+    "monthly": ('{frequency: monthly, day: 15, at: "03:00"}', [at(2026, m, 15, 3) for m in (1, 2, 3, 4)]),
+    "monthly_31": ('{frequency: monthly, day: 31, at: "03:00"}',
+                   [at(2026, 1, 31, 3), at(2026, 2, 28, 3), at(2026, 3, 31, 3), at(2026, 4, 30, 3)]),
+    "monthly_30": ('{frequency: monthly, day: 30, at: "03:00"}',
+                   [at(2026, 1, 30, 3), at(2026, 2, 28, 3), at(2026, 3, 30, 3), at(2026, 4, 30, 3)]),
+    "monthly_29": ('{frequency: monthly, day: 29, at: "03:00"}',
+                   [at(2026, 1, 29, 3), at(2026, 2, 28, 3), at(2026, 3, 29, 3), at(2026, 4, 29, 3)]),
+    "yearly": ('{frequency: yearly, month: 3, day: 31, at: "03:00"}',
+               [at(y, 3, 31, 3) for y in (2026, 2027, 2028, 2029)]),
+    "yearly_29_feb": ('{frequency: yearly, month: 2, day: 29, at: "03:00"}',
+                      [at(2026, 2, 28, 3), at(2027, 2, 28, 3), at(2028, 2, 29, 3), at(2029, 2, 28, 3)]),
+    "null": ("null", []),
 }
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_the_policy_dag_serializes_with_its_timetable(kind, tmp_path, registered):
+def test_the_policy_dag_serializes_with_a_stock_timetable_and_no_plugin(kind, tmp_path, no_plugins):
+    """As the DAG processor writes it and the scheduler reads it back, in an Airflow without plugins."""
     from airflow.serialization.serialized_objects import DagSerialization
 
     from retention.factory import build_dag
 
+    schedule, expected = KINDS[kind]
     path = tmp_path / f"{kind}.yaml"
-    path.write_text(policy_text(KINDS[kind]))
+    path.write_text(policy_text(schedule))
     dag = build_dag(load_policy(path))
-    restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
-    expected = core(dag.timetable)
-    assert type(restored.timetable) is type(expected)
-    assert restored.timetable.serialize() == expected.serialize()
-    assert restored.timetable.summary == expected.summary
-    assert run_dates(restored.timetable, 4) == run_dates(dag.timetable, 4)
+    assert no_plugins.get_timetables_plugins() == {}
+    data = DagSerialization.to_dict(dag)
+    assert data["dag"]["timetable"]["__type"].startswith("airflow.timetables.")  # Airflow's own
+    restored = DagSerialization.from_dict(data)
+    assert restored.timetable.serialize() == core(dag.timetable).serialize()
+    assert run_dates(restored.timetable, 4) == expected
+    assert run_dates(dag.timetable, 4) == expected
 
 
 def test_monthly_policy_dag_from_a_policy_file_runs_on_the_last_valid_day(tmp_path):
@@ -192,46 +227,33 @@ def test_monthly_policy_dag_from_a_policy_file_runs_on_the_last_valid_day(tmp_pa
 
     (tmp_path / "monthly.yaml").write_text(policy_text('{frequency: monthly, day: 31, at: "03:00"}', catchup=True))
     dag = build_dag(load_policy(tmp_path / "monthly.yaml"))
-    assert dag.timetable == MonthlyOnDayTimetable(31, 3, 0) and dag.catchup is True
+    assert cron_kind(dag.timetable) == ("CronTriggerTimetable", ["0 3 L * *"]) and dag.catchup is True
     assert run_dates(dag.timetable, 4, start=dag.start_date) == [
         at(2026, 1, 31, 3), at(2026, 2, 28, 3), at(2026, 3, 31, 3), at(2026, 4, 30, 3)]
 
 
-def test_the_custom_timetable_is_registered_by_the_plugin_in_plugins_folder(registered):
-    from airflow.serialization.encoders import encode_timetable
+def test_the_repositorys_plugins_folder_registers_nothing(repo_plugins):
+    """An Astro project makes plugins/ Airflow's plugins folder: the scan finds no plugin there (the package is
+    behind plugins/.airflowignore) and no import error, and the policies need none."""
+    import inspect
 
-    assert registered.get_timetables_plugins() == {
-        "retention.timetables.MonthlyOnDayTimetable": MonthlyOnDayTimetable}
-    assert not [f for f in registered.get_import_errors() if str(REPO / "plugins") in f]
-    encoded = encode_timetable(MonthlyOnDayTimetable(31, 3, 0))
-    assert encoded["__var"] == {"day": 31, "hour": 3, "minute": 0, "month": None}
-
-
-def test_without_the_plugin_the_custom_timetable_does_not_serialize(monkeypatch, tmp_path):
-    from airflow import plugins_manager, settings
-    from airflow.serialization.encoders import encode_timetable
-
-    monkeypatch.setattr(settings, "PLUGINS_FOLDER", str(tmp_path))  # an empty plugins folder
-    plugins_manager._get_plugins.cache_clear()
-    plugins_manager.get_timetables_plugins.cache_clear()
-    try:
-        with pytest.raises(Exception, match="MonthlyOnDayTimetable"):
-            encode_timetable(MonthlyOnDayTimetable(31, 3, 0))
-    finally:
-        monkeypatch.undo()
-        plugins_manager._get_plugins.cache_clear()
-        plugins_manager.get_timetables_plugins.cache_clear()
+    plugins, errors = repo_plugins._get_plugins()
+    assert not [p for p in plugins if str(REPO / "plugins") in inspect.getfile(type(p))]
+    assert not [f for f in errors if str(REPO / "plugins") in f]
+    assert repo_plugins.get_timetables_plugins() == {}
 
 
 PROBE_DAG = """\
-\"\"\"A DAG (airflow) on the custom timetable, for dag.test in a fresh Airflow.\"\"\"
+\"\"\"A DAG (airflow) on a policy's timetable (monthly on the 30th), for dag.test in a fresh Airflow.\"\"\"
 import datetime as dt
 
 from airflow.sdk import DAG, task
 
-from retention.timetables import MonthlyOnDayTimetable
+from retention.policy import Frequency
+from retention.timetables import timetable_for
 
-with DAG("retention_timetable_probe", schedule=MonthlyOnDayTimetable(31, 3, 0),
+schedule = timetable_for(Frequency(frequency="monthly", day=30, at="03:00"))
+with DAG("retention_timetable_probe", schedule=schedule,
          start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False) as dag:
 
     @task
@@ -241,30 +263,45 @@ with DAG("retention_timetable_probe", schedule=MonthlyOnDayTimetable(31, 3, 0),
     noop()
 
 if __name__ == "__main__":
-    assert dag.test(logical_date=dt.datetime(2026, 1, 31, 3, tzinfo=dt.UTC)).state == "success"
+    assert dag.test(logical_date=dt.datetime(2026, 1, 30, 3, tzinfo=dt.UTC)).state == "success"
     print("PROBE OK")
 """
 
+# Policies whose days some months lack (once on a custom timetable), and the day each month runs on.
+FALLBACK_POLICIES = {
+    "monthly_31": ('{frequency: monthly, day: 31, at: "03:00"}', lambda day: day.day == last_day(day)),
+    "monthly_30": ('{frequency: monthly, day: 30, at: "03:00"}', lambda day: day.day == min(30, last_day(day))),
+    "yearly_29_feb": ('{frequency: yearly, month: 2, day: 29, at: "03:00"}',
+                      lambda day: day.month == 2 and day.day == last_day(day)),
+}
 
-def test_a_fresh_airflow_with_plugins_folder_runs_and_schedules_the_custom_timetable(tmp_path):
-    """As deployed: Airflow's own plugin scan of plugins/ registers the timetable, dag.test() runs a DAG on
-    it, and the policy DAG (dags/retention_policies.py) is serialized and read back by the scheduler side."""
+
+def last_day(day: dt.date) -> int:
+    import calendar
+
+    return calendar.monthrange(day.year, day.month)[1]
+
+
+def test_a_fresh_airflow_without_plugins_runs_and_schedules_the_fallback_days(tmp_path):
+    """As deployed, with an empty plugins folder: dag.test() runs a DAG on a policy's timetable, and the policy
+    DAGs (dags/retention_policies.py) on days some months lack are serialized and read back by the scheduler
+    side, which lists their next runs."""
     import os
     import shutil
     import subprocess
     import sys
 
-    dags, policies = tmp_path / "dags", tmp_path / "policies"
-    dags.mkdir(), policies.mkdir()
+    dags, policies, plugins = tmp_path / "dags", tmp_path / "policies", tmp_path / "plugins"
+    dags.mkdir(), policies.mkdir(), plugins.mkdir()
     (dags / "probe.py").write_text(PROBE_DAG)
     shutil.copy(REPO / "dags" / "retention_policies.py", dags)
-    (policies / "monthly.yaml").write_text(
-        policy_text('{frequency: monthly, day: 31, at: "03:00"}').replace("id: inactive_contacts", "id: monthly_31"))
+    for name, (schedule, _) in FALLBACK_POLICIES.items():
+        (policies / f"{name}.yaml").write_text(policy_text(schedule).replace("id: inactive_contacts", f"id: {name}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")} | {
         "AIRFLOW_HOME": str(tmp_path / "home"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(plugins),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__RETENTION__POLICIES_DIR": str(policies),
         "PYTHONPATH": f"{REPO / 'plugins'}:{REPO}",
@@ -279,22 +316,23 @@ def test_a_fresh_airflow_with_plugins_folder_runs_and_schedules_the_custom_timet
     run(airflow, "db", "migrate")
     assert "PROBE OK" in run(sys.executable, str(dags / "probe.py"))  # dag.test() also syncs the folder's DAGs
     listed = run(airflow, "dags", "list", "-o", "plain", "--columns", "dag_id")
-    assert "retention__monthly_31" in listed and "retention_timetable_probe" in listed
-    assert not run(airflow, "plugins", "-o", "plain").count("No plugins loaded")
-    nxt = run(airflow, "dags", "next-execution", "retention__monthly_31", "-n", "3")
-    dates = [line for line in nxt.splitlines() if re.fullmatch(r"\d{4}-\d\d-\d\dT03:00:00\+00:00", line)]
-    # The scheduler side deserialized the custom timetable: three month ends at 03:00 (the last day of each).
-    assert len(dates) == 3, nxt
-    for line in dates:
-        day = dt.date.fromisoformat(line[:10])
-        assert (day + dt.timedelta(days=1)).day == 1, nxt
+    assert "retention_timetable_probe" in listed
+    assert "No plugins loaded" in run(airflow, "plugins", "-o", "plain")
+    for name, (_, runs_on) in FALLBACK_POLICIES.items():
+        assert f"retention__{name}" in listed
+        nxt = run(airflow, "dags", "next-execution", f"retention__{name}", "-n", "3")
+        dates = [dt.date.fromisoformat(line[:10]) for line in nxt.splitlines()
+                 if re.fullmatch(r"\d{4}-\d\d-\d\dT03:00:00\+00:00", line)]
+        # The scheduler side deserialized the stock timetable: three runs, each on its month's day.
+        assert len(dates) == 3 and all(runs_on(day) for day in dates), nxt
 
 
 # --------------------------------------------------------------------------------------------- catchup
 
 
-@pytest.mark.parametrize("schedule", ['{frequency: monthly, day: 31, at: "03:00"}', '{frequency: daily, at: "03:00"}',
-                                      '"0 3 * * *"'])
+@pytest.mark.parametrize("schedule", ['{frequency: monthly, day: 31, at: "03:00"}',
+                                      '{frequency: monthly, day: 30, at: "03:00"}',
+                                      '{frequency: daily, at: "03:00"}', '"0 3 * * *"'])
 def test_catchup_replays_missed_runs_only_when_set(schedule):
     from airflow.timetables.base import DataInterval, TimeRestriction
 
@@ -357,12 +395,24 @@ def test_bad_frequencies_are_policy_errors_naming_the_key(tmp_path, schedule, me
     assert str(exc.value).startswith(f"{path}: ") and message in str(exc.value), str(exc.value)
 
 
-def test_the_custom_timetable_validates_itself():
-    from airflow.exceptions import AirflowTimetableInvalid
+@pytest.mark.parametrize("day", range(1, 32))
+def test_every_monthly_day_runs_on_that_day_or_the_last_day_of_a_shorter_month(day):
+    import calendar
 
-    MonthlyOnDayTimetable(31, 23, 59).validate()
-    for bad in (MonthlyOnDayTimetable(32), MonthlyOnDayTimetable(1, 24), MonthlyOnDayTimetable(30, month=2)):
-        with pytest.raises(AirflowTimetableInvalid):
-            bad.validate()
-    assert MonthlyOnDayTimetable.deserialize(MonthlyOnDayTimetable(29, 3, 0, 2).serialize()) == \
-        MonthlyOnDayTimetable(29, 3, 0, 2)
+    from airflow.sdk import CronTriggerTimetable, MultipleCronTriggerTimetable
+
+    crons = day_crons(30, 4, day)
+    timetable = (CronTriggerTimetable(crons[0], timezone="UTC") if len(crons) == 1
+                 else MultipleCronTriggerTimetable(*crons, timezone="UTC"))
+    months = [(y, m) for y in (2027, 2028) for m in range(1, 13)]  # 2028: a leap year
+    assert run_dates(timetable, 24, start=at(2027, 1, 1)) == [
+        at(y, m, min(day, calendar.monthrange(y, m)[1]), 4, 30) for y, m in months]
+
+
+@pytest.mark.parametrize(("month", "day"), [(2, 29), (2, 28), (4, 30), (12, 31), (1, 1)])
+def test_yearly_days_run_on_that_day_or_the_last_day_of_february(month, day):
+    import calendar
+
+    timetable = timetable_for(schedule_of(f'{{frequency: yearly, month: {month}, day: {day}, at: "23:59"}}'))
+    assert run_dates(timetable, 4) == [
+        at(y, month, min(day, calendar.monthrange(y, month)[1]), 23, 59) for y in (2026, 2027, 2028, 2029)]
