@@ -8,7 +8,7 @@ import re
 
 from tests.conftest import REPO
 
-REFERENCE = re.compile(r"(?:tests/)?(test_\w+\.py)::(\w+)")
+REFERENCE = re.compile(r"tests/((?:\w+/)*test_\w+\.py)::(\w+)")
 
 
 def _tests(path) -> set[str]:

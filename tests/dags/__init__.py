@@ -1,7 +1,7 @@
 """Airflow's dags folder during the tests.
 
 The policy DAGs take their retries from Airflow's ``[core] default_task_retries`` and ``default_task_retry_delay``
-(0 and 300 s unless a deployment sets them); tests/test_airflow_standalone.py proves that under a real scheduler.
+(0 and 300 s unless a deployment sets them); tests/retention/test_config.py shows a deployment's setting reach them.
 ``dag.test()`` cannot show it: it round-trips the DAG through serialization without the client defaults, so a
 task whose retries equal the configured default comes back with the schema's (0). DAGs run with ``dag.test()``
 therefore carry, explicitly, what a deployment that retries transient failures would configure.

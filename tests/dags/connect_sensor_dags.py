@@ -1,4 +1,4 @@
-"""DAGs around ConnectSyncSensor for tests/test_connect_sensor.py (Airflow's dags folder is this
+"""DAGs around ConnectSyncSensor for tests/retention/sensors/test_connect_sync.py (Airflow's dags folder is this
 directory during the tests)."""
 
 from __future__ import annotations

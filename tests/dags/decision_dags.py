@@ -1,5 +1,5 @@
-"""Airflow DAGs of variants of the examples for tests/test_run_decisions.py: relative dates in ``where`` and the
-``max_records_per_run`` guard through both sources, and holds placed while a run is under way. Each selects only
+"""Airflow DAGs of variants of the examples for tests/retention/test_run_decisions.py: relative dates in ``where``
+and the ``max_records_per_run`` guard through both sources, and holds placed while a run is under way. Each selects only
 its own records (contacts by LastName: the Connect mapping of Contact does not sync Title) and has its own cache
 table, so it shares nothing with the other tests."""
 

@@ -1,5 +1,5 @@
 """Airflow DAGs that exercise the stock Salesforce provider against the sandbox (used by
-tests/test_airflow_salesforce.py; Airflow's dags folder points here during the tests)."""
+tests/sandbox/test_airflow_salesforce.py; Airflow's dags folder points here during the tests)."""
 
 from __future__ import annotations
 

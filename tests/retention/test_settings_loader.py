@@ -16,7 +16,7 @@ import pytest
 
 from retention.settings_loader import SettingsError, apply_settings, import_files, load_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = REPO / "airflow_settings.yaml"
 # The connections the policy DAGs use: secrets, so never in the file.
 SECRET_CONNECTIONS = ("salesforce_default", "retention_store", "heroku_connect_default", "retention_hash_key")

@@ -15,7 +15,7 @@ import pytest
 from sandbox import ids, org, postgres
 from sandbox import seed as seeding
 from sandbox.objects import BY_PREFIX, LEAD_SOURCES, OBJECTS
-from tests.conftest import free_port, shared_tmp
+from tests.conftest import REPO, free_port, shared_tmp
 
 NOW = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
 CONTACTS = 2000
@@ -238,6 +238,6 @@ def test_rows_do_not_depend_on_the_process():
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
         out = subprocess.run([sys.executable, "-c", _ROWS_DIGEST], env=env, capture_output=True, text=True,
-                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                             check=True, cwd=REPO)
         digests.add(out.stdout.strip())
     assert len(digests) == 1

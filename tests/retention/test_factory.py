@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "retention_policies.py"
 EXAMPLES = sorted((REPO / "include" / "policies").glob("*.yaml"))
 PIPELINE = ["extract", "subset", "load_to_cache", "validate_row_counts", "delete_or_mask", "confirm_and_report"]
@@ -41,7 +41,7 @@ def test_every_example_policy_is_a_dag_with_the_pipeline_shape(airflow_db, monke
         assert {"retention", policy.action, policy.object} <= set(dag.tags)
         assert set(dag.params) == {"dry_run", "cutoff"} and dag.params["dry_run"] is False
         assert policy.description in dag.doc_md and policy.retain.table in dag.doc_md
-        assert "retries" not in dag.default_args  # Airflow's [core] default_task_retries (tests/test_config.py)
+        assert "retries" not in dag.default_args  # [core] default_task_retries (tests/retention/test_config.py)
         for task in dag.tasks:
             assert task.owner == policy.owner and task.retry_exponential_backoff == 2.0
         for task_id in ("extract", "validate_row_counts", "delete_or_mask", "confirm_and_report"):

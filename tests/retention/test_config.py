@@ -13,7 +13,7 @@ import pytest
 
 from retention import config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 OPTIONS = ("policies_dir", "alert_emails", "alert_slack_conn_id", "data_docs_dir")
 

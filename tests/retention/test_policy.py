@@ -26,7 +26,7 @@ from retention.policy import (
 from retention.soql_filter import Comparison, SubSelect, Value
 from sandbox.objects import get_object
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "include" / "policies"
 
 VALID = """\

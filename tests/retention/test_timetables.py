@@ -13,9 +13,9 @@ import pytest
 
 from retention.policy import PolicyError, load_policy, parse_policy
 from retention.timetables import day_crons, timetable_for
-from tests.test_policy import VALID
+from tests.retention.test_policy import VALID
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UTC = dt.UTC
 
 
