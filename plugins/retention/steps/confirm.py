@@ -113,12 +113,12 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
 
 
 def _reported(store: RetentionStoreHook, run: Run) -> Reported | None:
-    """This DAG run's ledger row, if an earlier attempt of the step wrote it."""
+    """This execution's ledger row, if an earlier attempt of the step wrote it (see ``write_ledger``)."""
     with store.connect() as conn:
         row = conn.execute(
             "SELECT id, status, message, eligible, held, staged, retained, acted, failed, refused, blocked, "
-            "salesforce_count FROM retention.runs WHERE run_key = %s AND dag_run_id = %s ORDER BY id LIMIT 1",
-            (run.run_key, run.dag_run_id)).fetchone()
+            "salesforce_count FROM retention.runs WHERE run_key = %s AND dag_run_id = %s AND started_at = %s "
+            "ORDER BY id LIMIT 1", (run.run_key, run.dag_run_id, run.started_at)).fetchone()
     if row is None:
         return None
     names = ("eligible", "held", "staged", "retained", "acted", "failed", "refused", "blocked", "salesforce")
@@ -205,15 +205,16 @@ def same_value(sent, have) -> bool:
 def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts: dict, bulk_job_ids: list[str],
                  holds_applied: list[str], validation: dict | None, status: str, message: str,
                  timings: dict, blocked_records: dict[str, str] | None = None, cascade: dict | None = None) -> int:
-    """The run's ledger row (appended and sealed by ``evidence.append``): one per DAG run, so a retry of this step
-    after its row was written (a crash before the working tables were dropped) finds that row instead of adding a
-    second. A new DAG run of the same date (cleared, or triggered again) appends its own."""
+    """The run's ledger row (appended and sealed by ``evidence.append``): one per execution of a DAG run (its id and
+    start), so a retry of this step after its row was written (a crash before the working tables were dropped)
+    finds that row instead of adding a second. A new DAG run of the same date, or the run cleared and run again
+    (a backfill's reprocessing), appends its own."""
     from retention import evidence
 
     with store.connect() as conn:
         evidence.lock(conn)
-        written = conn.execute("SELECT id FROM retention.runs WHERE run_key = %s AND dag_run_id = %s ORDER BY id "
-                               "LIMIT 1", (run.run_key, run.dag_run_id)).fetchone()
+        written = conn.execute("SELECT id FROM retention.runs WHERE run_key = %s AND dag_run_id = %s AND started_at = "
+                               "%s ORDER BY id LIMIT 1", (run.run_key, run.dag_run_id, run.started_at)).fetchone()
         if written:
             log.info("the ledger already holds row %d for DAG run %s: not writing another", written[0],
                      run.dag_run_id)
