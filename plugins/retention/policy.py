@@ -753,7 +753,9 @@ def load_policies(folder: Path | str | None = None) -> tuple[list[Policy], dict[
     """All policies in a folder (``*.yaml``, ``*.yml``, sorted; not recursive), and the error of each bad file.
 
     A bad file never stops the others. Two files with the same id are both refused: which one the
-    DAG should follow is a decision for a reviewer, not for file name order.
+    DAG should follow is a decision for a reviewer, not for file name order. So are two policies that retain
+    into the same cache table: a table's rows are keyed by record id, so the second policy would take the
+    first one's records for its own (already done, never acted on) and their columns would mix.
     """
     folder = Path(folder) if folder is not None else default_policies_dir()
     if not folder.is_dir():
@@ -780,7 +782,29 @@ def load_policies(folder: Path | str | None = None) -> tuple[list[Policy], dict[
                 policy.path, [("id", f"duplicate id '{policy_id}', also used by {others}; ids must be unique")]
             )
     policies = [p for p in policies if len(by_id[p.id]) == 1]
+    by_table: dict[str, list[tuple[Policy, str]]] = {}
+    for policy in policies:
+        for key, table in _cache_tables(policy):
+            by_table.setdefault(table, []).append((policy, key))
+    shared: dict[Path, list[tuple[str | None, str]]] = {}
+    for table, users in by_table.items():
+        for policy, key in users:
+            others = [other for other, _ in users if other is not policy]
+            if others:
+                names = ", ".join(f"policy {o.id} ({_display(o.path)})" for o in others)
+                shared.setdefault(policy.path, []).append(
+                    (key, f"cache table '{table}' is also retained into by {names}; each policy needs its own table "
+                          "(records are keyed by id, so two policies would take each other's records for their own)"))
+    for path, problems in shared.items():
+        errors[path] = PolicyError(path, problems)
+    policies = [p for p in policies if p.path not in shared]
     return policies, dict(sorted(errors.items()))
+
+
+def _cache_tables(policy: Policy) -> list[tuple[str, str]]:
+    """(key, table) of every cache table the policy writes: its own and each cascade child's."""
+    return [("retain.table", policy.retain.table),
+            *((f"cascade.{n}.retain.table", child.retain.table) for n, child in enumerate(policy.cascade))]
 
 
 # ------------------------------------------------------------------------------------ error messages

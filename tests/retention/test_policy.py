@@ -382,6 +382,23 @@ def test_bad_file_does_not_stop_the_others(tmp_path):
     assert "c_syntax.yml: line 2" in str(errors[tmp_path / "c_syntax.yml"])
 
 
+def test_two_policies_retaining_into_one_cache_table_are_both_refused(tmp_path):
+    """Records are keyed by id in a cache table: a second policy there would find the first one's records already
+    done and never act on them, and the columns of both would mix. Neither loads; the others do."""
+    write(tmp_path, "a.yaml", VALID)
+    write(tmp_path, "b.yaml", VALID.replace("id: inactive_contacts", "id: other_contacts"))
+    write(tmp_path, "c.yaml", VALID.replace("id: inactive_contacts", "id: own_table").replace(
+        "table: contact", "table: own_contact"))
+    policies, errors = load_policies(tmp_path)
+    assert [p.id for p in policies] == ["own_table"]
+    assert str(errors[tmp_path / "a.yaml"]) == (
+        f"{tmp_path}/a.yaml: retain.table: cache table 'contact' is also retained into by policy other_contacts "
+        f"({tmp_path}/b.yaml); each policy needs its own table (records are keyed by id, so two policies would take "
+        "each other's records for their own)")
+    assert "b.yaml: retain.table: cache table 'contact' is also retained into by policy inactive_contacts" in str(
+        errors[tmp_path / "b.yaml"])
+
+
 def test_duplicate_ids_name_both_files_and_load_neither(tmp_path):
     write(tmp_path, "a.yaml", VALID)
     write(tmp_path, "b.yaml", VALID.replace("730", "365"))
