@@ -372,7 +372,7 @@ def test_bad_file_does_not_stop_the_others(tmp_path):
     write(tmp_path, "a_good.yaml", VALID)
     write(tmp_path, "b_bad.yaml", VALID.replace("inactive_contacts", "broken").replace("keep", "kept"))
     write(tmp_path, "c_syntax.yml", "id: [\n")
-    write(tmp_path, "d_good.yml", MASK.replace("inactive_contacts", "masked"))
+    write(tmp_path, "d_good.yml", MASK.replace("inactive_contacts", "masked").replace("table: contact", "table: m"))
     write(tmp_path, "notes.md", "not a policy")
     write(tmp_path, ".#editor_temp.yaml", "garbage: [")
     policies, errors = load_policies(tmp_path)

@@ -296,7 +296,8 @@ def test_a_fresh_airflow_without_plugins_runs_and_schedules_the_fallback_days(tm
     (dags / "probe.py").write_text(PROBE_DAG)
     shutil.copy(REPO / "dags" / "retention_policies.py", dags)
     for name, (schedule, _) in FALLBACK_POLICIES.items():
-        (policies / f"{name}.yaml").write_text(policy_text(schedule).replace("id: inactive_contacts", f"id: {name}"))
+        (policies / f"{name}.yaml").write_text(policy_text(schedule).replace("id: inactive_contacts", f"id: {name}")
+                                               .replace("table: contact", f"table: {name}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")} | {
         "AIRFLOW_HOME": str(tmp_path / "home"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
