@@ -5,7 +5,9 @@ DAG file:
   run from the trigger form and see it succeed;
 - ``airflow backfill create`` over three past days: three runs, each with its own day's cutoff, leaving the
   cache and the org as three separate daily runs would; reprocessing the same days changes nothing; a day
-  that failed (a record Salesforce refused) is re-processed safely with ``--reprocess-behavior failed``.
+  that failed (a record Salesforce refused) is re-processed safely with ``--reprocess-behavior failed``;
+- one policy of each other kind triggered at once: mirror-sourced delete (its Connect sensor deferred to the
+  real triggerer), mask and hard delete, then the store purge over their copies.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO, free_port, shared_tmp
-from tests.policy_support import place_hold
+from tests.policy_support import cache_rows, org_rows, place_hold, store_rows
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DAG = "retention__accounts_bulk_api"
@@ -52,6 +54,76 @@ retain:
 action: delete
 source: salesforce_api
 """
+# One policy of each other kind, on records of their own (a marker in a field Connect maps), manual-only and
+# purged after a day: running them, and the purge, touches nothing another test reads. All read the Connect
+# mirror, as the examples do.
+KIND_POLICIES = {
+    "standalone_contacts": """\
+id: standalone_contacts
+description: Contacts of the standalone test, read from the Connect mirror, deleted
+owner: tests
+object: Contact
+schedule: null
+start_date: 2025-01-01
+select:
+  date_field: LastModifiedDate
+  older_than_days: 1
+  where: "LastName LIKE 'Standalone mirror %'"
+retain:
+  table: contact_standalone
+  fields:
+    LastName: keep
+    Email: email_domain
+  keep_days: 1
+action: delete
+source: heroku_connect
+""",
+    "standalone_leads_mask": """\
+id: standalone_leads_mask
+description: Leads of the standalone test, masked in place
+owner: tests
+object: Lead
+schedule: null
+start_date: 2025-01-01
+select:
+  date_field: CreatedDate
+  older_than_days: 1
+  where: "Company = 'Standalone mask test'"
+retain:
+  table: lead_standalone
+  fields:
+    Company: keep
+    Email: email_domain
+  keep_days: 1
+action: mask
+mask:
+  FirstName: anonymize
+  LastName: pseudonymize
+  Email: hash
+  Phone: nullify
+""",
+    "standalone_cases_hard_delete": """\
+id: standalone_cases_hard_delete
+description: Closed cases of the standalone test, hard-deleted
+owner: tests
+object: Case
+schedule: null
+start_date: 2025-01-01
+select:
+  date_field: ClosedDate
+  older_than_days: 1
+  where: "IsClosed = true AND Subject = 'Standalone hard delete test'"
+  exclude_privacy_holds: false
+retain:
+  table: case_standalone
+  fields:
+    Subject: keep
+    Status: keep
+  keep_days: 1
+action: hard_delete
+""",
+}
+PURGE_DAG = "retention_store_purge"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +143,8 @@ def standalone(sandbox):
         shutil.copy(path, policies)
     at = dt.datetime.now(dt.UTC) - dt.timedelta(hours=12)
     (policies / "backfill_contacts.yaml").write_text(BACKFILL_POLICY.format(minute=at.minute, hour=at.hour))
+    for policy_id, text in KIND_POLICIES.items():
+        (policies / f"{policy_id}.yaml").write_text(text)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update({k: v for k, v in sandbox.env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX",
@@ -89,6 +163,8 @@ def standalone(sandbox):
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        # The Connect sensor then waits in the triggerer, as a deployment with this setting runs it.
+        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
     })
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -337,3 +413,114 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
     with sandbox.org_conn() as conn:
         assert conn.execute("SELECT bool_and(isdeleted) FROM org.contact WHERE id = ANY(%s)",
                             (list(more.values()),)).fetchone()[0] is True
+
+
+def _trigger(standalone, dag_id: str, logical_date: dt.datetime) -> str:
+    made = _api(standalone, "POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date.isoformat()})
+    assert made.status_code == 200, made.text
+    return made.json()["dag_run_id"]
+
+
+def _wait_for_run(standalone, dag_id: str, run_id: str, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    run: dict = {}
+    while time.monotonic() < deadline:
+        run = _api(standalone, "GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+        if run.get("state") in ("success", "failed"):
+            return run
+        time.sleep(2)
+    tis = _api(standalone, "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()["task_instances"]
+    raise AssertionError(f"{dag_id} {run_id}: not finished in {timeout}s: {run['state']}; tasks "
+                         f"{ {t['task_id']: t['state'] for t in tis} }")
+
+
+def _task_log(standalone, dag_id: str, run_id: str, task_id: str) -> str:
+    path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}"
+    ti = _api(standalone, "GET", path).json()
+    log = _api(standalone, "GET", f"{path}/logs/{ti['try_number']}", params={"full_content": True})
+    assert log.status_code == 200, log.text
+    return json.dumps(log.json()["content"])
+
+
+def test_each_kind_of_policy_and_the_store_purge_run_under_the_scheduler(standalone, sandbox, sf):
+    from retention import masking, transforms
+
+    contacts = [sf.Contact.create({"LastName": f"Standalone mirror {i}", "Email": f"c{i}@mirror.example"})["id"]
+                for i in range(3)]
+    leads = [sf.Lead.create({"FirstName": f"Ann{i}", "LastName": f"Lead{i}", "Company": "Standalone mask test",
+                             "Email": f"l{i}@mask.example", "Phone": "+47 555 0100"})["id"] for i in range(3)]
+    cases = [sf.Case.create({"Subject": "Standalone hard delete test", "Status": "Closed"})["id"] for _ in range(3)]
+    with sandbox.org_conn() as conn:  # three days old (the API cannot set these dates; the org's database can)
+        conn.execute("UPDATE org.contact SET lastmodifieddate = now() - interval '3 days' WHERE id = ANY(%s)",
+                     (contacts,))
+        conn.execute("UPDATE org.lead SET createddate = now() - interval '3 days' WHERE id = ANY(%s)", (leads,))
+        conn.execute("""UPDATE org."case" SET closeddate = now() - interval '3 days' WHERE id = ANY(%s)""", (cases,))
+    leads_before = {r["id"]: r for r in org_rows(sandbox, "SELECT * FROM org.lead WHERE id = ANY(%s)", (leads,))}
+    # Connect mirrors them within seconds: the sensors' triggers then pass on their first check, not 30s later.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and store_rows(sandbox, """SELECT
+            (SELECT count(*) FROM salesforce.contact WHERE sfid = ANY(%s) AND lastmodifieddate < now() - interval
+             '2 days') + (SELECT count(*) FROM salesforce.lead WHERE sfid = ANY(%s) AND createddate < now() -
+             interval '2 days') + (SELECT count(*) FROM salesforce."case" WHERE sfid = ANY(%s) AND closeddate <
+             now() - interval '2 days') AS n""", (contacts, leads, cases))[0]["n"] < 9:
+        time.sleep(1)
+
+    dags = {f"retention__{policy_id}": policy_id for policy_id in KIND_POLICIES}
+    deadline = time.monotonic() + 120  # the dag processor parses the policies (at the fixture's start)
+    while time.monotonic() < deadline and any(_api(standalone, "GET", f"/dags/{d}").status_code != 200
+                                              for d in [*dags, PURGE_DAG]):
+        time.sleep(2)
+    # Unpausing the purge DAG starts its latest daily run at once (catchup is off): it finds nothing of ours to
+    # purge. The scheduler runs no task of a run whose logical date is in the future: this one is just past.
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=1)
+    for dag_id in [*dags, PURGE_DAG]:
+        assert _api(standalone, "PATCH", f"/dags/{dag_id}", json={"is_paused": False}).status_code == 200
+    run_ids = {dag_id: _trigger(standalone, dag_id, when) for dag_id in dags}
+    runs = {dag_id: _wait_for_run(standalone, dag_id, run_id) for dag_id, run_id in run_ids.items()}
+    assert {d: r["state"] for d, r in runs.items()} == dict.fromkeys(dags, "success"), runs
+
+    for dag_id, run_id in run_ids.items():
+        # The sensor deferred and the triggerer's event resumed it: only execute_complete logs this sentence.
+        assert "Heroku Connect mirror ready" in _task_log(standalone, dag_id, run_id, "wait_for_connect_sync")
+        (row,) = store_rows(sandbox, "SELECT * FROM retention.runs WHERE run_key = %s",
+                            (f"{dags[dag_id]}__{when:%Y%m%dT%H%M%S}",))
+        assert (row["status"], row["eligible"], row["acted"], row["dag_run_id"]) == ("succeeded", 3, 3, run_id), row
+
+    with sandbox.org_conn() as conn:
+        deleted = dict(conn.execute("SELECT id, isdeleted FROM org.contact WHERE id = ANY(%s)", (contacts,)).fetchall())
+        left = conn.execute('SELECT count(*) FROM org."case" WHERE id = ANY(%s)', (cases,)).fetchone()[0]
+    assert deleted == dict.fromkeys(contacts, True)  # in the recycle bin
+    assert left == 0  # hard-deleted: gone, not in the recycle bin
+    after = {r["id"]: r for r in org_rows(sandbox, "SELECT * FROM org.lead WHERE id = ANY(%s)", (leads,))}
+    for sfid, before in leads_before.items():
+        masked = after[sfid]
+        assert not masked["isdeleted"] and masked["company"] == before["company"]
+        assert len(masked["firstname"]) == 5 and masked["firstname"] != before["firstname"]
+        assert masked["lastname"] in masking.LAST_NAMES and masked["email"] != before["email"]
+        assert masked["phone"] is None
+
+    retained = {table: cache_rows(sandbox, table) for table in ("contact_standalone", "lead_standalone",
+                                                                 "case_standalone")}
+    assert {t: set(rows) for t, rows in retained.items()} == {
+        "contact_standalone": set(contacts), "lead_standalone": set(leads), "case_standalone": set(cases)}
+    assert all(r["_action_status"] == "done" for rows in retained.values() for r in rows.values())
+    assert {r["lastname"] for r in retained["contact_standalone"].values()} == {
+        f"Standalone mirror {i}" for i in range(3)}
+    assert {r["sfid"]: r["email"] for r in retained["lead_standalone"].values()} == {
+        sfid: transforms.apply("email_domain", None, r["email"], key=b"k") for sfid, r in leads_before.items()}
+    assert {r["subject"] for r in retained["case_standalone"].values()} == {"Standalone hard delete test"}
+
+    # Copies two days old, past their one-day keep_days, once the scheduled purge run is over (the purge compares
+    # _retained_at with its logical date, which cannot be in the future).
+    _wait_for_runs(standalone, PURGE_DAG, 0)
+    with sandbox.store_conn() as conn:
+        for table in retained:
+            conn.execute(f"UPDATE cache.{table} SET _retained_at = _retained_at - interval '2 days'")
+    purge_id = _trigger(standalone, PURGE_DAG, dt.datetime.now(dt.UTC).replace(microsecond=0))
+    purge = _wait_for_run(standalone, PURGE_DAG, purge_id)
+    assert purge["state"] == "success", purge
+    purged = {r["policy_id"]: r for r in store_rows(sandbox, "SELECT * FROM retention.runs WHERE dag_run_id = %s "
+                                                             "AND action = 'purge'", (purge_id,))}
+    for policy_id in KIND_POLICIES:
+        assert (purged[policy_id]["status"], purged[policy_id]["acted"]) == ("succeeded", 3), purged[policy_id]
+    assert all(cache_rows(sandbox, table) == {} for table in retained)
