@@ -123,7 +123,9 @@ def deployment(tmp: Path) -> Path:
     project = tmp / "project"
     shutil.copytree(REPO / "dags", project / "dags", ignore=NOT_COPIED)
     shutil.copytree(REPO / "include" / "policies", project / "include" / "policies")
-    shutil.copytree(REPO / "plugins", project / "plugins", ignore=shutil.ignore_patterns("retention", "__pycache__"))
+    # Not the package, nor the metadata an editable install of the checkout leaves beside it.
+    shutil.copytree(REPO / "plugins", project / "plugins",
+                    ignore=shutil.ignore_patterns("retention", "__pycache__", "*.egg-info"))
     return project
 
 
