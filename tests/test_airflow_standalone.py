@@ -318,10 +318,11 @@ def _contacts_modified_at(sandbox, sf, dates: dict[str, dt.datetime]) -> dict[st
     return ids
 
 
-def _backfill(standalone, days: list[dt.datetime], *options: str) -> None:
-    """``airflow backfill create`` over ``days``, one day at a time, and wait until the scheduler completed it."""
+def _backfill(standalone, days: list[dt.datetime], *options: str, at_once: int = 1) -> None:
+    """``airflow backfill create`` over ``days``, ``at_once`` DAG runs at a time, and wait until the scheduler
+    completed it."""
     _airflow(standalone, "backfill", "create", "--dag-id", BACKFILL_DAG, "--from-date", days[0].isoformat(),
-             "--to-date", days[-1].isoformat(), "--max-active-runs", "1", *options)
+             "--to-date", days[-1].isoformat(), "--max-active-runs", str(at_once), *options)
     _wait_for_backfills(standalone, BACKFILL_DAG, timeout=420)
 
 
@@ -373,14 +374,25 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
 
     # Reprocessing the same days is safe: three more runs, nothing eligible, nothing changed.
     _wait_for_backfills(standalone, BACKFILL_DAG)
-    _backfill(standalone, days, "--reprocess-behavior", "completed")
+    # Three DAG runs at once this time: the policy's lock lets one work at a time, the others wait in extract.
+    _backfill(standalone, days, "--reprocess-behavior", "completed", at_once=3)
     runs = _wait_for_runs(standalone, BACKFILL_DAG, 3)
     assert [r["state"] for r in runs] == ["success"] * 3, runs
     with sandbox.store_conn() as conn:
         again = conn.execute("SELECT run_key, eligible, acted FROM retention.runs WHERE policy_id = "
                              "'backfill_contacts' ORDER BY id").fetchall()[3:]
         assert dict(conn.execute("SELECT sfid, _retention_run FROM cache.contact_backfill").fetchall()) == cache
-    assert again == [(k, 0, 0) for k in run_keys]
+    assert sorted(again) == [(k, 0, 0) for k in run_keys]
+    spans = []  # (extract started, extract ended, confirm ended) of each run
+    for r in runs:
+        tis = {t["task_id"]: t for t in _api(standalone, "GET", f"/dags/{BACKFILL_DAG}/dagRuns/{r['dag_run_id']}/"
+                                                                "taskInstances").json()["task_instances"]}
+        spans.append(tuple(dt.datetime.fromisoformat(v) for v in (
+            tis["extract"]["start_date"], tis["extract"]["end_date"], tis["confirm_and_report"]["end_date"])))
+    spans.sort(key=lambda s: s[2])
+    for before, after in zip(spans, spans[1:], strict=False):
+        assert after[1] >= before[2], spans  # the next run's extract got the policy once the previous one ended
+    assert any(after[0] < before[2] for before, after in zip(spans, spans[1:], strict=False)), spans  # it waited
 
     # Three earlier days, the first of which fails (Salesforce refuses the delete of its one record):
     # re-processing the failed day afterwards is safe, nothing is lost or done twice.

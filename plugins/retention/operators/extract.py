@@ -19,5 +19,22 @@ class ExtractOperator(PolicyOperator):
 
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
         from retention.steps.extract import extract
+        from retention.steps.run import claim, release
 
-        return extract(self.store(), self.salesforce(), self.policy, run).to_xcom()
+        ti, store = context["ti"], self.store()
+        store.ensure_schema()
+
+        def still_running(dag_run_id: str) -> bool:
+            try:
+                state = ti.get_dagrun_state(ti.dag_id, dag_run_id)
+            except Exception as err:  # the execution API answers 404 for a DAG run that no longer exists
+                if getattr(getattr(err, "response", None), "status_code", None) == 404:
+                    return False
+                raise
+            return str(state) in ("running", "queued")
+
+        claim(store, run, still_running=still_running)  # one run of the policy at work at a time
+        out = extract(store, self.salesforce(), self.policy, run).to_xcom()
+        if run.dry_run:  # nothing follows a dry run's extract
+            release(store, run)
+        return out

@@ -13,7 +13,7 @@ from psycopg import sql
 from retention.cache import column, table, table_exists
 from retention.hooks.store import MIRROR_SCHEMA
 from retention.steps.results import Reported
-from retention.steps.run import RetentionError
+from retention.steps.run import RetentionError, release
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
@@ -44,6 +44,7 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     reported = _reported(store, run)
     if reported is not None:  # a retry after the ledger row was written: that row is the run's evidence
         drop_staging(store, run, policy)
+        release(store, run)
         log.info("ledger row %d already holds DAG run %s: %s", reported.ledger_id, run.dag_run_id,
                  reported.message)
         if reported.status != "succeeded":
@@ -103,6 +104,7 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         cascade={name: {k: v for k, v in child.items() if k != "ids"} for name, child in children.items()},
     )
     drop_staging(store, run, policy)
+    release(store, run)  # the next run of the policy may start
     log.info("ledger row %d: %s", ledger_id, message)
     if refused:
         log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and are not "

@@ -103,3 +103,36 @@ def guard(policy: Policy, eligible: int) -> None:
             f"{eligible} records are eligible, more than guards.max_records_per_run ({limit}); nothing was "
             "touched. Raise the guard in the policy if this is expected."
         )
+
+
+class PolicyBusy(Exception):
+    """Another DAG run of the policy is at work: this one waits its turn (a retry, or a later poke)."""
+
+
+def claim(store, run: Run, *, still_running, wait: float = 3600, poll: float = 5.0) -> None:
+    """Make ``run`` the one run of its policy at work, waiting (up to ``wait`` seconds) while another DAG run of the
+    policy holds it. ``still_running(dag_run_id)`` asks Airflow whether the holder's DAG run is running or queued;
+    a holder that ended (failed, or cleared and never re-run) is taken over. A retry of the same DAG run keeps it."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        with store.connect() as conn:
+            held = conn.execute("SELECT run_key, dag_run_id, claimed_at FROM retention.active_runs "
+                                "WHERE policy_id = %s FOR UPDATE", (run.policy_id,)).fetchone()
+            if held is None or held[1] == run.dag_run_id or not still_running(held[1]):
+                conn.execute("INSERT INTO retention.active_runs (policy_id, run_key, dag_run_id) VALUES (%s, %s, %s) "
+                             "ON CONFLICT (policy_id) DO UPDATE SET run_key = excluded.run_key, dag_run_id = "
+                             "excluded.dag_run_id, claimed_at = now()", (run.policy_id, run.run_key, run.dag_run_id))
+                return
+        if time.monotonic() > deadline:
+            raise PolicyBusy(f"policy {run.policy_id} is being run by DAG run {held[1]} ({held[0]}, since "
+                             f"{held[2]:%Y-%m-%d %H:%M:%S %Z}); {run.dag_run_id} waited {wait:.0f}s for its turn")
+        time.sleep(poll)
+
+
+def release(store, run: Run) -> None:
+    """The run is done with the policy (its ledger row written, or a dry run's preview shown)."""
+    with store.connect() as conn:
+        conn.execute("DELETE FROM retention.active_runs WHERE policy_id = %s AND dag_run_id = %s",
+                     (run.policy_id, run.dag_run_id))

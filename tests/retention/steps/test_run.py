@@ -88,3 +88,46 @@ def test_each_result_is_pulled_from_its_own_task():
     ti = TaskInstance()
     assert Extracted.pull(ti) is None and Validated.pull(ti) is None and Acted.pull(ti) is None
     assert ti.asked == [Task.EXTRACT, Task.VALIDATE, Task.ACT] == ["extract", "validate_row_counts", "delete_or_mask"]
+
+
+def test_one_run_of_a_policy_at_work_at_a_time(sandbox, airflow_db):
+    """``claim`` against the real store: a second DAG run of the policy waits while the first one's DAG run is
+    running and fails, naming it, when its wait runs out; a retry of the holder keeps its claim; once the holder's
+    DAG run has ended (Airflow says so) or released its claim, the next run takes it."""
+    from retention.hooks.store import RetentionStoreHook
+    from retention.steps.run import PolicyBusy, claim, release
+
+    store = RetentionStoreHook()
+    store.ensure_schema()
+    checked = policy().model_copy(update={"id": "lock_check"})
+
+    def run_of(day: int):
+        when = dt.datetime(2026, 6, day, tzinfo=UTC)
+        return make_run(checked, logical_date=when, run_after=when, dag_run_id=f"backfill__2026-06-0{day}", params={})
+
+    first, second = run_of(1), run_of(2)
+    running = {"backfill__2026-06-01"}
+    asked: list[str] = []
+
+    def still_running(dag_run_id):
+        asked.append(dag_run_id)
+        return dag_run_id in running
+
+    def holder():
+        with store.connect() as conn:
+            row = conn.execute("SELECT dag_run_id FROM retention.active_runs WHERE policy_id = 'lock_check'").fetchone()
+        return row and row[0]
+
+    release(store, first), release(store, second)
+    claim(store, first, still_running=still_running)
+    claim(store, first, still_running=still_running)  # a retry of the same DAG run
+    assert holder() == "backfill__2026-06-01"
+    with pytest.raises(PolicyBusy, match=r"policy lock_check is being run by DAG run backfill__2026-06-01 "
+                                         r"\(lock_check__20260601T000000, since .*\); backfill__2026-06-02 waited 1s"):
+        claim(store, second, still_running=still_running, wait=1, poll=0.2)
+    assert set(asked) == {"backfill__2026-06-01"} and len(asked) >= 2  # it asked again while waiting
+    running.clear()  # the first DAG run failed (its validation, say): it no longer holds the policy
+    claim(store, second, still_running=still_running, wait=1, poll=0.2)
+    assert holder() == "backfill__2026-06-02"
+    release(store, second)
+    assert holder() is None
