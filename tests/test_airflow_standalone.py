@@ -377,7 +377,11 @@ def test_a_backfill_over_three_days_runs_each_day_with_its_own_cutoff(standalone
     # Three DAG runs at once this time: the policy's lock lets one work at a time, the others wait in extract.
     _backfill(standalone, days, "--reprocess-behavior", "completed", at_once=3)
     runs = _wait_for_runs(standalone, BACKFILL_DAG, 3)
-    assert [r["state"] for r in runs] == ["success"] * 3, runs
+    assert [r["state"] for r in runs] == ["success"] * 3, [
+        (r["dag_run_id"], {t["task_id"]: t["state"] for t in _api(
+            standalone, "GET", f"/dags/{BACKFILL_DAG}/dagRuns/{r['dag_run_id']}/taskInstances").json()[
+            "task_instances"]}, _task_log(standalone, BACKFILL_DAG, r["dag_run_id"], "extract")[-3000:])
+        for r in runs if r["state"] != "success"]
     with sandbox.store_conn() as conn:
         again = conn.execute("SELECT run_key, eligible, acted FROM retention.runs WHERE policy_id = "
                              "'backfill_contacts' ORDER BY id").fetchall()[3:]

@@ -31,7 +31,7 @@ class ExtractOperator(PolicyOperator):
                 if getattr(getattr(err, "response", None), "status_code", None) == 404:
                     return False
                 raise
-            return str(state) in ("running", "queued")
+            return getattr(state, "value", state) in ("running", "queued")  # an enum of the execution API
 
         claim(store, run, still_running=still_running)  # one run of the policy at work at a time
         out = extract(store, self.salesforce(), self.policy, run).to_xcom()
