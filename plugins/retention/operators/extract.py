@@ -19,10 +19,8 @@ class ExtractOperator(PolicyOperator):
 
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
         from retention.steps.extract import extract
-        from retention.steps.run import claim, release
 
-        ti, store = context["ti"], self.store()
-        store.ensure_schema()
+        ti = context["ti"]
 
         def still_running(dag_run_id: str) -> bool:
             try:
@@ -33,8 +31,4 @@ class ExtractOperator(PolicyOperator):
                 raise
             return getattr(state, "value", state) in ("running", "queued")  # an enum of the execution API
 
-        claim(store, run, still_running=still_running)  # one run of the policy at work at a time
-        out = extract(store, self.salesforce(), self.policy, run).to_xcom()
-        if run.dry_run:  # nothing follows a dry run's extract
-            release(store, run)
-        return out
+        return extract(self.store(), self.salesforce(), self.policy, run, still_running=still_running).to_xcom()

@@ -47,18 +47,14 @@ PERMANENT_REFUSALS = frozenset({
 def act(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted, *,
         mask_key: bytes | None = None) -> Acted:
     """The step. ``mask_key``: the keyed-hash secret for masks (None: a one-off key, with a warning)."""
-    from retention import cascade, holds
+    from retention import cascade
+    from retention.steps.run import active_holds
 
     out = Acted()
     operations = _collect_earlier_jobs(store, sf, policy, run, out)
     ids = pending_ids(store, policy, run)
     if policy.select.exclude_privacy_holds and ids:
-        try:
-            held = holds.in_org(sf)
-        except holds.HoldsUnavailable as err:  # acting without the holds could touch a held record
-            from retention.steps.run import RetentionError
-
-            raise RetentionError(str(err)) from err
+        held = active_holds(sf)
         out.held_at_action = sorted(set(ids) & held)
         if policy.cascade:
             with store.connect() as conn:

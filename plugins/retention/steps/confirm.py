@@ -41,7 +41,8 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     record fails it after the ledger row is written."""
     from retention.steps.results import Acted
 
-    reported = _reported(store, run)
+    with store.connect() as conn:
+        reported = _reported(conn, run)
     if reported is not None:  # a retry after the ledger row was written: that row is the run's evidence
         drop_staging(store, run, policy)
         release(store, run)
@@ -114,13 +115,12 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     return Reported(ledger_id=ledger_id, status=status, counts=counts, message=message)
 
 
-def _reported(store: RetentionStoreHook, run: Run) -> Reported | None:
+def _reported(conn, run: Run) -> Reported | None:
     """This execution's ledger row, if an earlier attempt of the step wrote it (see ``write_ledger``)."""
-    with store.connect() as conn:
-        row = conn.execute(
-            "SELECT id, status, message, eligible, held, staged, retained, acted, failed, refused, blocked, "
-            "salesforce_count FROM retention.runs WHERE run_key = %s AND dag_run_id = %s AND started_at = %s "
-            "ORDER BY id LIMIT 1", (run.run_key, run.dag_run_id, run.started_at)).fetchone()
+    row = conn.execute(
+        "SELECT id, status, message, eligible, held, staged, retained, acted, failed, refused, blocked, "
+        "salesforce_count FROM retention.runs WHERE run_key = %s AND dag_run_id = %s AND started_at = %s "
+        "ORDER BY id LIMIT 1", (run.run_key, run.dag_run_id, run.started_at)).fetchone()
     if row is None:
         return None
     names = ("eligible", "held", "staged", "retained", "acted", "failed", "refused", "blocked", "salesforce")
@@ -215,12 +215,11 @@ def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts:
 
     with store.connect() as conn:
         evidence.lock(conn)
-        written = conn.execute("SELECT id FROM retention.runs WHERE run_key = %s AND dag_run_id = %s AND started_at = "
-                               "%s ORDER BY id LIMIT 1", (run.run_key, run.dag_run_id, run.started_at)).fetchone()
+        written = _reported(conn, run)
         if written:
-            log.info("the ledger already holds row %d for DAG run %s: not writing another", written[0],
+            log.info("the ledger already holds row %d for DAG run %s: not writing another", written.ledger_id,
                      run.dag_run_id)
-            return written[0]
+            return written.ledger_id
         return evidence.append(conn, {
             "policy_id": policy.id, "run_key": run.run_key, "dag_run_id": run.dag_run_id,
             "policy_hash": policy.source_hash, "object": policy.object, "action": policy.action,

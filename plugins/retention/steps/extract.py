@@ -17,9 +17,11 @@ from psycopg import ClientCursor, sql
 from retention.cache import STAGING_TYPES, already_done, column, field_types, staged_fields
 from retention.hooks.store import MIRROR_SCHEMA
 from retention.steps.results import ChildStaged, Extracted
-from retention.steps.run import RetentionError, guard
+from retention.steps.run import RetentionError, active_holds, claim, guard, release
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
     from retention.policy import Policy
@@ -29,16 +31,19 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run) -> Extracted:
-    """The step: describe, check, stage (dry runs: preview what would be retained, then roll back)."""
+def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, *,
+            still_running: Callable[[str], bool]) -> Extracted:
+    """The step: claim the policy (see ``run.claim``; ``still_running`` asks Airflow about another DAG run), describe,
+    check, stage (dry runs: preview what would be retained, roll back and release the policy)."""
     from retention.policy import check_against_describe
 
+    store.ensure_schema()
+    claim(store, run, still_running=still_running)  # one run of the policy at work at a time
     describe = sf.describe_object(policy.object)
     others = {name: sf.describe_or_none(name) for name in policy.related_fields()}
     problems = check_against_describe(policy, describe, others)
     if problems:
         raise RetentionError(f"policy {policy.id} does not fit {policy.object} in Salesforce: " + "; ".join(problems))
-    store.ensure_schema()
     if policy.source == "salesforce_api":
         out = from_salesforce(store, sf, policy, run, describe, others)
     else:
@@ -53,7 +58,8 @@ def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         first, reason = next(iter(out.blocked.items()))
         log.warning("%d records are kept back: a delete would take children the policy does not retain (e.g. %s: %s)",
                     len(out.blocked), first, reason)
-    if run.dry_run:
+    if run.dry_run:  # nothing follows a dry run's extract
+        release(store, run)
         log.info("DRY RUN preview (nothing was changed): %d would be retained then %s; sample of the retained "
                  "rows:\n%s", out.eligible, policy.action, "\n".join(str(r) for r in out.preview or []))
     return out
@@ -129,7 +135,7 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
     types = field_types(describe)
     fields = staged_fields(policy)
     soql = soql_for(policy, run, fields, types, others)
-    holds = _active_holds(sf) if policy.select.exclude_privacy_holds else set()
+    holds = active_holds(sf) if policy.select.exclude_privacy_holds else set()
     columns = sql.SQL(", ").join([sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
         sql.SQL("{} {}").format(column(f), sql.SQL(STAGING_TYPES.get(types[f], "text"))) for f in fields])
     names = sql.SQL(", ").join([sql.Identifier("sfid")] + [column(f) for f in fields])
@@ -174,15 +180,6 @@ def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],
             relation_types=lambda name: field_types(by_name.get(name.lower()) or {"fields": []}))))
     head = "COUNT()" if count else ", ".join(["Id", *fields])
     return f"SELECT {head} FROM {policy.object} WHERE {' AND '.join(clauses)}"
-
-
-def _active_holds(sf: SalesforceBulk2Hook) -> set[str]:
-    from retention import holds
-
-    try:
-        return holds.in_org(sf)
-    except holds.HoldsUnavailable as err:
-        raise RetentionError(str(err)) from err
 
 
 def _ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:

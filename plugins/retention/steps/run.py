@@ -105,6 +105,17 @@ def guard(policy: Policy, eligible: int) -> None:
         )
 
 
+def active_holds(sf) -> set[str]:
+    """Ids of the records under a hold in force in the org now. Without the holds a run could touch a held record,
+    so an org without PrivacyHold for this user stops the run (RetentionError, naming the licence)."""
+    from retention import holds
+
+    try:
+        return holds.in_org(sf)
+    except holds.HoldsUnavailable as err:
+        raise RetentionError(str(err)) from err
+
+
 class PolicyBusy(Exception):
     """Another DAG run of the policy is at work: this one waits its turn (a retry, or a later poke)."""
 
