@@ -4,8 +4,10 @@ of its own: the sandbox's server also holds Airflow's database and the org, whic
 The restart is injected where a task holds a store connection it opened before the server went away: the task's
 next statement meets a dead connection and fails, and Airflow's retry carries on. Once right after load_to_cache
 committed, as validate_row_counts starts; once inside delete_or_mask, after the Bulk job deleted the records in
-Salesforce and before their outcomes were recorded (the retry must collect that job, not send the records again).
-The run still ends succeeded: each record retained once, deleted once, one ledger row."""
+Salesforce and before their outcomes were recorded (the retry must collect that job, not send the records again);
+once inside confirm_and_report, after the ledger row was committed and before staging is dropped (the retry must not
+write a second row). The run still ends succeeded: each record retained once, deleted once, one ledger row, no
+staging table or policy lock left behind."""
 
 from __future__ import annotations
 
@@ -101,10 +103,10 @@ def restart_under_the_next_connection(monkeypatch, store: StoreServer, step: str
     monkeypatch.setattr(module, name, armed_call)
 
 
-def test_a_store_restart_before_validate_and_during_the_act_step_loses_and_repeats_nothing(world, store, monkeypatch):
+def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(world, store, monkeypatch):
     from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
 
-    from retention.steps import act, validate
+    from retention.steps import act, confirm, validate
     from tests.dags import store_restart_dags
 
     sandbox = world
@@ -115,17 +117,19 @@ def test_a_store_restart_before_validate_and_during_the_act_step_loses_and_repea
         started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
     restart_under_the_next_connection(monkeypatch, store, "before validate", validate, "validate")
     restart_under_the_next_connection(monkeypatch, store, "during act, before the outcomes", act, "record_outcomes")
+    restart_under_the_next_connection(monkeypatch, store, "after the ledger row", confirm, "drop_staging")
 
     run = store_restart_dags.retention__restart_contacts.test(
         logical_date=LOGICAL_DATE, run_conf={"dry_run": False, "cutoff": None})
     tis = {ti.task_id: ti for ti in run.get_task_instances()}
     states = {t: ti.state for t, ti in tis.items()}
 
-    assert store.restarts == ["before validate", "during act, before the outcomes"]
+    assert store.restarts == ["before validate", "during act, before the outcomes", "after the ledger row"]
     assert run.state == "success", states
     # Each restart failed the task it hit, and Airflow's retry carried on.
-    assert (tis["validate_row_counts"].try_number, tis["delete_or_mask"].try_number) == (2, 2)
-    assert tis["load_to_cache"].try_number == 1 and tis["confirm_and_report"].try_number == 1
+    assert {t: ti.try_number for t, ti in tis.items()} == {
+        "extract": 1, "subset": 1, "load_to_cache": 1, "validate_row_counts": 2, "delete_or_mask": 2,
+        "confirm_and_report": 2}
 
     with store.connect() as conn:
         cached = conn.execute("SELECT sfid, _retention_run, _action_status FROM cache.restart_contacts "
@@ -133,9 +137,10 @@ def test_a_store_restart_before_validate_and_during_the_act_step_loses_and_repea
         ledger = conn.execute("SELECT status, eligible, retained, acted FROM retention.runs WHERE run_key = %s",
                               (RUN_KEY,)).fetchall()
         left = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging'").fetchone()[0]
+        locks = conn.execute("SELECT count(*) FROM retention.active_runs").fetchone()[0]
     assert cached == [(i, RUN_KEY, "done") for i in ids]  # retained once each
     assert ledger == [("succeeded", 8, 8, 8)]
-    assert left == 0
+    assert left == 0 and locks == 0
     deleted = org_rows(sandbox, "SELECT id, isdeleted FROM org.contact WHERE id = ANY(%s)", (ids,))
     assert {r["id"]: r["isdeleted"] for r in deleted} == dict.fromkeys(ids, True)
     # Acted on once: one delete job carried them, each record once (the retry collected it, sent nothing again).
