@@ -167,6 +167,10 @@ def standalone(sandbox):
         "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
         "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
     })
+    # A store password, as a deployment's credential has one (the sandbox's Postgres trusts local connections):
+    # the last test looks for it in everything the deployment wrote.
+    store = json.loads(env["AIRFLOW_CONN_RETENTION_STORE"])
+    env["AIRFLOW_CONN_RETENTION_STORE"] = json.dumps({**store, "password": f"Standalone pw/{os.urandom(6).hex()}+&"})
     airflow = str(Path(sys.executable).with_name("airflow"))
     for step in ([airflow, "db", "migrate"],
                  [sys.executable, "-m", "retention.settings_loader", str(REPO / "airflow_settings.yaml")]):
@@ -540,3 +544,27 @@ def test_each_kind_of_policy_and_the_store_purge_run_under_the_scheduler(standal
     for policy_id in KIND_POLICIES:
         assert (purged[policy_id]["status"], purged[policy_id]["acted"]) == ("succeeded", 3), purged[policy_id]
     assert all(cache_rows(sandbox, table) == {} for table in retained)
+
+
+def test_task_log_files_and_everything_else_the_deployment_wrote_hold_no_secret(standalone):
+    """Invariant 5 where dag.test() writes nothing: the task log files under AIRFLOW_HOME/logs, written by the
+    scheduler's task processes for every run above, and the rest of the deployment's home (its own log, config),
+    hold neither the store password, the hash key, the Heroku Connect token nor the connected app's private key, in
+    any of their obvious encodings (tests/retention/test_secrets.py scans the rest of what a run writes)."""
+    from tests.retention.test_secrets import encodings
+
+    env = standalone["env"]
+    private_key = Path(env["SALESFORCE_PRIVATE_KEY_FILE"]).read_text().splitlines()[1]  # key material
+    secrets = {"store password": json.loads(env["AIRFLOW_CONN_RETENTION_STORE"])["password"],
+               "hash key": json.loads(env["AIRFLOW_CONN_RETENTION_HASH_KEY"])["password"],
+               "Heroku Connect token": json.loads(env["AIRFLOW_CONN_HEROKU_CONNECT_DEFAULT"])["password"],
+               "private key": private_key}
+    home = standalone["home"]
+    written = {p: p.read_text(errors="replace") for p in home.rglob("*") if p.is_file()}
+    task_logs = [p for p in written if p.is_relative_to(home / "logs") and "dag_id=retention__" in str(p)]
+    confirm_logs = [p for p in task_logs if "task_id=confirm_and_report" in str(p) and p.name.startswith("attempt=")]
+    assert confirm_logs and any("ledger row" in written[p] for p in confirm_logs)  # the runs' own task logs
+    for name, secret in secrets.items():
+        for form in encodings(secret):
+            leaked = [str(p.relative_to(home)) for p, text in written.items() if form in text]
+            assert not leaked, f"the {name} ({form!r}) was written to: {', '.join(leaked)}"
