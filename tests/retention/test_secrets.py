@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import secrets
 from urllib.parse import quote, quote_plus
 
@@ -77,7 +78,10 @@ def secret_world(sandbox, airflow_db, monkeypatch, smtp_server, webhook):  # noq
             "slack_alerts": {"conn_type": "slackwebhook", "password": webhook_url},
         }
         for conn_id, conn in connections.items():
-            monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+            if conn_id == "retention_hash_key":  # policy_world restores the exported one afterwards
+                os.environ["AIRFLOW_CONN_RETENTION_HASH_KEY"] = json.dumps(conn)
+            else:
+                monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
         from airflow.sdk import BaseHook
 

@@ -78,12 +78,14 @@ def world(sandbox, store, monkeypatch):
         yield sandbox
 
 
-def restart_under_the_next_connection(monkeypatch, store: StoreServer, step: str, module, name: str) -> None:
-    """When ``module.name`` is next called, the first store connection it opens is handed over only after the
-    server restarted: its first statement fails as against a store that went away mid-task."""
+@pytest.fixture
+def restarts(store, monkeypatch):
+    """``arm(module, name, label)``: when ``module.name`` is next called, the first store connection it opens is
+    handed over only after the server restarted, so its first statement meets a connection the server dropped, as
+    when the store goes away mid-task. Each label fires once; ``store.restarts`` lists them in order."""
     from retention.hooks.store import RetentionStoreHook
 
-    real_connect, real = RetentionStoreHook.connect, getattr(module, name)
+    real_connect = RetentionStoreHook.connect
 
     @contextlib.contextmanager
     def connect(hook, *, autocommit: bool = False):
@@ -94,16 +96,22 @@ def restart_under_the_next_connection(monkeypatch, store: StoreServer, step: str
                 store.restart()
             yield conn
 
-    def armed_call(*args, **kwargs):
-        if step not in store.restarts:
-            store.armed = step
-        return real(*args, **kwargs)
+    def arm(module, name: str, label: str) -> None:
+        real = getattr(module, name)
+
+        def armed_call(*args, **kwargs):
+            if label not in store.restarts:
+                store.armed = label
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, armed_call)
 
     monkeypatch.setattr(RetentionStoreHook, "connect", connect)
-    monkeypatch.setattr(module, name, armed_call)
+    yield arm
+    store.armed = None
 
 
-def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(world, store, monkeypatch):
+def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(world, store, restarts):
     from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
 
     from retention.steps import act, confirm, validate
@@ -115,9 +123,9 @@ def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(worl
                  for n in range(8))
     with sandbox.org_conn() as conn:
         started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-    restart_under_the_next_connection(monkeypatch, store, "before validate", validate, "validate")
-    restart_under_the_next_connection(monkeypatch, store, "during act, before the outcomes", act, "record_outcomes")
-    restart_under_the_next_connection(monkeypatch, store, "after the ledger row", confirm, "drop_staging")
+    restarts(validate, "validate", "before validate")
+    restarts(act, "record_outcomes", "during act, before the outcomes")
+    restarts(confirm, "drop_staging", "after the ledger row")
 
     run = store_restart_dags.retention__restart_contacts.test(
         logical_date=LOGICAL_DATE, run_conf={"dry_run": False, "cutoff": None})
@@ -138,6 +146,8 @@ def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(worl
                               (RUN_KEY,)).fetchall()
         left = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging'").fetchone()[0]
         locks = conn.execute("SELECT count(*) FROM retention.active_runs").fetchone()[0]
+        schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%'")}
+    assert schemas == {"public", "information_schema", "cache", "retention", "retention_staging"}  # no mirror
     assert cached == [(i, RUN_KEY, "done") for i in ids]  # retained once each
     assert ledger == [("succeeded", 8, 8, 8)]
     assert left == 0 and locks == 0
