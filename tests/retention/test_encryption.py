@@ -173,10 +173,10 @@ def contacts(sandbox, airflow_db):
         yield sandbox, ids
 
 
-def run_policy():
+def run_policy(*, dry_run: bool = False):
     from tests.dags.encryption_dags import retention__encrypted_contacts as dag
 
-    run = dag.test(logical_date=LOGICAL_DATE, run_conf={"dry_run": False, "cutoff": None})
+    run = dag.test(logical_date=LOGICAL_DATE, run_conf={"dry_run": dry_run, "cutoff": None})
     return run, {ti.task_id: ti.state for ti in run.get_task_instances()}
 
 
@@ -200,6 +200,12 @@ def test_a_run_without_the_key_connection_stops_before_reading_the_org(contacts,
         if conn.execute("SELECT to_regclass('retention.runs')").fetchone()[0] is not None:
             assert conn.execute("SELECT count(*) FROM retention.runs WHERE policy_id = 'encrypted_contacts'"
                                 ).fetchone()[0] == 0
+    # A dry run needs no key, and its preview (task log and XCom) shows no encrypted field.
+    run, states = run_policy(dry_run=True)
+    assert run.state == "success" and states["extract"] == "success", states
+    out = capfd.readouterr().out
+    assert "DRY RUN preview" in out and "'lastname': '(encrypted)'" in out and "'email': '(encrypted)'" in out
+    assert not any(r["lastname"] in out or r["email"] in out for r in before)
 
 
 def printed(out: str) -> list[dict]:
