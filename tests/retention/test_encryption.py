@@ -266,3 +266,21 @@ def test_the_cache_holds_no_plaintext_and_decrypt_gives_back_the_orgs_values(con
         assert "cannot read the key connection 'retention_encryption_key'" in out.err and printed(out.out) == []
     finally:
         os.environ["AIRFLOW_CONN_RETENTION_ENCRYPTION_KEY"] = sandbox.env["AIRFLOW_CONN_RETENTION_ENCRYPTION_KEY"]
+
+
+def test_preflight_checks_the_key_connection(contacts, tmp_path, capsys, monkeypatch):
+    from retention.__main__ import main
+    from tests.dags.encryption_dags import TEXT
+
+    sandbox, _ = contacts
+    (tmp_path / "encrypted_contacts.yaml").write_text(TEXT)
+    key = base64.b64decode(json.loads(sandbox.env["AIRFLOW_CONN_RETENTION_ENCRYPTION_KEY"])["password"])
+    capsys.readouterr()
+    main(["preflight", "--policies", str(tmp_path), "--no-pool"])
+    [line] = [x for x in capsys.readouterr().out.splitlines() if "connection retention_encryption_key" in x]
+    assert " ok " in line and f"AES-256 key {key_id(key)} (+0 previous) for encrypted_contacts" in line
+    monkeypatch.setenv("AIRFLOW_CONN_RETENTION_ENCRYPTION_KEY",
+                       json.dumps({"conn_type": "generic", "password": base64.b64encode(b"too short").decode()}))
+    assert main(["preflight", "--policies", str(tmp_path), "--no-pool"]) == 1
+    [line] = [x for x in capsys.readouterr().out.splitlines() if "connection retention_encryption_key" in x]
+    assert " FAIL " in line and "password is 9 bytes; AES-256 needs 32" in line
