@@ -18,7 +18,7 @@ import binascii
 import hashlib
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -65,8 +65,9 @@ def _decode_key(text: str, where: str) -> bytes:
 class Keyring:
     """The current key (writes and reads) and previous keys (reads only, during a rotation)."""
 
-    current: bytes
-    previous: tuple[bytes, ...] = ()
+    # Never in a repr: a keyring in a log line or a traceback must not print the keys.
+    current: bytes = field(repr=False)
+    previous: tuple[bytes, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_connection(cls, password: str | None, extra: Mapping[str, Any] | None = None, *,

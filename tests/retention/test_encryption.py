@@ -78,6 +78,11 @@ def test_a_wrong_key_is_refused_and_a_rotated_one_still_reads():
     assert rotated.encrypt("Lovelace", "t.c:1").startswith(f"{PREFIX}{key_id(OTHER)}:")
 
 
+def test_a_keyring_never_shows_its_keys():
+    ring = Keyring(KEY, previous=(OTHER,))
+    assert KEY.hex() not in repr(ring) and str(KEY) not in repr(ring) and str(OTHER) not in repr(ring)
+
+
 def test_the_key_connection_is_checked_with_a_clear_error():
     good = base64.b64encode(KEY).decode()
     ring = Keyring.from_connection(good, {"previous_keys": [base64.b64encode(OTHER).decode()]})
@@ -150,6 +155,52 @@ def test_a_column_is_all_ciphertext_or_all_plain_text(sandbox):
             assert conn.execute("SELECT birthdate FROM cache.encryption_switch").fetchone() == (1980,)
         finally:
             conn.execute("DROP TABLE IF EXISTS cache.encryption_switch")
+
+
+def test_the_subset_is_encrypted_in_batches_bound_to_the_childs_table(sandbox, monkeypatch):
+    """subset_table as a cascade child's subset is built: every batch encrypted, each value bound to the child's
+    cache table and record, NULL left NULL, the fields not listed kept as they are."""
+    from psycopg import sql
+
+    from retention.policy import Transform
+    from retention.steps import load
+
+    monkeypatch.setattr(load, "ENCRYPT_BATCH", 3)  # 7 rows: three round trips
+    ring = Keyring(KEY)
+    staging, subset = sql.Identifier("encryption_scratch", "staged"), sql.Identifier("encryption_scratch", "subset")
+    people = [(f"003{n:015d}", f"001{n:015d}", f"Name {n} ß", dt.date(1970 + n, 1, 2) if n % 3 else None,
+               f"p{n}@x.example") for n in range(7)]
+    fields = {"LastName": Transform(kind="keep"), "Birthdate": Transform(kind="year"), "Email": Transform(kind="keep")}
+    with sandbox.store_conn() as conn:
+        conn.execute("DROP SCHEMA IF EXISTS encryption_scratch CASCADE")
+        conn.execute("CREATE SCHEMA encryption_scratch")
+        try:
+            conn.execute("CREATE TABLE encryption_scratch.staged (sfid varchar(18), accountid varchar(18), "
+                         "lastname text, birthdate date, email text)")
+            with conn.cursor().copy("COPY encryption_scratch.staged FROM STDIN") as copy:
+                for row in people:
+                    copy.write_row(row)
+            with conn.transaction():
+                rows = load.subset_table(conn, fields, staging, subset, None, parent_column="AccountId",
+                                         encrypt=["LastName", "Birthdate"], cache_table="account_contact",
+                                         keyring=ring)
+            assert rows == 7
+            stored = {r[0]: r[1:] for r in conn.execute(
+                "SELECT sfid, _parent_sfid, lastname, birthdate, email FROM encryption_scratch.subset").fetchall()}
+        finally:
+            conn.execute("DROP SCHEMA IF EXISTS encryption_scratch CASCADE")
+    assert set(stored) == {p[0] for p in people}
+    for sfid, parent, name, born, email in people:
+        got_parent, sealed_name, sealed_year, got_email = stored[sfid]
+        assert (got_parent, got_email) == (parent, email)
+        assert sealed_name.startswith(PREFIX) and name not in sealed_name
+        assert ring.decrypt(sealed_name, context("account_contact", "LastName", sfid)) == name
+        if born is None:
+            assert sealed_year is None
+        else:
+            assert ring.decrypt(sealed_year, context("account_contact", "Birthdate", sfid)) == str(born.year)
+        with pytest.raises(EncryptionError):  # bound to the child's table, not the parent's
+            ring.decrypt(sealed_name, context("account", "LastName", sfid))
 
 
 # ------------------------------------------------------------------------------------------- a real run
