@@ -168,28 +168,23 @@ def test_the_subset_is_encrypted_in_batches_bound_to_the_childs_table(sandbox, m
 
     monkeypatch.setattr(load, "ENCRYPT_BATCH", 3)  # 7 rows: three round trips
     ring = Keyring(KEY)
-    staging, subset = sql.Identifier("encryption_scratch", "staged"), sql.Identifier("encryption_scratch", "subset")
+    # Temporary tables: this session's own, gone with it.
+    staging, subset = sql.Identifier("pg_temp", "staged"), sql.Identifier("pg_temp", "subset")
     people = [(f"003{n:015d}", f"001{n:015d}", f"Name {n} ß", dt.date(1970 + n, 1, 2) if n % 3 else None,
                f"p{n}@x.example") for n in range(7)]
     fields = {"LastName": Transform(kind="keep"), "Birthdate": Transform(kind="year"), "Email": Transform(kind="keep")}
     with sandbox.store_conn() as conn:
-        conn.execute("DROP SCHEMA IF EXISTS encryption_scratch CASCADE")
-        conn.execute("CREATE SCHEMA encryption_scratch")
-        try:
-            conn.execute("CREATE TABLE encryption_scratch.staged (sfid varchar(18), accountid varchar(18), "
-                         "lastname text, birthdate date, email text)")
-            with conn.cursor().copy("COPY encryption_scratch.staged FROM STDIN") as copy:
-                for row in people:
-                    copy.write_row(row)
-            with conn.transaction():
-                rows = load.subset_table(conn, fields, staging, subset, None, parent_column="AccountId",
-                                         encrypt=["LastName", "Birthdate"], cache_table="account_contact",
-                                         keyring=ring)
-            assert rows == 7
-            stored = {r[0]: r[1:] for r in conn.execute(
-                "SELECT sfid, _parent_sfid, lastname, birthdate, email FROM encryption_scratch.subset").fetchall()}
-        finally:
-            conn.execute("DROP SCHEMA IF EXISTS encryption_scratch CASCADE")
+        conn.execute("CREATE TEMP TABLE staged (sfid varchar(18), accountid varchar(18), lastname text, "
+                     "birthdate date, email text)")
+        with conn.cursor().copy("COPY pg_temp.staged FROM STDIN") as copy:
+            for row in people:
+                copy.write_row(row)
+        with conn.transaction():
+            rows = load.subset_table(conn, fields, staging, subset, None, parent_column="AccountId",
+                                     encrypt=["LastName", "Birthdate"], cache_table="account_contact", keyring=ring)
+        assert rows == 7
+        stored = {r[0]: r[1:] for r in conn.execute(
+            "SELECT sfid, _parent_sfid, lastname, birthdate, email FROM pg_temp.subset").fetchall()}
     assert set(stored) == {p[0] for p in people}
     for sfid, parent, name, born, email in people:
         got_parent, sealed_name, sealed_year, got_email = stored[sfid]
