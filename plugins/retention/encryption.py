@@ -142,13 +142,15 @@ def read_back(conn, policy: Policy, keyring: Keyring, sfids: Iterable[str] | Non
     the record and column; nothing is written."""
     from psycopg import sql
 
+    from retention.cache import table
+
     ids = list(sfids) if sfids is not None else None
     for retain in (policy.retain, *(child.retain for child in policy.cascade)):
         if not retain.encrypt:
             continue
         fields = list(retain.fields)
         query = sql.SQL("SELECT * FROM {} WHERE _retention_policy = %s{} ORDER BY sfid").format(
-            sql.Identifier("cache", retain.table), sql.SQL(" AND sfid = ANY(%s)" if ids is not None else ""))
+            table(retain.table), sql.SQL(" AND sfid = ANY(%s)" if ids is not None else ""))
         cur = conn.execute(query, (policy.id, ids) if ids is not None else (policy.id,))
         names = [d.name for d in cur.description]
         for values in cur:
