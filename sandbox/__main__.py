@@ -267,6 +267,8 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "AIRFLOW_CONN_HEROKU_CONNECT_DEFAULT": json.dumps(connect_conn),
         # The sandbox's keyed-hash secret; a real deployment keeps its own in a secrets backend.
         "AIRFLOW_CONN_RETENTION_HASH_KEY": json.dumps({"conn_type": "generic", "password": s.hash_key}),
+        # The key of encrypted retained fields (retain.encrypt), likewise the sandbox's own.
+        "AIRFLOW_CONN_RETENTION_ENCRYPTION_KEY": json.dumps({"conn_type": "generic", "password": s.encryption_key}),
     }
 
 

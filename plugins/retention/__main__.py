@@ -1,7 +1,8 @@
 """Command line: ``python -m retention evidence verify [--head HASH]``,
 ``python -m retention evidence export --policy ID --since DATE [--out DIR]`` and
-``python -m retention connect-register [--conn-id heroku_connect_default]`` and
-``python -m retention preflight [--policies DIR]``.
+``python -m retention connect-register [--conn-id heroku_connect_default]``,
+``python -m retention preflight [--policies DIR]`` and
+``python -m retention decrypt --policy ID [--sfid ID ...] [--policies DIR]``.
 
 The store is found from ``--store-url``, else ``RETENTION_STORE_URL``, else the Airflow connection
 ``retention_store`` given as ``AIRFLOW_CONN_RETENTION_STORE`` (what ``python -m sandbox env`` exports).
@@ -9,7 +10,9 @@ The store is found from ``--store-url``, else ``RETENTION_STORE_URL``, else the 
 app's Heroku Connect add-on, once per user (no user is on it by default); it reads the connection as
 Airflow does (``AIRFLOW_CONN_*`` or the metadata database). ``preflight`` checks, before a first real run,
 everything the policies will meet in the org, the store, Heroku Connect and Airflow (see retention.preflight),
-prints what is ready and what to fix, and exits 1 when something is not ready.
+prints what is ready and what to fix, and exits 1 when something is not ready. ``decrypt`` prints a policy's
+retained rows with their encrypted fields (``retain.encrypt``) in plain text, one JSON object a line, for whoever
+holds the key connection ``retention_encryption_key`` (read as Airflow does) and can read the cache.
 """
 
 from __future__ import annotations
@@ -70,9 +73,46 @@ def preflight(args) -> int:
     return 0 if report.ready else 1
 
 
+def decrypt(args) -> int:
+    """Read back a policy's encrypted retained fields; exits 1 on a value that does not decrypt (named on stderr)."""
+    import psycopg
+    from airflow.sdk import BaseHook
+
+    from retention.encryption import EncryptionError, Keyring, read_back
+    from retention.policy import load_policies
+
+    policies, _ = load_policies(args.policies)
+    policy = next((p for p in policies if p.id == args.policy), None)
+    if policy is None:
+        print(f"no policy {args.policy!r} loads from the policies folder (ids: {', '.join(p.id for p in policies)})",
+              file=sys.stderr)
+        return 2
+    if not (policy.retain.encrypt or any(c.retain.encrypt for c in policy.cascade)):
+        print(f"policy {policy.id} encrypts no retained field (retain.encrypt)", file=sys.stderr)
+        return 2
+    try:
+        key = BaseHook.get_connection(args.key_conn_id)
+        keyring = Keyring.from_connection(key.password, key.extra_dejson, conn_id=args.key_conn_id)
+    except EncryptionError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except Exception as err:  # AirflowNotFoundException, or a secrets backend's own error
+        print(f"cannot read the key connection '{args.key_conn_id}': {err}", file=sys.stderr)
+        return 2
+    with psycopg.connect(store_url(args.store_url)) as conn:
+        try:
+            for row in read_back(conn, policy, keyring, args.sfid):
+                print(json.dumps(row, default=str, ensure_ascii=False))
+        except EncryptionError as err:
+            print(err, file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retention",
-                                     description="Retention evidence for auditors; Heroku Connect access.")
+    parser = argparse.ArgumentParser(
+        prog="python -m retention",
+        description="Retention evidence for auditors; Heroku Connect access; encrypted fields read back.")
     parser.add_argument("--store-url", help="Postgres URL of the retention store")
     sub = parser.add_subparsers(dest="command", required=True)
     evidence = sub.add_parser("evidence", help="verify or export the run ledger")
@@ -93,11 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--store-conn-id", default="retention_store")
     pre.add_argument("--connect-conn-id", default="heroku_connect_default")
     pre.add_argument("--no-pool", action="store_true", help="skip the Airflow pool check (no metadata database)")
+    dec = sub.add_parser("decrypt", help="print a policy's retained rows with encrypted fields in plain text "
+                                         "(needs the key connection)")
+    dec.add_argument("--policy", required=True)
+    dec.add_argument("--sfid", action="append", help="only this record (repeat for more)")
+    dec.add_argument("--policies", type=Path, help="policies folder (default as for preflight)")
+    dec.add_argument("--key-conn-id", default="retention_encryption_key")
     args = parser.parse_args(argv)
     if args.command == "connect-register":
         return connect_register(args.conn_id)
     if args.command == "preflight":
         return preflight(args)
+    if args.command == "decrypt":
+        return decrypt(args)
 
     import psycopg
 

@@ -264,12 +264,43 @@ class Retain(_Model):
             raise ValueError(f"table name is {len(value)} characters; Postgres allows 63")
         return value
 
+    # Retained fields stored encrypted (retention.encryption), read back with `python -m retention decrypt`.
+    encrypt: list[FieldName] = []
+
     @field_validator("fields")
     @classmethod
     def _unique(cls, value: dict[str, Transform]) -> dict[str, Transform]:
         if problem := _case_duplicates(value):
             raise ValueError(problem)
         return value
+
+    @field_validator("encrypt")
+    @classmethod
+    def _encrypt(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Only retained fields, each once, spelled as in ``fields``. ``null`` keeps nothing to encrypt, and a
+        ``hash`` is already unreadable and kept only to be matched, which a randomised ciphertext would prevent."""
+        fields = info.data.get("fields")
+        if fields is None:  # fields itself is wrong; that error says enough
+            return value
+        by_lower = {name.lower(): name for name in fields}
+        out: list[str] = []
+        for name in value:
+            field = by_lower.get(name.lower())
+            if field is None:
+                close = difflib.get_close_matches(name, list(fields), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"retained: {', '.join(fields)}"
+                raise ValueError(f"'{name}' is not a retained field ({hint}); only what retain.fields keeps can be "
+                                 "encrypted")
+            if field in out:
+                raise ValueError(f"'{field}' is listed twice")
+            kind = fields[field].kind
+            if kind == "null":
+                raise ValueError(f"'{field}' is retained as null: there is nothing to encrypt")
+            if kind == "hash":
+                raise ValueError(f"'{field}' is retained as a keyed hash, already unreadable and kept to be matched; "
+                                 "encrypting it would make it unmatchable")
+            out.append(field)
+        return out
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -4,8 +4,9 @@
 needs: the login and API version; the API user's permissions (API Enabled, Modify All Data as Privacy Center
 requires, Bulk API Hard Delete for ``hard_delete``, Privacy Center for holds); each policy's object, fields,
 updateable mask fields and cascade children in describe; each Connect mapping's fields; the store's schemas
-and what the connecting role may do there; the ``salesforce_api`` pool. It prints one line per check and
-exits non-zero when something is not ready. It only reads: nothing is created, changed or deleted.
+and what the connecting role may do there; the encryption key when a policy encrypts; the ``salesforce_api``
+pool. It prints one line per check and exits non-zero when something is not ready. It only reads: nothing is
+created, changed or deleted.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def run(policies: list[Policy], *, salesforce_conn_id: str = "salesforce_default
     if any(p.source == "heroku_connect" for p in policies):
         _connect(report, heroku_connect_conn_id, policies)
     _store(report, store_conn_id)
+    _encryption_key(report, policies)
     if check_pool:
         _pool(report)
     return report
@@ -250,6 +252,26 @@ def _store(report: Report, conn_id: str) -> None:
                "exists: it will read the cache schema only" if analyst else
                f"missing: analysts have no read-only credential; create it once with `heroku pg:credentials:create "
                f"--name {ANALYST}` (not on Essential plans), then run any policy so the grants are made")
+
+
+def _encryption_key(report: Report, policies: list[Policy]) -> None:
+    """The key connection, when some policy encrypts retained fields: a run without it stops in extract."""
+    from retention.encryption import KEY_CONN_ID, Keyring
+
+    users = [p.id for p in policies if p.retain.encrypt or any(c.retain.encrypt for c in p.cascade)]
+    if not users:
+        return
+
+    def read():
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(KEY_CONN_ID)
+        return Keyring.from_connection(conn.password, conn.extra_dejson)
+
+    keyring = _guard(report, "airflow", f"connection {KEY_CONN_ID}", read)
+    if keyring is not None:
+        report.add("airflow", f"connection {KEY_CONN_ID}", OK,
+                   f"AES-256 key {keyring.current_id} (+{len(keyring.previous)} previous) for {', '.join(users)}")
 
 
 def _pool(report: Report) -> None:

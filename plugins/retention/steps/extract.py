@@ -186,7 +186,7 @@ def _ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
     """Create ``cache.<table>`` (or add columns a changed policy now retains): the settled-records check reads it."""
     from retention.cache import ensure_table
 
-    ensure_table(conn, policy.retain.table, policy.retain.fields, types)
+    ensure_table(conn, policy.retain.table, policy.retain.fields, types, encrypted=policy.retain.encrypt)
 
 
 def _with_children(conn, sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, describe: dict,
@@ -233,7 +233,10 @@ def _preview_and_roll_back(conn, policy: Policy, run: Run, out: Extracted, limit
     subset_table(conn, policy.retain.fields, run.staging, run.subset, b"dry-run-preview-key")
     cur = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY sfid LIMIT %s").format(run.subset), (limit,))
     names = [d.name for d in cur.description]
-    out.preview = [{k: _jsonable(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+    # An encrypted field stays unread here too: the preview lands in XCom and the task log.
+    hidden = {n.lower() for n in policy.retain.encrypt}
+    out.preview = [{k: "(encrypted)" if k in hidden and v is not None else _jsonable(v)
+                    for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
     conn.rollback()
 
 
