@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 
 from retention import soql_filter
-from retention.policy import load_policy
+from retention.policy import load_policy, parse_policy
 from retention.steps.run import RetentionError, make_run, release
 from tests.retention.test_policy import MASK, VALID, error_of
 
@@ -249,3 +249,114 @@ def test_a_nul_in_a_bulk_result_stops_the_run_naming_record_and_field(sandbox, a
                                "Postgres text cannot hold one"), str(err)
     assert nothing_written(sandbox, policy, run)
     assert sf.Contact.get(record)["LastName"] == "NUL-HERE"  # nothing acted on in the org
+
+
+# ------------------------------------------------------------------------------------ daylight saving
+
+
+# Days a clock changes: Europe/Berlin springs forward at 01:00 UTC on 29 March 2026 and falls back at 01:00 UTC on
+# 25 October; America/New_York at 07:00 UTC on 8 March and 06:00 UTC on 1 November.
+DST_DAYS = [(BERLIN, dt.date(2026, 3, 29)), (BERLIN, dt.date(2026, 10, 25)),
+            (NEW_YORK, dt.date(2026, 3, 8)), (NEW_YORK, dt.date(2026, 11, 1))]
+DAILY = VALID.replace('"0 3 * * *"', '"30 1 * * *"')  # 01:30 UTC: inside Berlin's change
+
+
+def daily_runs(policy, first: dt.datetime, count: int):
+    """``count`` consecutive runs as the scheduler plans them from ``first`` with the policy's timetable."""
+    from retention.timetables import timetable_for
+    from tests.retention.test_timetables import run_dates
+
+    return [make_run(policy, logical_date=when, run_after=when, dag_run_id=f"scheduled__{when.isoformat()}", params={})
+            for when in run_dates(timetable_for(policy.schedule), n=count, start=first)]
+
+
+@pytest.mark.parametrize(("zone", "day"), DST_DAYS, ids=[f"{z.key}-{d}" for z, d in DST_DAYS])
+def test_consecutive_runs_across_a_clock_change_select_each_record_once(zone, day):
+    """Schedules are in UTC, so daily runs stay 24 hours apart when a local clock changes, and each cutoff is the
+    logical date minus exactly older_than_days x 24 h. Records stamped every 10 minutes of local time around the
+    change (both readings of the repeated hour included) are each selected by exactly one run: the first whose
+    cutoff passes them; date fields advance one day per run."""
+    policy = parse_policy(DAILY.encode())
+    n = policy.select.older_than_days
+    first = dt.datetime.combine(day + dt.timedelta(days=n - 2), dt.time(), UTC)
+    runs = daily_runs(policy, first, 5)
+    logical = [r.cutoff + dt.timedelta(days=n) for r in runs]
+    assert [b - a for a, b in zip(logical, logical[1:], strict=False)] == [dt.timedelta(hours=24)] * 4
+    assert all(r.cutoff.utcoffset() == dt.timedelta(0) and r.cutoff.time() == dt.time(1, 30) for r in runs)
+    assert [r.today for r in runs] == [r.cutoff.date() + dt.timedelta(days=n) for r in runs]
+    assert day in [r.cutoff.date() for r in runs]
+
+    start = dt.datetime.combine(day - dt.timedelta(days=1), dt.time(), zone)
+    stamps = {(start + dt.timedelta(minutes=10 * i)).replace(fold=fold).astimezone(UTC)
+              for i in range(6 * 24 * 3) for fold in (0, 1)}
+    stamps = {s for s in stamps if runs[0].cutoff <= s < runs[-1].cutoff}
+    selected: dict[dt.datetime, list[int]] = {}
+    done: set[dt.datetime] = set()
+    for i, run in enumerate(runs):
+        picked = {s for s in stamps if s < run.cutoff} - done  # date_field < cutoff, minus already retained
+        done |= picked
+        for s in picked:
+            selected.setdefault(s, []).append(i)
+    assert set(selected) == stamps and all(len(v) == 1 for v in selected.values())
+    dates = [run.cutoff_value("date") for run in runs]
+    assert [b - a for a, b in zip(dates, dates[1:], strict=False)] == [dt.timedelta(days=1)] * 4
+
+
+@pytest.mark.parametrize(("zone", "day"), DST_DAYS, ids=[f"{z.key}-{d}" for z, d in DST_DAYS])
+def test_relative_dates_on_a_clock_change_count_from_the_utc_day(zone, day):
+    """A run triggered at local midnight-and-a-half of the change day (still the previous UTC day in Berlin, already
+    that day in New York) counts TODAY from the UTC day of its logical date; YESTERDAY and N_DAYS_AGO of
+    consecutive days tile the calendar with no day twice or missing."""
+    policy = parse_policy(DAILY.encode())
+    local = dt.datetime.combine(day, dt.time(0, 30), zone)
+    run = make_run(policy, logical_date=local, run_after=local, dag_run_id="manual", params={})
+    assert run.today == local.astimezone(UTC).date()
+    assert run.cutoff == local.astimezone(UTC) - dt.timedelta(days=policy.select.older_than_days)
+    days = [run.today + dt.timedelta(days=k) for k in range(4)]
+    for name, n in (("YESTERDAY", None), ("N_DAYS_AGO", 3), ("TODAY", None)):
+        ranges = [soql_filter.relative_range(name, n, d) for d in days]
+        assert all(end - start == dt.timedelta(days=1) for start, end in ranges)
+        assert [b[0] for b in ranges[1:]] == [a[1] for a in ranges[:-1]]
+    soql = soql_filter.to_soql(soql_filter.parse("CreatedDate = YESTERDAY"), today=run.today,
+                               types={"CreatedDate": "datetime"})
+    yesterday = run.today - dt.timedelta(days=1)
+    assert f"{yesterday:%Y-%m-%d}T00:00:00Z" in soql and f"{run.today:%Y-%m-%d}T00:00:00Z" in soql
+
+
+def test_fields_next_to_a_cutoff_on_a_clock_change_compare_the_same_in_soql_and_on_the_mirror(sandbox, sf):
+    """The cutoff falls 30 minutes after Berlin's spring-forward (01:30 UTC, 03:30 local). Contacts modified one second
+    before it, at it, and one second after (written as Berlin wall-clock times), and born the day before and on the
+    cutoff's day: the SOQL the Bulk path sends and the SQL the mirror path runs (in a session whose TimeZone is
+    Berlin, where a zone-aware parameter would shift by the offset) select the same ones, those strictly before."""
+    policy = parse_policy(DAILY.replace("older_than_days: 730", "older_than_days: 30").encode())
+    logical = dt.datetime(2026, 4, 28, 1, 30, tzinfo=UTC)
+    run = make_run(policy, logical_date=logical, run_after=logical, dag_run_id="manual", params={})
+    assert run.cutoff.astimezone(BERLIN) == dt.datetime(2026, 3, 29, 3, 30, tzinfo=BERLIN)
+    second = dt.timedelta(seconds=1)
+    modified = {"before": run.cutoff - second, "at": run.cutoff, "after": run.cutoff + second}
+    born = {"before": run.cutoff.date() - dt.timedelta(days=1), "at": run.cutoff.date(), "after": run.cutoff.date()}
+    ids = {k: sf.Contact.create({"LastName": f"DST {k}", "Email": f"{k}@dst.example",
+                                 "Birthdate": born[k].isoformat()})["id"] for k in modified}
+    with sandbox.org_conn() as conn:
+        for k, when in modified.items():
+            conn.execute("UPDATE org.contact SET lastmodifieddate = %s WHERE id = %s",
+                         (when.astimezone(BERLIN), ids[k]))
+    by_id = {v: k for k, v in ids.items()}
+
+    def soql(field: str, ftype: str) -> set[str]:
+        found = sf.query_all(f"SELECT Id FROM Contact WHERE Email LIKE '%@dst.example' AND "
+                             f"{field} < {run.soql_cutoff(ftype)}")["records"]
+        return {by_id[r["Id"]] for r in found}
+
+    with sandbox.store_conn() as conn:
+        conn.execute("SET TimeZone = 'Europe/Berlin'")
+        conn.execute("CREATE TEMP TABLE mirror (name text, lastmodifieddate timestamp, birthdate date)")
+        conn.cursor().executemany("INSERT INTO mirror VALUES (%s, %s, %s)",  # Connect's columns: naive UTC
+                                  [(k, modified[k].replace(tzinfo=None), born[k]) for k in modified])
+
+        def mirror(column: str, ftype: str) -> set[str]:
+            query = sql.SQL("SELECT name FROM mirror WHERE {} < %s").format(sql.Identifier(column))
+            return {r[0] for r in conn.execute(query, (run.cutoff_value(ftype),))}
+
+        assert mirror("lastmodifieddate", "datetime") == soql("LastModifiedDate", "datetime") == {"before"}
+        assert mirror("birthdate", "date") == soql("Birthdate", "date") == {"before"}
