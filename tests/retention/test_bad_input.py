@@ -18,6 +18,8 @@ https://developer.salesforce.com/docs/platform/field-reference/references/field-
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -360,3 +362,71 @@ def test_fields_next_to_a_cutoff_on_a_clock_change_compare_the_same_in_soql_and_
 
         assert mirror("lastmodifieddate", "datetime") == soql("LastModifiedDate", "datetime") == {"before"}
         assert mirror("birthdate", "date") == soql("Birthdate", "date") == {"before"}
+
+
+# ------------------------------------------------------------------------------ values at the edges, kept
+
+
+def edge_records(domain: str, long_text: bool) -> dict[str, dict]:
+    """Contacts whose values sit at Salesforce's edges: every text field full to its length (FirstName 40, LastName
+    80, Email 80, MailingCountry 80, Description 32,000), unicode (astral emoji, a combining accent, right-to-left,
+    CJK), newlines (\\n, \\r\\n) and tabs, leading and trailing spaces, quotes, commas and a backslash."""
+    at = f"@{domain}"
+    records = {
+        "full": {"FirstName": "F" * 39 + "é", "LastName": ("Full ¼ " * 14)[:79] + "L",
+                 "Email": "e" * (80 - len(at)) + at, "MailingCountry": "Ω" * 80, "Birthdate": "1970-01-01"},
+        "unicode": {"FirstName": "Zoë 😀 𝌆", "LastName": "e\u0301 שלום עולם 漢字 🏳️\u200d🌈",
+                    "Email": f"unicode{at}", "MailingCountry": "الإمارات العربية"},
+        "whitespace": {"FirstName": "  two\tspaces ", "LastName": "line one\nline two\r\nline\tthree ",
+                       "Email": f"whitespace{at}", "MailingCountry": " trailing  "},
+        "quotes": {"FirstName": '"", ,\'', "LastName": 'O\'Brien, "Jr.", back\\slash', "Email": f"quotes{at}",
+                   "MailingCountry": "a,b;c"},
+    }
+    if long_text:
+        records["full"]["Description"] = ("line\r\n\tcafé, \"quoted\" 😀\n" * 1500)[:31999] + "."
+        records["whitespace"]["Description"] = " \n\r\n\t "
+    return records
+
+
+@pytest.mark.parametrize(("policy_id", "domain", "long_text"), [
+    ("bad_input_mirror", "edge-mirror.example", False), ("bad_input_bulk", "edge-bulk.example", True)])
+def test_values_at_the_edges_are_retained_exactly_and_hashed_consistently(sandbox, airflow_db, sf, policy_id, domain,
+                                                                          long_text):
+    """One mask run per source (the Connect mirror, a Bulk 2.0 CSV): every kept field in the cache equals the org's
+    value before the run, byte for byte; FirstName retained as a keyed hash and masked with the same key is that
+    hash (cut to the field's 40 characters) in the org; LastName masked is the hash of its exact original text."""
+    from tests.dags import bad_input_dags
+    from tests.policy_support import HASH_KEY, cache_rows, org_rows, policy_world
+
+    records = edge_records(domain, long_text)
+    logical = dt.datetime.now(UTC).replace(microsecond=0)
+    with policy_world(sandbox):
+        ids = {name: sf.Contact.create(values)["id"] for name, values in records.items()}
+        with sandbox.org_conn() as conn:
+            conn.execute("UPDATE org.contact SET lastmodifieddate = %s, systemmodstamp = now() WHERE id = ANY(%s)",
+                         (logical - dt.timedelta(days=40), list(ids.values())))
+        fields = ["firstname", "lastname", "email", "mailingcountry", "birthdate", *(["description"] * long_text)]
+        before = {r["id"]: r for r in org_rows(sandbox, f"SELECT id, {', '.join(fields)} FROM org.contact "
+                                                         "WHERE id = ANY(%s)", (list(ids.values()),))}
+        for name, values in records.items():  # the org holds the crafted values as written
+            assert {k.lower(): str(v) for k, v in values.items()} == {
+                k: str(before[ids[name]][k]) for k in map(str.lower, values)}
+        run = getattr(bad_input_dags, f"retention__{policy_id}").test(
+            logical_date=logical, run_conf={"dry_run": False, "cutoff": None})
+        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+        cache = cache_rows(sandbox, policy_id)
+        assert run.state == "success", (states, {k: r.get("_action_error") for k, r in cache.items()})
+        after = {r["id"]: r for r in org_rows(sandbox, "SELECT id, firstname, lastname FROM org.contact "
+                                                       "WHERE id = ANY(%s)", (list(ids.values()),))}
+
+    def keyed(text: str) -> str:
+        return hmac.new(HASH_KEY.encode(), text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    assert set(cache) == set(ids.values())
+    for record_id, org in before.items():
+        row = cache[record_id]
+        for name in ("lastname", "email", "mailingcountry", "birthdate", *(["description"] * long_text)):
+            assert row[name] == org[name], (name, row[name], org[name])
+        assert row["firstname"] == keyed(org["firstname"])
+        assert after[record_id]["firstname"] == keyed(org["firstname"])[:40]
+        assert after[record_id]["lastname"] == keyed(org["lastname"])
