@@ -136,9 +136,9 @@ def test_sql_in_a_literal_is_only_data_on_the_mirror(sandbox):
             clause, params = soql_filter.to_sql(soql_filter.parse(text), today=dt.date(2026, 3, 29))
             rows = conn.execute(sql.SQL("SELECT name FROM victim WHERE {}").format(clause), params).fetchall()
             assert rows == [(value,)], (text, rows)
-            like, params = soql_filter.to_sql(soql_filter.parse("Name LIKE '%;%'"), today=dt.date(2026, 3, 29))
-            assert {r[0] for r in conn.execute(sql.SQL("SELECT name FROM victim WHERE {}").format(like), params)} == {
-                v for v in SHADY if ";" in v}
+        like, params = soql_filter.to_sql(soql_filter.parse("Name LIKE '%;%'"), today=dt.date(2026, 3, 29))
+        assert {r[0] for r in conn.execute(sql.SQL("SELECT name FROM victim WHERE {}").format(like), params)} == {
+            v for v in SHADY if ";" in v}
         assert conn.execute("SELECT count(*) FROM victim").fetchone()[0] == len(SHADY) + 1
 
 
@@ -175,14 +175,14 @@ retain:
     {field}: keep
 action: mask
 mask:
-  {mask}: nullify
+  {mask}
 source: salesforce_api
 """
 
 
 def edge_policy(tmp_path, **values):
     values = {"object": "Contact", "where": "Email LIKE '%@bad-input.example'", "field": "Email",
-              "mask": "FirstName", **values}
+              "mask": "FirstName: nullify", **values}
     path = tmp_path / f"{values['id']}.yaml"
     path.write_text(EDGE.format(**values))
     return load_policy(path)
@@ -222,14 +222,16 @@ def test_an_unknown_object_stops_the_run_naming_file_and_key(sandbox, airflow_db
 
 
 def test_unknown_fields_in_retain_where_and_mask_stop_the_run_naming_file_and_keys(sandbox, airflow_db, tmp_path):
+    """And a mask that does not fit its field's type (LastName is required: it cannot be emptied)."""
     policy = edge_policy(tmp_path, id="bad_fields", where="Emial LIKE '%@bad-input.example'", field="Birthdte",
-                         mask="FirstNam")
+                         mask="FirstNam: nullify\n  LastName: nullify")
     err, run = extract_now(policy)
     assert str(err) == (
         "policy bad_fields does not fit Contact in Salesforce: "
         "bad_fields.yaml: select.where: unknown field 'Emial' on Contact; "
         "bad_fields.yaml: retain.fields.Birthdte: unknown field 'Birthdte' on Contact; "
-        "bad_fields.yaml: mask.FirstNam: unknown field 'FirstNam' on Contact")
+        "bad_fields.yaml: mask.FirstNam: unknown field 'FirstNam' on Contact; "
+        "bad_fields.yaml: mask.LastName: nullify needs a nillable field; 'LastName' is required")
     assert nothing_written(sandbox, policy, run)
 
 
