@@ -771,6 +771,8 @@ def parse_policy(data: bytes, path: Path | str | None = None) -> Policy:
         raise PolicyError(path, [(None, "file is empty; expected a policy (id, description, owner, object, ...)")])
     if not isinstance(doc, dict):
         raise PolicyError(path, [(None, f"top level must be a mapping of policy keys, got {type(doc).__name__}")])
+    if nul := _nul_bytes(doc):
+        raise PolicyError(path, nul)
     try:
         policy = Policy.model_validate(doc)
     except ValidationError as exc:
@@ -778,6 +780,27 @@ def parse_policy(data: bytes, path: Path | str | None = None) -> Policy:
     policy._path = path
     policy._source_hash = hashlib.sha256(data).hexdigest()
     return policy
+
+
+_NUL = "\x00"
+
+
+def _nul_bytes(node: Any, loc: tuple = ()) -> list[tuple[str | None, str]]:
+    """Keys and values holding a NUL (YAML's "\\0"): Postgres text cannot store one, so a ``where`` literal or a mask
+    value with it would fail half-way through a run, or be cut short by some client. Refused here, never stripped."""
+    key = ".".join(map(str, loc)) or None
+    if isinstance(node, str):
+        if (at := node.find(_NUL)) < 0:
+            return []
+        return [(key, f"contains a NUL character (character {at + 1}); Postgres text cannot hold one and it is "
+                      "never stripped silently: remove it")]
+    if isinstance(node, dict):
+        found = [(key, f"key {k!r} contains a NUL character; remove it")
+                 for k in node if isinstance(k, str) and _NUL in k]
+        return found + [p for k, v in node.items() for p in _nul_bytes(v, (*loc, k))]
+    if isinstance(node, list):
+        return [p for n, v in enumerate(node) for p in _nul_bytes(v, (*loc, n))]
+    return []
 
 
 def load_policies(folder: Path | str | None = None) -> tuple[list[Policy], dict[Path, PolicyError]]:
