@@ -37,7 +37,7 @@ def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     check, stage (dry runs: preview what would be retained, roll back and release the policy)."""
     from retention.policy import check_against_describe
 
-    store.ensure_schema()
+    store.check_setup()  # the grants the pipeline relies on, before anything is claimed or staged
     claim(store, run, still_running=still_running)  # one run of the policy at work at a time
     describe = sf.describe_object(policy.object)
     others = {name: sf.describe_or_none(name) for name in policy.related_fields()}
