@@ -269,6 +269,8 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "RETENTION_STORE_URL": pg.store_url(),
         # The pipeline's credential, as the tasks connect (AIRFLOW_CONN_RETENTION_STORE).
         "RETENTION_PIPELINE_URL": pg.store_url(postgres.PIPELINE),
+        # The External Object views' credential: it reads retention_external's views and nothing else.
+        "RETENTION_EXTERNAL_URL": pg.store_url(postgres.EXTERNAL),
         # An analyst's credential: it reads the cache schema and nothing else.
         "RETENTION_ANALYST_URL": pg.store_url(postgres.ANALYST),
         "HEROKU_CONNECT_TOKEN": s.connect_token,

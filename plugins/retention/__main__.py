@@ -78,7 +78,8 @@ def store_setup(args) -> int:
     """Apply the DDL and the grants as the store's owner, or print them (``--print``)."""
     from retention import store_setup as setup
 
-    roles = setup.Roles(pipeline=args.pipeline_role, analyst=args.analyst_role, mirror=args.mirror_schema)
+    roles = setup.Roles(pipeline=args.pipeline_role, analyst=args.analyst_role, external=args.external_role,
+                        mirror=args.mirror_schema)
     if args.print:
         print(setup.script(roles), end="")
         return 0
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     setup.add_argument("--print", action="store_true", help="print the SQL (DDL and grants) instead of running it")
     setup.add_argument("--pipeline-role", default="retention_pipeline", help="the role the tasks connect as")
     setup.add_argument("--analyst-role", default="retention_analyst", help="the analysts' read-only role")
+    setup.add_argument("--external-role", default="retention_external",
+                       help="the role that reads the External Object views only")
     setup.add_argument("--mirror-schema", default="salesforce", help="Heroku Connect's schema (read-only to us)")
     args = parser.parse_args(argv)
     if args.command == "store-setup":

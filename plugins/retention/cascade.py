@@ -261,10 +261,12 @@ def subset(conn, policy: Policy, run: Run, hash_key: bytes | None) -> list[int]:
 
 
 def ensure_cache_tables(conn, policy: Policy, types: dict[str, dict[str, str]]) -> None:
+    from retention import external_views
     from retention.cache import ensure_table
 
     for child in policy.cascade:
         ensure_table(conn, child.retain.table, child.retain.fields, types[child.object], parent=True)
+        external_views.ensure(conn, policy, child.retain.table, list(child.retain.fields), child=True)
 
 
 def load(conn, policy: Policy, run: Run) -> list[int]:

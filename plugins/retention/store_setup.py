@@ -9,6 +9,7 @@ hold (:func:`missing`).
   ledger and reads it, never deletes a row nor changes a sealed one (no DELETE/TRUNCATE grant, and SQL 008's
   trigger); only reads Connect's ``salesforce`` schema, where a plain write would be pushed to Salesforce.
 - analyst: reads ``cache`` and nothing else, including the cache tables the pipeline creates later.
+- external: reads the External Object views in ``retention_external`` (made by the pipeline) and nothing else.
 
 The pipeline must not own the ledger: an owner bypasses grants. The owner stays the admin's credential (on
 Heroku Postgres the default credential, which Heroku Connect also uses and which has admin option on the
@@ -24,6 +25,7 @@ from retention.steps.run import RetentionError
 
 PIPELINE = "retention_pipeline"
 ANALYST = "retention_analyst"
+EXTERNAL = "retention_external"  # reads the External Object views (retention/external_views.py) and nothing else
 MIRROR = "salesforce"
 SETUP_COMMAND = "python -m retention store-setup"
 
@@ -32,6 +34,7 @@ SETUP_COMMAND = "python -m retention store-setup"
 PIPELINE_NEEDS = (
     ("cache", "schema", "USAGE, CREATE"),
     ("retention_staging", "schema", "USAGE, CREATE"),
+    ("retention_external", "schema", "USAGE, CREATE"),
     ("retention", "schema", "USAGE"),
     ("retention.runs", "table", "SELECT, INSERT, UPDATE"),
     ("retention.purged_records", "table", "SELECT, INSERT"),
@@ -57,15 +60,17 @@ class Roles:
 
     :param pipeline: the role the tasks connect as (``AIRFLOW_CONN_RETENTION_STORE``).
     :param analyst: the read-only role of analysts.
+    :param external: the role that reads the External Object views only.
     :param mirror: Heroku Connect's schema in the store.
     """
 
     pipeline: str = PIPELINE
     analyst: str = ANALYST
+    external: str = EXTERNAL
     mirror: str = MIRROR
 
     def __post_init__(self) -> None:
-        for name in (self.pipeline, self.analyst, self.mirror):
+        for name in (self.pipeline, self.analyst, self.external, self.mirror):
             _ident(name)
 
 
@@ -75,9 +80,9 @@ class SetupError(RetentionError):
 
 def grants(roles: Roles, *, mirror_exists: bool = True) -> list[str]:
     """The GRANTs of least privilege, run by the store's owner after the DDL (idempotent)."""
-    p, a, m = roles.pipeline, roles.analyst, roles.mirror
+    p, a, x, m = roles.pipeline, roles.analyst, roles.external, roles.mirror
     stmts = [
-        f"GRANT USAGE, CREATE ON SCHEMA cache, retention_staging TO {p}",
+        f"GRANT USAGE, CREATE ON SCHEMA cache, retention_staging, retention_external TO {p}",
         f"GRANT USAGE ON SCHEMA retention TO {p}",
         f"REVOKE CREATE ON SCHEMA retention FROM {p}",
         # The ledger: append and read only. No DELETE or TRUNCATE; UPDATE only seals the row just inserted
@@ -105,7 +110,12 @@ END $$""",
         f"GRANT USAGE ON SCHEMA cache TO {a}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA cache TO {a}",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {p} IN SCHEMA cache GRANT SELECT ON TABLES TO {a}",
-        f"REVOKE ALL ON SCHEMA retention, retention_staging FROM {a}",
+        f"REVOKE ALL ON SCHEMA retention, retention_staging, retention_external FROM {a}",
+        # The External Object views: their role reads them, through the view owner's (the pipeline's) rights.
+        f"GRANT USAGE ON SCHEMA retention_external TO {x}",
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA retention_external TO {x}",
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {p} IN SCHEMA retention_external GRANT SELECT ON TABLES TO {x}",
+        f"REVOKE ALL ON SCHEMA cache, retention, retention_staging FROM {x}",
     ]
     if mirror_exists:
         # Read-only on Connect's mirror, including the tables Connect (the owner's credential) adds later.
@@ -115,7 +125,7 @@ END $$""",
             f"REVOKE ALL ON ALL TABLES IN SCHEMA {m} FROM {p}",
             f"GRANT SELECT ON ALL TABLES IN SCHEMA {m} TO {p}",
             f"ALTER DEFAULT PRIVILEGES IN SCHEMA {m} GRANT SELECT ON TABLES TO {p}",
-            f"REVOKE ALL ON SCHEMA {m} FROM {a}",
+            f"REVOKE ALL ON SCHEMA {m} FROM {a}, {x}",
         ]
     return stmts
 
@@ -136,6 +146,7 @@ def script(roles: Roles) -> str:
         [f"-- as the store's owner (Heroku Postgres: the default credential), after\n"
          f"--   heroku pg:credentials:create --name {roles.pipeline}\n"
          f"--   heroku pg:credentials:create --name {roles.analyst}\n"
+         f"--   heroku pg:credentials:create --name {roles.external}\n"
          f"GRANT {roles.pipeline} TO CURRENT_USER;  -- for ALTER DEFAULT PRIVILEGES FOR ROLE {roles.pipeline}",
          *ddl(), *(s + ";" for s in grants(roles))]) + "\n"
 
@@ -148,7 +159,7 @@ def apply(conn, roles: Roles) -> list[str]:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('retention.store_setup'))")
     me, may_create = conn.execute(
         "SELECT current_user, rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user").fetchone()
-    for role, login in ((roles.pipeline, True), (roles.analyst, True)):
+    for role, login in ((roles.pipeline, True), (roles.analyst, True), (roles.external, True)):
         if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
             continue
         if not may_create:
@@ -169,6 +180,7 @@ def apply(conn, roles: Roles) -> list[str]:
                 + (f"read {roles.mirror}" if mirror else f"(schema {roles.mirror} not there yet: Heroku Connect "
                    f"creates it at its first sync; run {SETUP_COMMAND} again then)"))
     done.append(f"granted {roles.analyst}: read cache")
+    done.append(f"granted {roles.external}: read the External Object views in retention_external")
     return done
 
 

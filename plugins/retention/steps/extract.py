@@ -184,9 +184,11 @@ def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],
 
 def _ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
     """Create ``cache.<table>`` (or add columns a changed policy now retains): the settled-records check reads it."""
+    from retention import external_views
     from retention.cache import ensure_table
 
     ensure_table(conn, policy.retain.table, policy.retain.fields, types)
+    external_views.ensure(conn, policy, policy.retain.table, list(policy.retain.fields))
 
 
 def _with_children(conn, sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, describe: dict,
