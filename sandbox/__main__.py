@@ -94,7 +94,12 @@ def cmd_up(s: Settings, args) -> int:
         print(f"sandbox failed to start; see {s.home / 'sandbox.log'}", file=sys.stderr)
         cmd_down(s, args)
         return 1
-    setup_store(pg)  # after the server is up: Connect's `salesforce` schema exists, so its grants are made too
+    try:
+        setup_store(pg)  # after the server is up: Connect's `salesforce` schema exists, so its grants are made too
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        cmd_down(s, args)
+        return 1
     where = f"embedded, {s.pg_dir}" if pg.embedded else "external"
     print(f"Postgres      {pg.base_url.rsplit('/', 1)[0]}  ({where})")
     print(f"Salesforce    {s.instance_url}  (user {s.username})")
@@ -107,7 +112,7 @@ def cmd_up(s: Settings, args) -> int:
 
 def setup_store(pg: postgres.Postgres) -> None:
     """``python -m retention store-setup`` with the store owner's credential, as a data team runs it once: the
-    store's DDL and the pipeline's and analysts' grants (the pipeline's tasks may not run them)."""
+    store's DDL and the roles' grants (the pipeline's tasks may not run them)."""
     repo = Path(__file__).resolve().parent.parent
     path = os.pathsep.join(filter(None, (str(repo / "plugins"), os.environ.get("PYTHONPATH"))))
     out = subprocess.run([sys.executable, "-m", "retention", "--store-url", pg.store_url(), "store-setup"],

@@ -78,8 +78,12 @@ def store_setup(args) -> int:
     """Apply the DDL and the grants as the store's owner, or print them (``--print``)."""
     from retention import store_setup as setup
 
-    roles = setup.Roles(pipeline=args.pipeline_role, analyst=args.analyst_role, external=args.external_role,
-                        mirror=args.mirror_schema)
+    try:
+        roles = setup.Roles(pipeline=args.pipeline_role, analyst=args.analyst_role, external=args.external_role,
+                            mirror=args.mirror_schema)
+    except ValueError as err:  # a name that would have to be quoted in the GRANTs
+        print(f"store-setup: {err}", file=sys.stderr)
+        return 2
     if args.print:
         print(setup.script(roles), end="")
         return 0
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Run with the store owner's credential (--store-url or RETENTION_STORE_URL; on Heroku Postgres "
         "the default credential). Roles missing are created where the owner may create roles; on Heroku Postgres "
         "make them first as credentials: `heroku pg:credentials:create --name retention_pipeline` (and "
-        "retention_analyst), then run this, or `--print` the SQL for `heroku pg:psql`.")
+        "retention_analyst, retention_external), then run this, or `--print` the SQL for `heroku pg:psql`.")
     setup.add_argument("--print", action="store_true", help="print the SQL (DDL and grants) instead of running it")
     setup.add_argument("--pipeline-role", default="retention_pipeline", help="the role the tasks connect as")
     setup.add_argument("--analyst-role", default="retention_analyst", help="the analysts' read-only role")

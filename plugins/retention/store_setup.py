@@ -172,7 +172,7 @@ def apply(conn, roles: Roles) -> list[str]:
         conn.execute(f"GRANT {roles.pipeline} TO CURRENT_USER")
     for statement in ddl():
         conn.execute(statement)
-    done.append("applied the store DDL (schemas cache, retention, retention_staging; the ledger)")
+    done.append("applied the store DDL (schemas cache, retention, retention_staging, retention_external; the ledger)")
     mirror = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (roles.mirror,)).fetchone() is not None
     for statement in grants(roles, mirror_exists=mirror):
         conn.execute(statement)
