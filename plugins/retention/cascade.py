@@ -263,11 +263,13 @@ def subset(conn, policy: Policy, run: Run, hash_key: bytes | None, keyring: Keyr
 
 
 def ensure_cache_tables(conn, policy: Policy, types: dict[str, dict[str, str]]) -> None:
+    from retention import external_views
     from retention.cache import ensure_table
 
     for child in policy.cascade:
         ensure_table(conn, child.retain.table, child.retain.fields, types[child.object], parent=True,
                      encrypted=child.retain.encrypt)
+        external_views.ensure(conn, policy, child.retain.table, external_views.visible(child.retain), child=True)
 
 
 def load(conn, policy: Policy, run: Run) -> list[int]:

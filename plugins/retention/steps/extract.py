@@ -37,7 +37,7 @@ def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     check, stage (dry runs: preview what would be retained, roll back and release the policy)."""
     from retention.policy import check_against_describe
 
-    store.ensure_schema()
+    store.check_setup()  # the grants the pipeline relies on, before anything is claimed or staged
     claim(store, run, still_running=still_running)  # one run of the policy at work at a time
     file = policy.path.name if policy.path else "<policy>"
     describe = sf.describe_or_none(policy.object)
@@ -208,9 +208,11 @@ def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],
 
 def _ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
     """Create ``cache.<table>`` (or add columns a changed policy now retains): the settled-records check reads it."""
+    from retention import external_views
     from retention.cache import ensure_table
 
     ensure_table(conn, policy.retain.table, policy.retain.fields, types, encrypted=policy.retain.encrypt)
+    external_views.ensure(conn, policy, policy.retain.table, external_views.visible(policy.retain))
 
 
 def _with_children(conn, sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, describe: dict,
