@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from retention.encryption import PREFIX, EncryptionError, Keyring, context, key_id, new_key
@@ -283,6 +284,11 @@ def test_the_cache_holds_no_plaintext_and_decrypt_gives_back_the_orgs_values(con
         sandbox, "SELECT attname, col_description(attrelid, attnum) AS c FROM pg_attribute "
                  "WHERE attrelid = 'cache.encrypted_contacts'::regclass AND attnum > 0")}
     assert comments["lastname"] == comments["email"] == ENCRYPTED_COMMENT and comments["mailingcountry"] is None
+    # The policy's External Object view leaves the encrypted fields out: Salesforce could only show their ciphertext.
+    with psycopg.connect(sandbox.env["RETENTION_EXTERNAL_URL"], autocommit=True) as conn:
+        shown = conn.execute("SELECT * FROM retention_external.encrypted_contacts")
+        assert [c.name for c in shown.description] == ["sfid", "birthdate", "mailingcountry"]
+        assert {r[0] for r in shown.fetchall()} == set(ids)
     # Staging (where the run held the org's values in plain text) is gone with the run.
     assert store_rows(sandbox, "SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' AND "
                                "tablename LIKE %s", ("encrypted_contacts%",)) == []
