@@ -94,6 +94,12 @@ def cmd_up(s: Settings, args) -> int:
         print(f"sandbox failed to start; see {s.home / 'sandbox.log'}", file=sys.stderr)
         cmd_down(s, args)
         return 1
+    try:
+        setup_store(pg)  # after the server is up: Connect's `salesforce` schema exists, so its grants are made too
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        cmd_down(s, args)
+        return 1
     where = f"embedded, {s.pg_dir}" if pg.embedded else "external"
     print(f"Postgres      {pg.base_url.rsplit('/', 1)[0]}  ({where})")
     print(f"Salesforce    {s.instance_url}  (user {s.username})")
@@ -102,6 +108,17 @@ def cmd_up(s: Settings, args) -> int:
     print(f"CA bundle     {certs.ca}")
     print("Ready your shell with:  eval \"$(python -m sandbox env)\"")
     return 0
+
+
+def setup_store(pg: postgres.Postgres) -> None:
+    """``python -m retention store-setup`` with the store owner's credential, as a data team runs it once: the
+    store's DDL and the roles' grants (the pipeline's tasks may not run them)."""
+    repo = Path(__file__).resolve().parent.parent
+    path = os.pathsep.join(filter(None, (str(repo / "plugins"), os.environ.get("PYTHONPATH"))))
+    out = subprocess.run([sys.executable, "-m", "retention", "--store-url", pg.store_url(), "store-setup"],
+                         cwd=repo, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=180)
+    if out.returncode != 0:
+        raise RuntimeError(f"python -m retention store-setup failed:\n{out.stdout}{out.stderr}")
 
 
 def cmd_down(s: Settings, args) -> int:
@@ -230,8 +247,9 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "extra": {"consumer_key": s.consumer_key, "private_key_file_path": str(keys.private_key),
                   "domain": s.login_domain, "version": API_VERSION},
     }
-    # The store's default credential, as Heroku Postgres gives one (the database's owner, not a superuser).
-    store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": postgres.STORE_OWNER,
+    # The pipeline's own credential (least privilege, see `python -m retention store-setup`), not the store's
+    # default credential, which owns the database and stays the admin's (RETENTION_STORE_URL).
+    store_conn = {"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": postgres.PIPELINE,
                   "schema": postgres.STORE}
     # The discovery form, as in production: the hook finds the connection and its region's API root
     # from the app's name (the sandbox's Connect server plays hc-central.heroku.com too).
@@ -252,7 +270,12 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "SALESFORCE_PRIVATE_KEY_FILE": str(keys.private_key),
         "SALESFORCE_API_VERSION": API_VERSION,
         "SANDBOX_ORG_URL": pg.url("sandbox_org"),
+        # The store owner's credential (Heroku's default): the admin's, for store-setup and for looking inside.
         "RETENTION_STORE_URL": pg.store_url(),
+        # The pipeline's credential, as the tasks connect (AIRFLOW_CONN_RETENTION_STORE).
+        "RETENTION_PIPELINE_URL": pg.store_url(postgres.PIPELINE),
+        # The External Object views' credential: it reads retention_external's views and nothing else.
+        "RETENTION_EXTERNAL_URL": pg.store_url(postgres.EXTERNAL),
         # An analyst's credential: it reads the cache schema and nothing else.
         "RETENTION_ANALYST_URL": pg.store_url(postgres.ANALYST),
         "HEROKU_CONNECT_TOKEN": s.connect_token,
@@ -267,6 +290,8 @@ def env_vars(s: Settings, base_url: str) -> dict[str, str]:
         "AIRFLOW_CONN_HEROKU_CONNECT_DEFAULT": json.dumps(connect_conn),
         # The sandbox's keyed-hash secret; a real deployment keeps its own in a secrets backend.
         "AIRFLOW_CONN_RETENTION_HASH_KEY": json.dumps({"conn_type": "generic", "password": s.hash_key}),
+        # The key of encrypted retained fields (retain.encrypt), likewise the sandbox's own.
+        "AIRFLOW_CONN_RETENTION_ENCRYPTION_KEY": json.dumps({"conn_type": "generic", "password": s.encryption_key}),
     }
 
 

@@ -84,6 +84,8 @@ class Settings:
     connect_app_name: str = "retention-sandbox"
     connect_resource_name: str = "herokuconnect-sandbox"
     hash_key: str = "sandbox-retention-hash-key"
+    # AES-256 key of encrypted retained fields (base64 of 32 bytes); a real one comes from `openssl rand -base64 32`.
+    encryption_key: str = "c2FuZGJveCByZXRlbnRpb24gZW5jcnlwdGlvbiBrZXk="
     connection_id: str = "5f1c6a2e-0b7d-4c1e-9a55-5a0d1e2c3b4a"
     org_id: str = "00DDn0000000001EAA"
     connect_mappings: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(CONNECT_MAPPINGS))

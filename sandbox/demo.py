@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         state = cli.read_state(settings)
         env = cli.env_vars(settings, state["base_url"])
         os.environ.update(env)
-        _reset_store(env["RETENTION_STORE_URL"])
+        _reset_store(env["RETENTION_STORE_URL"])  # then the admin's step again, on the empty store
+        cli.setup_store(cli.postgres.Postgres(state["base_url"], embedded=True))
         print(f"\nSeeding the org ({args.contacts} contacts and related records)...")
         cli.cmd_seed(settings, SimpleNamespace(reset=True, contacts=args.contacts, seed=42))
         seeded_at = dt.datetime.now(dt.UTC)

@@ -31,6 +31,11 @@ STORE = "retention_store"
 # any of your tables" until granted.
 STORE_OWNER = "store_owner"
 ANALYST = "retention_analyst"
+# The role the pipeline's tasks connect as, another such credential. Heroku gives the default credential admin
+# option on the others (`pg:credentials:repair-default` restores it), so the owner may act for it in store-setup.
+PIPELINE = "retention_pipeline"
+# Reads the Salesforce External Object views only (an OData bridge's credential).
+EXTERNAL = "retention_external"
 
 # Embedded server tuning: a throw-away local server, so durability is traded for seeding speed.
 _SERVER_OPTIONS = (
@@ -165,6 +170,11 @@ def ensure_databases(pg: Postgres, names: tuple[str, ...] = DATABASES) -> None:
                          "NOBYPASSRLS IN ROLE pg_monitor, pg_read_all_settings, pg_read_all_stats, pg_signal_backend")
         if ANALYST not in roles:
             conn.execute(f"CREATE ROLE {ANALYST} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
+        if EXTERNAL not in roles:
+            conn.execute(f"CREATE ROLE {EXTERNAL} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
+        if PIPELINE not in roles:
+            conn.execute(f"CREATE ROLE {PIPELINE} LOGIN NOSUPERUSER NOCREATEROLE NOCREATEDB")
+            conn.execute(f"GRANT {PIPELINE} TO {STORE_OWNER} WITH ADMIN OPTION")
         for name in names:
             if name not in have:
                 owner = f" OWNER {STORE_OWNER}" if name == STORE else ""

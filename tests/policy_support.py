@@ -91,11 +91,11 @@ def lose_staged_rows(monkeypatch, count: int = 2) -> None:
 
     real_subset = load.subset
 
-    def subset_after_losing_rows(store, policy, run, key):
+    def subset_after_losing_rows(store, policy, run, *keys):
         with RetentionStoreHook().connect() as conn:
             conn.execute(f'DELETE FROM retention_staging."{run.run_key}" WHERE sfid IN '
                          f'(SELECT sfid FROM retention_staging."{run.run_key}" ORDER BY sfid LIMIT {int(count)})')
-        return real_subset(store, policy, run, key)
+        return real_subset(store, policy, run, *keys)
 
     monkeypatch.setattr(load, "subset", subset_after_losing_rows)
 

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 from psycopg import sql
 
 from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA
+from retention.steps.run import RetentionError
 
 if TYPE_CHECKING:
+    from collections.abc import Collection
+
     from retention.policy import Policy
     from retention.steps.run import Run
 
@@ -35,6 +38,8 @@ STATUS_COLUMNS = (
     ("_action_at", "timestamptz"),
     ("_bulk_job_id", "text"),
 )
+# The comment that marks a cache column as holding ciphertext (retention.encryption), for readers of the store.
+ENCRYPTED_COMMENT = "encrypted (retention.encryption); read back with: python -m retention decrypt"
 # Action statuses of records a later run must not select again: their retained copy is final.
 SETTLED = ("done", "refused")
 
@@ -74,13 +79,15 @@ def already_done(policy: Policy, alias: str) -> sql.Composable:
              purged=sql.Identifier(LEDGER_SCHEMA, "purged_records"), policy=sql.Literal(policy.id))
 
 
-def ensure_table(conn, name: str, fields: dict, types: dict[str, str], *, parent: bool = False) -> None:
+def ensure_table(conn, name: str, fields: dict, types: dict[str, str], *, parent: bool = False,
+                 encrypted: Collection[str] = ()) -> None:
     """Create one cache table (or add the columns a changed policy now retains); a cascade child's table also
-    keeps its parent's sfid."""
+    keeps its parent's sfid. ``encrypted`` columns hold ciphertext (text), marked so by a column comment."""
     from retention import transforms
 
     target = table(name)
-    retained = [(field, transforms.result_type(t.kind, STAGING_TYPES.get(types[field], "text")))
+    retained = [(field, "text" if field in encrypted else
+                 transforms.result_type(t.kind, STAGING_TYPES.get(types[field], "text")))
                 for field, t in fields.items()]
     cols = [sql.SQL("sfid varchar(18) PRIMARY KEY")]
     cols += [sql.SQL("_parent_sfid varchar(18) NOT NULL")] if parent else []
@@ -90,9 +97,30 @@ def ensure_table(conn, name: str, fields: dict, types: dict[str, str], *, parent
     for field, pg_type in retained:
         conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(target, column(field),
                                                                                    sql.SQL(pg_type)))
+        _mark_encryption(conn, name, field, pg_type, encrypt=field in encrypted)
     if parent:
         conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (_parent_sfid)").format(
             sql.Identifier(f"{name[:50]}_parent"), target))
+
+
+def _mark_encryption(conn, name: str, field: str, pg_type: str, *, encrypt: bool) -> None:
+    """Keep a column all ciphertext or all plain text: switching a column that already holds values is refused
+    (its older rows would stay as they are); an empty one is switched (type and comment)."""
+    target, col = table(name), column(field)
+    marked = conn.execute("SELECT col_description(%s::regclass, attnum) = %s FROM pg_attribute "
+                          "WHERE attrelid = %s::regclass AND attname = %s",
+                          (target.as_string(conn), ENCRYPTED_COMMENT, target.as_string(conn), field.lower()),
+                          ).fetchone()[0] is True
+    if marked == encrypt:
+        return
+    if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} IS NOT NULL)").format(target, col)).fetchone()[0]:
+        now, wanted = ("in plain text", "encrypt") if encrypt else ("encrypted", "stop encrypting")
+        raise RetentionError(f"cache.{name}.{field.lower()} already holds values {now} from earlier runs; a policy "
+                             f"cannot {wanted} a column that has values (they would stay as they are): retain into "
+                             "a new table (retain.table), or convert the column's values first")
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING NULL").format(target, col, sql.SQL(pg_type)))
+    conn.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+        target, col, sql.Literal(ENCRYPTED_COMMENT if encrypt else None)))
 
 
 def upsert_retained(conn, name: str, fields: list[str], subset: sql.Identifier, policy: Policy, run: Run, *,

@@ -26,6 +26,7 @@ from psycopg import ClientCursor, sql
 from retention.hooks.store import CACHE_SCHEMA, MIRROR_SCHEMA, STAGING_SCHEMA
 
 if TYPE_CHECKING:
+    from retention.encryption import Keyring
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.policy import CascadeChild, Policy
     from retention.steps.run import Run
@@ -251,20 +252,24 @@ def staged_counts(conn, policy: Policy, run: Run) -> list[int]:
 # ------------------------------------------------------------------------------------- subset and load
 
 
-def subset(conn, policy: Policy, run: Run, hash_key: bytes | None) -> list[int]:
+def subset(conn, policy: Policy, run: Run, hash_key: bytes | None, keyring: Keyring | None = None) -> list[int]:
     """Each child's retained subset, computed inside Postgres, with the parent's sfid beside it."""
     from retention.steps.load import subset_table as build_subset
 
     return [build_subset(conn, child.retain.fields, staging(run, n), subset_table(run, n), hash_key,
-                         parent_column=child.relationship)
+                         parent_column=child.relationship, encrypt=child.retain.encrypt,
+                         cache_table=child.retain.table, keyring=keyring)
             for n, child in enumerate(policy.cascade)]
 
 
 def ensure_cache_tables(conn, policy: Policy, types: dict[str, dict[str, str]]) -> None:
+    from retention import external_views
     from retention.cache import ensure_table
 
     for child in policy.cascade:
-        ensure_table(conn, child.retain.table, child.retain.fields, types[child.object], parent=True)
+        ensure_table(conn, child.retain.table, child.retain.fields, types[child.object], parent=True,
+                     encrypted=child.retain.encrypt)
+        external_views.ensure(conn, policy, child.retain.table, external_views.visible(child.retain), child=True)
 
 
 def load(conn, policy: Policy, run: Run) -> list[int]:

@@ -52,7 +52,8 @@ def _doc(policy: Policy) -> str:
         "",
         "| field | kept as |",
         "| --- | --- |",
-        *(f"| `{name}` | {t} |" for name, t in policy.retain.fields.items()),
+        *(f"| `{name}` | {t}{', encrypted' if name in policy.retain.encrypt else ''} |"
+          for name, t in policy.retain.fields.items()),
         "",
     ]
     if policy.action == "mask":

@@ -264,12 +264,43 @@ class Retain(_Model):
             raise ValueError(f"table name is {len(value)} characters; Postgres allows 63")
         return value
 
+    # Retained fields stored encrypted (retention.encryption), read back with `python -m retention decrypt`.
+    encrypt: list[FieldName] = []
+
     @field_validator("fields")
     @classmethod
     def _unique(cls, value: dict[str, Transform]) -> dict[str, Transform]:
         if problem := _case_duplicates(value):
             raise ValueError(problem)
         return value
+
+    @field_validator("encrypt")
+    @classmethod
+    def _encrypt(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        """Only retained fields, each once, spelled as in ``fields``. ``null`` keeps nothing to encrypt, and a
+        ``hash`` is already unreadable and kept only to be matched, which a randomised ciphertext would prevent."""
+        fields = info.data.get("fields")
+        if fields is None:  # fields itself is wrong; that error says enough
+            return value
+        by_lower = {name.lower(): name for name in fields}
+        out: list[str] = []
+        for name in value:
+            field = by_lower.get(name.lower())
+            if field is None:
+                close = difflib.get_close_matches(name, list(fields), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"retained: {', '.join(fields)}"
+                raise ValueError(f"'{name}' is not a retained field ({hint}); only what retain.fields keeps can be "
+                                 "encrypted")
+            if field in out:
+                raise ValueError(f"'{field}' is listed twice")
+            kind = fields[field].kind
+            if kind == "null":
+                raise ValueError(f"'{field}' is retained as null: there is nothing to encrypt")
+            if kind == "hash":
+                raise ValueError(f"'{field}' is retained as a keyed hash, already unreadable and kept to be matched; "
+                                 "encrypting it would make it unmatchable")
+            out.append(field)
+        return out
 
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -740,6 +771,8 @@ def parse_policy(data: bytes, path: Path | str | None = None) -> Policy:
         raise PolicyError(path, [(None, "file is empty; expected a policy (id, description, owner, object, ...)")])
     if not isinstance(doc, dict):
         raise PolicyError(path, [(None, f"top level must be a mapping of policy keys, got {type(doc).__name__}")])
+    if nul := _nul_bytes(doc):
+        raise PolicyError(path, nul)
     try:
         policy = Policy.model_validate(doc)
     except ValidationError as exc:
@@ -747,6 +780,27 @@ def parse_policy(data: bytes, path: Path | str | None = None) -> Policy:
     policy._path = path
     policy._source_hash = hashlib.sha256(data).hexdigest()
     return policy
+
+
+_NUL = "\x00"
+
+
+def _nul_bytes(node: Any, loc: tuple = ()) -> list[tuple[str | None, str]]:
+    """Keys and values holding a NUL (YAML's "\\0"): Postgres text cannot store one, so a ``where`` literal or a mask
+    value with it would fail half-way through a run, or be cut short by some client. Refused here, never stripped."""
+    key = ".".join(map(str, loc)) or None
+    if isinstance(node, str):
+        if (at := node.find(_NUL)) < 0:
+            return []
+        return [(key, f"contains a NUL character (character {at + 1}); Postgres text cannot hold one and it is "
+                      "never stripped silently: remove it")]
+    if isinstance(node, dict):
+        found = [(key, f"key {k!r} contains a NUL character; remove it")
+                 for k in node if isinstance(k, str) and _NUL in k]
+        return found + [p for k, v in node.items() for p in _nul_bytes(v, (*loc, k))]
+    if isinstance(node, list):
+        return [p for n, v in enumerate(node) for p in _nul_bytes(v, (*loc, n))]
+    return []
 
 
 def load_policies(folder: Path | str | None = None) -> tuple[list[Policy], dict[Path, PolicyError]]:

@@ -3,9 +3,10 @@
 ``python -m retention preflight`` asks the configured org, store, Heroku Connect and Airflow what each policy
 needs: the login and API version; the API user's permissions (API Enabled, Modify All Data as Privacy Center
 requires, Bulk API Hard Delete for ``hard_delete``, Privacy Center for holds); each policy's object, fields,
-updateable mask fields and cascade children in describe; each Connect mapping's fields; the store's schemas
-and what the connecting role may do there; the ``salesforce_api`` pool. It prints one line per check and
-exits non-zero when something is not ready. It only reads: nothing is created, changed or deleted.
+updateable mask fields and cascade children in describe; each Connect mapping's fields; the store's schemas and
+the grants the pipeline role relies on (made by ``python -m retention store-setup``); the encryption key when a
+policy encrypts; the ``salesforce_api`` pool. It prints one line per check and exits non-zero when something is not
+ready. It only reads: nothing is created, changed or deleted.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def run(policies: list[Policy], *, salesforce_conn_id: str = "salesforce_default
     if any(p.source == "heroku_connect" for p in policies):
         _connect(report, heroku_connect_conn_id, policies)
     _store(report, store_conn_id)
+    _encryption_key(report, policies)
     if check_pool:
         _pool(report)
     return report
@@ -213,43 +215,66 @@ def _connect(report: Report, conn_id: str, policies: list[Policy]) -> None:
 
 
 def _store(report: Report, conn_id: str) -> None:
-    from retention.hooks.store import RetentionStoreHook
+    from retention import store_setup
+    from retention.hooks.store import MIRROR_SCHEMA, RetentionStoreHook
 
     def inspect():
         with RetentionStoreHook(conn_id).connect() as conn:
-            role, superuser, create_db = conn.execute(
-                "SELECT current_user, rolsuper, has_database_privilege(current_user, current_database(), 'CREATE') "
-                "FROM pg_roles WHERE rolname = current_user").fetchone()
-            schemas = {name: (usage, create) for name, usage, create in conn.execute(
-                "SELECT nspname, has_schema_privilege(nspname, 'USAGE'), has_schema_privilege(nspname, 'CREATE') "
-                "FROM pg_namespace WHERE nspname = ANY(%s)", (list(STORE_SCHEMAS),)).fetchall()}
+            role, superuser = conn.execute(
+                "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
+            owns_ledger = conn.execute(  # pg_class, not to_regclass: that raises without USAGE on the schema
+                "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n ON "
+                "n.oid = c.relnamespace WHERE n.nspname = 'retention' AND c.relname = 'runs'").fetchone()
             analyst = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (ANALYST,)).fetchone() is not None
-            return role, superuser, create_db, schemas, analyst
+            return role, superuser, bool(owns_ledger and owns_ledger[0]), store_setup.missing(conn, MIRROR_SCHEMA), \
+                analyst
 
     found = _guard(report, "store", "connection", inspect)
     if found is None:
         return
-    role, superuser, create_db, schemas, analyst = found
-    if superuser:
-        report.add("store", "role", WARN, f"connects as {role}, a superuser: use the database's default credential "
-                   "(on Heroku Postgres the add-on's DATABASE_URL), which is all the pipeline needs")
+    role, superuser, owns_ledger, lacking, analyst = found
+    fix = f"run `{store_setup.SETUP_COMMAND}` once with the store owner's credential"
+    if superuser or owns_ledger:
+        report.add("store", "role", WARN, f"connects as {role}, " + ("a superuser" if superuser else
+                   "the ledger's owner") + f", which could change or delete ledger rows: connect the tasks as the "
+                   f"pipeline role ({store_setup.PIPELINE}, made and granted by {store_setup.SETUP_COMMAND})")
     else:
-        report.add("store", "role", OK, f"connects as {role}")
-    for name in STORE_SCHEMAS:
-        usage, create = schemas.get(name, (None, None))
-        if usage is None:
-            status = OK if create_db else FAIL
-            report.add("store", f"schema {name}", status, "created at the first run" if create_db else
-                       f"missing, and {role} may not create schemas in this database: use the default credential")
-        elif usage and create:
-            report.add("store", f"schema {name}", OK, f"{role} may read and create tables in it")
+        report.add("store", "role", OK, f"connects as {role}, which does not own the ledger")
+    by_object = {(lack.kind, lack.obj): lack for lack in lacking}
+    for name in (*STORE_SCHEMAS, MIRROR_SCHEMA):
+        lack = by_object.pop(("schema", name), None)
+        if lack is None:
+            report.add("store", f"schema {name}", OK, f"{role} may read it" if name == MIRROR_SCHEMA else
+                       f"{role} may use it as the pipeline does")
         else:
-            report.add("store", f"schema {name}", FAIL, f"{role} lacks USAGE or CREATE on it: grant them, or "
-                       "connect as the schema's owner")
+            report.add("store", f"schema {name}", FAIL, f"{role} lacks {lack.describe()}: {fix}")
+    report.add("store", "ledger and store tables", FAIL if by_object else OK,
+               f"{role} lacks {'; '.join(lack.describe() for lack in by_object.values())}: {fix}" if by_object else
+               f"{role} may append to the ledger and keep the store's own tables")
     report.add("store", f"credential {ANALYST}", OK if analyst else WARN,
                "exists: it will read the cache schema only" if analyst else
                f"missing: analysts have no read-only credential; create it once with `heroku pg:credentials:create "
-               f"--name {ANALYST}` (not on Essential plans), then run any policy so the grants are made")
+               f"--name {ANALYST}` (not on Essential plans), then {fix}")
+
+
+def _encryption_key(report: Report, policies: list[Policy]) -> None:
+    """The key connection, when some policy encrypts retained fields: a run without it stops in extract."""
+    from retention.encryption import KEY_CONN_ID, Keyring
+
+    users = [p.id for p in policies if p.retain.encrypt or any(c.retain.encrypt for c in p.cascade)]
+    if not users:
+        return
+
+    def read():
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(KEY_CONN_ID)
+        return Keyring.from_connection(conn.password, conn.extra_dejson)
+
+    keyring = _guard(report, "airflow", f"connection {KEY_CONN_ID}", read)
+    if keyring is not None:
+        report.add("airflow", f"connection {KEY_CONN_ID}", OK,
+                   f"AES-256 key {keyring.current_id} (+{len(keyring.previous)} previous) for {', '.join(users)}")
 
 
 def _pool(report: Report) -> None:

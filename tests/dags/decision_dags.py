@@ -28,6 +28,7 @@ POLICIES = [
     _contacts("confirmed_contacts", "Confirmed contacts", "salesforce_api"),
     _contacts("faulty_contacts", "Faulty contacts", "salesforce_api"),
     _contacts("mirrored_contacts", "Mirrored contacts", "heroku_connect"),
+    _contacts("lagging_contacts", "Lagging contacts", "heroku_connect"),
     # The mask example, on its own leads (Company, which it keeps, marks them: masking changes their names).
     variant("stale_leads_mask.yaml", ("id: stale_leads_mask", "id: held_leads_mask"),
             ("table: lead", "table: held_lead"),
@@ -42,3 +43,5 @@ globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in PO
 # The mirror wait of confirm_and_report, short enough for a test that pauses Heroku Connect.
 retention__mirrored_contacts.get_task("confirm_and_report").mirror_timeout = 4  # noqa: F821
 retention__mirrored_contacts.get_task("confirm_and_report").mirror_poll_interval = 0.5  # noqa: F821
+retention__lagging_contacts.get_task("confirm_and_report").mirror_timeout = 2  # noqa: F821
+retention__lagging_contacts.get_task("confirm_and_report").mirror_poll_interval = 0.5  # noqa: F821

@@ -26,7 +26,7 @@ def ledger_rows(sandbox, airflow_db):
 
     policy = load_policy(REPO / "include" / "policies" / "inactive_contacts.yaml").model_copy(update={"id": POLICY_ID})
     store = RetentionStoreHook()
-    store.ensure_schema()
+    store.check_setup()
     ids = []
     for day in (1, 2, 3):
         run = make_run(policy, logical_date=dt.datetime(2026, 6, day, 3, tzinfo=dt.UTC),

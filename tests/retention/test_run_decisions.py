@@ -244,9 +244,15 @@ def test_a_mirror_behind_is_retried_until_it_shows_the_deletes(world, sf, monkey
     ids = contacts(world, sf, "Mirrored contacts", {"m1": (60, 40), "m2": (60, 40)})
     real = act.act
 
+    resumed = []
+
+    def resume():
+        resumed.append(dt.datetime.now(UTC))
+        connect.resume()
+
     def act_then_pause(*args, **kwargs):
         connect.pause()
-        threading.Timer(8, connect.resume).start()  # after the first attempt's 4 s wait has run out
+        threading.Timer(8, resume).start()  # after the first attempt's 4 s wait has run out
         return real(*args, **kwargs)
 
     monkeypatch.setattr(act, "act", act_then_pause)
@@ -259,7 +265,39 @@ def test_a_mirror_behind_is_retried_until_it_shows_the_deletes(world, sf, monkey
     assert tries["confirm_and_report"] >= 2 and tries["delete_or_mask"] == 1, tries
     [row] = ledger(world, "mirrored_contacts")
     assert (row["acted"], row["status"]) == (2, "succeeded")
+    assert row["finished_at"] < resumed[0]  # the evidence did not wait for Connect
     assert live(world, ids.values()) == set()
+
+
+def test_a_mirror_that_never_catches_up_fails_the_run_with_the_deletes_in_the_ledger(world, sf, monkeypatch):
+    """Connect stays paused through every attempt: the run fails (an alert), yet the deletes Salesforce confirmed are
+    in the ledger, each record's copy is kept, and the working tables stay for confirm_and_report to be cleared once
+    Connect is back."""
+    from retention.steps import act
+    from tests.conftest import ConnectApi
+
+    connect = ConnectApi(world)
+    ids = contacts(world, sf, "Lagging contacts", {"l1": (60, 40), "l2": (60, 40)})
+    real = act.act
+
+    def act_then_pause(*args, **kwargs):
+        connect.pause()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(act, "act", act_then_pause)
+    try:
+        run, states = run_policy("lagging_contacts")
+    finally:
+        connect.resume()
+    assert run.state == "failed" and states["confirm_and_report"] == "failed", states
+    assert {ti.task_id: ti.try_number for ti in run.get_task_instances()}["confirm_and_report"] == 3
+    [row] = ledger(world, "lagging_contacts")
+    assert (row["acted"], row["status"], row["dag_run_id"]) == (2, "succeeded", run.run_id)
+    assert live(world, ids.values()) == set()
+    assert {r["_action_status"] for r in cache_rows(world, "lagging_contacts").values()} == {"done"}
+    with world.store_conn() as conn:
+        run_key = f"lagging_contacts__{LOGICAL_DATE:%Y%m%dT%H%M%S}"
+        assert conn.execute("SELECT to_regclass(%s)", (f'retention_staging."{run_key}"',)).fetchone()[0]
 
 
 def test_a_retry_after_the_ledger_row_adds_no_second_row_and_a_new_run_adds_its_own(world, sf, monkeypatch):

@@ -19,7 +19,8 @@ from retention.settings_loader import SettingsError, apply_settings, import_file
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS_FILE = REPO / "airflow_settings.yaml"
 # The connections the policy DAGs use: secrets, so never in the file.
-SECRET_CONNECTIONS = ("salesforce_default", "retention_store", "heroku_connect_default", "retention_hash_key")
+SECRET_CONNECTIONS = ("salesforce_default", "retention_store", "heroku_connect_default", "retention_hash_key",
+                      "retention_encryption_key")
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -48,13 +48,11 @@ class RetentionStoreHook(PostgresHook):
         with conn:
             yield conn
 
-    def ensure_schema(self) -> None:
-        """Apply the store DDL (idempotent): schemas, ledger, analyst role, keyed-hash function."""
-        from retention import transforms
+    def check_setup(self) -> None:
+        """Fail before touching anything unless the grants the pipeline relies on hold. The DDL and the grants
+        are an admin's step (``python -m retention store-setup``): tasks connect with the pipeline role,
+        which may not run them."""
+        from retention import store_setup
 
         with self.connect() as conn:
-            # One DDL run at a time: concurrent CREATE ... IF NOT EXISTS can still collide in Postgres.
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext('retention.ensure_schema'))")
-            for path in sorted((p for p in SQL_DIR.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name):
-                conn.execute(path.read_text(encoding="utf-8"))
-            conn.execute(transforms.hmac_ddl(LEDGER_SCHEMA))
+            store_setup.require(conn, MIRROR_SCHEMA)

@@ -11,6 +11,7 @@ from retention.steps.run import RetentionError, Run, make_run
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from retention.encryption import Keyring
     from retention.policy import Policy
 
 HASH_KEY_ID = "retention_hash_key"
@@ -61,6 +62,24 @@ class PolicyOperator(BaseOperator):
         except Exception:
             secret = Variable.get(HASH_KEY_ID, default=None)
         return secret.encode() if secret else None
+
+    def encryption_keyring(self) -> Keyring:
+        """The key of encrypted retained fields: Airflow connection ``retention_encryption_key`` (password, and
+        extra ``previous_keys`` during a rotation). A missing or unusable key stops the run: no retry finds one."""
+        from airflow.sdk import BaseHook
+
+        from retention.encryption import KEY_CONN_ID, EncryptionError, Keyring
+
+        try:
+            conn = BaseHook.get_connection(KEY_CONN_ID)
+        except Exception as err:  # AirflowNotFoundException, or a secrets backend's own error
+            raise RetentionError(f"policy {self.policy.id} encrypts retained fields (retain.encrypt) but the Airflow "
+                                 f"connection '{KEY_CONN_ID}' cannot be read ({type(err).__name__}); set it, "
+                                 "password = a base64 key (openssl rand -base64 32). Nothing was touched") from None
+        try:
+            return Keyring.from_connection(conn.password, conn.extra_dejson)
+        except EncryptionError as err:
+            raise RetentionError(f"policy {self.policy.id}: {err}. Nothing was touched") from None
 
     def execute(self, context: Context) -> Any:
         run = self.run(context)

@@ -19,7 +19,10 @@ class ExtractOperator(PolicyOperator):
 
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
         from retention.steps.extract import extract
+        from retention.steps.load import needs_encryption_key
 
+        if needs_encryption_key(self.policy) and not run.dry_run:
+            self.encryption_keyring()  # a run that could not encrypt its copy stops before it reads the org
         ti = context["ti"]
 
         def still_running(dag_run_id: str) -> bool:

@@ -28,12 +28,13 @@ class MirrorHoldsOperator(BaseOperator):
     def execute(self, context: Context) -> int:
         from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
         from retention.hooks.store import RetentionStoreHook
+        from retention.store_setup import SetupError
 
         store = RetentionStoreHook(self.store_conn_id)
-        store.ensure_schema()
         try:
+            store.check_setup()
             count = purge.mirror_holds(store, SalesforceBulk2Hook(self.salesforce_conn_id))
-        except purge.PurgeError as err:
+        except (purge.PurgeError, SetupError) as err:  # neither is changed by a retry
             raise AirflowFailException(str(err)) from err
         self.log.info("mirrored %d privacy holds from Salesforce into the store", count)
         return count

@@ -19,6 +19,7 @@ class SubsetOperator(PolicyOperator):
         from retention.steps import load
 
         key = self.hash_key() if load.needs_hash_key(self.policy) else None
-        rows = load.subset(self.store(), self.policy, run, key)
+        keyring = self.encryption_keyring() if load.needs_encryption_key(self.policy) else None
+        rows = load.subset(self.store(), self.policy, run, key, keyring)
         self.log.info("%s: %d rows in the retained subset", run.run_key, rows)
         return rows

@@ -7,15 +7,5 @@ CREATE SCHEMA IF NOT EXISTS cache;
 CREATE SCHEMA IF NOT EXISTS retention;
 CREATE SCHEMA IF NOT EXISTS retention_staging;
 
--- Analysts read the retained data and nothing else. Their role is a Heroku Postgres credential an admin makes
--- once (`heroku pg:credentials:create --name retention_analyst`; not on Essential plans): the default credential
--- the pipeline uses cannot create roles, so this only grants, and only when the credential exists.
-DO $$
-BEGIN
-    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'retention_analyst') THEN
-        GRANT USAGE ON SCHEMA cache TO retention_analyst;
-        GRANT SELECT ON ALL TABLES IN SCHEMA cache TO retention_analyst;
-        ALTER DEFAULT PRIVILEGES IN SCHEMA cache GRANT SELECT ON TABLES TO retention_analyst;
-        REVOKE ALL ON SCHEMA retention, retention_staging FROM retention_analyst;
-    END IF;
-END $$;
+-- Who may do what in them (the pipeline role, the analysts' read-only role) is granted by
+-- `python -m retention store-setup` (retention/store_setup.py), run by an admin, never by a task.

@@ -133,7 +133,7 @@ def _submit(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
 
     operation = ACTION_OPERATION[policy.action]
     if policy.action == "mask":
-        records = _masked(store, policy, run, extracted, ids, mask_key)
+        records = _masked(store, policy, run, extracted, ids, mask_key, _lengths(sf, policy))
         save_sent(store, run, records)
         fields = list(policy.mask)
         csv_text = to_csv(["Id", *fields], ([r["Id"], *(to_bulk_csv_value(r.get(f)) for f in fields)]
@@ -164,15 +164,24 @@ def _add(out: Acted, more: dict[str, int]) -> None:
     out.failed += more.get("failed", 0)
 
 
+def _lengths(sf: SalesforceBulk2Hook, policy: Policy) -> dict[str, int]:
+    """The masked fields' lengths from describe: a hash or pseudonym must be cut to the field, or Salesforce refuses
+    the whole record (STRING_TOO_LONG), as the describe check at extract promised it would be."""
+    fields = {f.lower() for f in policy.mask or {}}
+    return {f["name"]: f["length"] for f in sf.describe_object(policy.object).get("fields", [])
+            if f["name"].lower() in fields and f.get("length")}
+
+
 def _masked(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, ids: list[str],
-            key: bytes | None) -> list[dict]:
+            key: bytes | None, lengths: dict[str, int]) -> list[dict]:
     from retention.masking import Masker
 
     if key is None:
         log.warning("no masking key configured (connection 'retention_hash_key'); using a one-off key, so "
                     "pseudonyms and hashes will differ between runs")
         key = os.urandom(32)
-    masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key)
+    masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key,
+                    field_lengths=lengths)
     originals = staged_records(store, run, ids, list(policy.mask))
     return [{"Id": r["Id"], **masker.mask_record(r)} for r in originals]
 

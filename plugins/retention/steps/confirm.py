@@ -1,5 +1,5 @@
-"""confirm: check in Salesforce that the acted records are deleted or masked, wait until the Connect mirror shows
-it, append the run's evidence to the ledger, and drop the run's working tables."""
+"""confirm: check in Salesforce that the acted records are deleted or masked, append the run's evidence to the
+ledger, wait until the Connect mirror shows it, and drop the run's working tables."""
 
 from __future__ import annotations
 
@@ -38,16 +38,14 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
             validated: Validated | None, acted: Acted | None, *, mirror_timeout: float,
             poll_interval: float) -> Reported:
     """The step: a record reported done but not so in the org stops the run (its retained row is kept); any failed
-    record fails it after the ledger row is written."""
+    record fails it after the ledger row is written, as does a mirror that stays behind (retried)."""
     from retention.steps.results import Acted
 
     with store.connect() as conn:
         reported = _reported(conn, run)
-    if reported is not None:  # a retry after the ledger row was written: that row is the run's evidence
-        drop_staging(store, run, policy)
+        dropped = not table_exists(conn, run.staging)
+    if reported is not None and dropped:  # an attempt got as far as dropping the working tables: nothing is left
         release(store, run)
-        log.info("ledger row %d already holds DAG run %s: %s", reported.ledger_id, run.dag_run_id,
-                 reported.message)
         if reported.status != "succeeded":
             raise RetentionError(reported.message)
         return reported
@@ -61,9 +59,41 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     else:
         children = {}
     summary = action_summary(store, policy, run)
-    done, failed, refused = summary.get("done", []), summary.get("failed", []), summary.get("refused", [])
+    done = summary.get("done", [])
     sent = sent_values(store, run) if policy.action == "mask" else {}
+    if reported is None:
+        reported = _report(store, sf, policy, run, extracted, validated, acted, summary, sent, children)
+    else:  # a retry after the ledger row was written: that row is the run's evidence
+        log.info("ledger row %d already holds DAG run %s: %s", reported.ledger_id, run.dag_run_id,
+                 reported.message)
+    # The ledger row holds what the org confirmed before the mirror is waited for: Salesforce is already changed,
+    # so its evidence must not wait on Connect. A mirror that stays behind fails the attempt; the retry finds the
+    # row and only waits again.
+    deadline = time.monotonic() + mirror_timeout
+    while done and not (mirror_reflects(store, policy, done, sent) and all(
+            mirror_shows_gone(store, name, child["ids"].get("done", [])) for name, child in children.items())):
+        if time.monotonic() > deadline:
+            raise MirrorBehind(
+                f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records within "
+                f"{mirror_timeout:.0f}s; Salesforce is already changed and ledger row {reported.ledger_id} records "
+                "it: the task retries, or clear confirm_and_report later")
+        time.sleep(poll_interval)
+    drop_staging(store, run, policy)
+    release(store, run)  # the next run of the policy may start
+    refused = summary.get("refused", [])
+    if refused:
+        log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and are not "
+                    "selected again", len(refused), refused[0], action_error(store, policy, refused[0]))
+    if reported.status != "succeeded":
+        raise RetentionError(reported.message)
+    return reported
 
+
+def _report(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
+            validated: Validated | None, acted: Acted, summary: dict[str, list[str]], sent: dict[str, dict],
+            children: dict) -> Reported:
+    """Check the org shows every record reported done as acted on, then append the run's ledger row."""
+    done, failed, refused = summary.get("done", []), summary.get("failed", []), summary.get("refused", [])
     not_applied = _not_applied_in_org(sf, policy, policy.object, done, sent)
     for name, child in children.items():
         not_applied += _not_applied_in_org(sf, policy, name, child["ids"].get("done", []), {})
@@ -71,16 +101,6 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         raise RetentionError(
             f"{len(not_applied)} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
             f"{', '.join(not_applied[:5])}; their retained rows are kept")
-    deadline = time.monotonic() + mirror_timeout
-    while done and not (mirror_reflects(store, policy, done, sent) and all(
-            mirror_shows_gone(store, name, child["ids"].get("done", [])) for name, child in children.items())):
-        if time.monotonic() > deadline:
-            raise MirrorBehind(
-                f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records within "
-                f"{mirror_timeout:.0f}s; Salesforce is already changed: the task retries, or clear confirm_and_report "
-                "later")
-        time.sleep(poll_interval)
-
     validated_counts = (validated.counts if validated else None) or {}
     counts = {"eligible": extracted.eligible, "held": extracted.held + len(acted.held_at_action),
               "staged": extracted.staged, "retained": validated_counts.get("retained"), "acted": len(done),
@@ -104,14 +124,7 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         blocked_records=extracted.blocked,
         cascade={name: {k: v for k, v in child.items() if k != "ids"} for name, child in children.items()},
     )
-    drop_staging(store, run, policy)
-    release(store, run)  # the next run of the policy may start
     log.info("ledger row %d: %s", ledger_id, message)
-    if refused:
-        log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and are not "
-                    "selected again", len(refused), refused[0], action_error(store, policy, refused[0]))
-    if failed:
-        raise RetentionError(message)
     return Reported(ledger_id=ledger_id, status=status, counts=counts, message=message)
 
 

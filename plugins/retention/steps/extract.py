@@ -37,13 +37,18 @@ def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     check, stage (dry runs: preview what would be retained, roll back and release the policy)."""
     from retention.policy import check_against_describe
 
-    store.ensure_schema()
+    store.check_setup()  # the grants the pipeline relies on, before anything is claimed or staged
     claim(store, run, still_running=still_running)  # one run of the policy at work at a time
-    describe = sf.describe_object(policy.object)
+    file = policy.path.name if policy.path else "<policy>"
+    describe = sf.describe_or_none(policy.object)
+    if describe is None:
+        raise RetentionError(f"{file}: object: {policy.object} is not an object the API user can read (describe "
+                             "answers NOT_FOUND); nothing was touched")
     others = {name: sf.describe_or_none(name) for name in policy.related_fields()}
     problems = check_against_describe(policy, describe, others)
     if problems:
-        raise RetentionError(f"policy {policy.id} does not fit {policy.object} in Salesforce: " + "; ".join(problems))
+        raise RetentionError(f"policy {policy.id} does not fit {policy.object} in Salesforce: "
+                             + "; ".join(f"{file}: {problem}" for problem in problems))
     if policy.source == "salesforce_api":
         out = from_salesforce(store, sf, policy, run, describe, others)
     else:
@@ -146,6 +151,7 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
         copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true, FORCE_NULL ({}))").format(
             run.staging, names, sql.SQL(", ").join(column(f) for f in fields))
         for page in sf.query_pages(policy.object, soql):
+            _refuse_nul(policy, page)
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
         already = conn.execute(sql.SQL("DELETE FROM {} s WHERE {}").format(
@@ -161,6 +167,24 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
                        holds=holds if policy.select.exclude_privacy_holds else None)
         _preview_and_roll_back(conn, policy, run, out)
     return out
+
+
+def _refuse_nul(policy: Policy, page: str) -> None:
+    """A Salesforce text value can hold a NUL; Postgres text cannot. Stop the run naming the record and field, before
+    anything is acted on, rather than let COPY fail on an anonymous byte or retain a value the org does not hold."""
+    if "\x00" not in page:
+        return
+    import csv
+    import io
+
+    for row in csv.DictReader(io.StringIO(page)):
+        if bad := [name for name, value in row.items() if value and "\x00" in value]:
+            raise RetentionError(
+                f"policy {policy.id}: {policy.object} record {row.get('Id')} has a NUL character in {', '.join(bad)}; "
+                "Postgres text cannot hold one, so the record cannot be retained exactly and nothing is acted on. "
+                "Remove the character in Salesforce, then run again")
+    raise RetentionError(f"policy {policy.id}: the Bulk query result for {policy.object} holds a NUL character "
+                         "outside any value; nothing is acted on")
 
 
 def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],
@@ -184,9 +208,11 @@ def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],
 
 def _ensure_cache_table(conn, policy: Policy, types: dict[str, str]) -> None:
     """Create ``cache.<table>`` (or add columns a changed policy now retains): the settled-records check reads it."""
+    from retention import external_views
     from retention.cache import ensure_table
 
-    ensure_table(conn, policy.retain.table, policy.retain.fields, types)
+    ensure_table(conn, policy.retain.table, policy.retain.fields, types, encrypted=policy.retain.encrypt)
+    external_views.ensure(conn, policy, policy.retain.table, external_views.visible(policy.retain))
 
 
 def _with_children(conn, sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, describe: dict,
@@ -233,7 +259,10 @@ def _preview_and_roll_back(conn, policy: Policy, run: Run, out: Extracted, limit
     subset_table(conn, policy.retain.fields, run.staging, run.subset, b"dry-run-preview-key")
     cur = conn.execute(sql.SQL("SELECT * FROM {} ORDER BY sfid LIMIT %s").format(run.subset), (limit,))
     names = [d.name for d in cur.description]
-    out.preview = [{k: _jsonable(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+    # An encrypted field stays unread here too: the preview lands in XCom and the task log.
+    hidden = {n.lower() for n in policy.retain.encrypt}
+    out.preview = [{k: "(encrypted)" if k in hidden and v is not None else _jsonable(v)
+                    for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
     conn.rollback()
 
 

@@ -98,7 +98,7 @@ def test_one_run_of_a_policy_at_work_at_a_time(sandbox, airflow_db):
     from retention.steps.run import PolicyBusy, claim, release
 
     store = RetentionStoreHook()
-    store.ensure_schema()
+    store.check_setup()
     checked = policy().model_copy(update={"id": "lock_check"})
 
     def run_of(day: int):
