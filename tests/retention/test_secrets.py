@@ -166,7 +166,7 @@ def test_no_secret_is_written_by_a_successful_or_a_failing_run(secret_world, mon
                                          "AND tablename LIKE %s", ("secret_leads_%",)).fetchall():
                 conn.execute(f'DROP TABLE retention_staging."{table}"')
             for policy_id in (ok_id, failing_id):
-                conn.execute(f"DROP TABLE IF EXISTS cache.{policy_id}")
+                conn.execute(f"DROP TABLE IF EXISTS cache.{policy_id} CASCADE")  # and its External Object view
 
 
 def run(dag, logical_date):

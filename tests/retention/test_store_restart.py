@@ -67,13 +67,14 @@ def store(sandbox, airflow_db):
 
 @pytest.fixture
 def world(sandbox, store, monkeypatch):
-    """The retention_store connection pointed at the store's own server (the sandbox's exported connection with
-    another port, so a pipeline role set there carries over), its DDL applied as a deployment applies it."""
-    from retention.hooks.store import RetentionStoreHook
+    """The retention_store connection pointed at the store's own server (the sandbox's exported connection, the
+    pipeline role's, with another port), set up by ``python -m retention store-setup`` as its owner, as a deployment
+    sets up its store."""
+    from sandbox.__main__ import setup_store
 
+    setup_store(store.pg)
     conn = json.loads(sandbox.env["AIRFLOW_CONN_RETENTION_STORE"])
     monkeypatch.setenv("AIRFLOW_CONN_RETENTION_STORE", json.dumps({**conn, "port": store.port}))
-    RetentionStoreHook().ensure_schema()
     with policy_world(sandbox):
         yield sandbox
 
@@ -147,7 +148,7 @@ def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(worl
         left = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging'").fetchone()[0]
         locks = conn.execute("SELECT count(*) FROM retention.active_runs").fetchone()[0]
         schemas = {r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname NOT LIKE 'pg_%'")}
-    assert schemas == {"public", "information_schema", "cache", "retention", "retention_staging"}  # no mirror
+    assert "salesforce" not in schemas and {"cache", "retention", "retention_staging"} <= schemas  # no mirror
     assert cached == [(i, RUN_KEY, "done") for i in ids]  # retained once each
     assert ledger == [("succeeded", 8, 8, 8)]
     assert left == 0 and locks == 0
