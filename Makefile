@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: demo test lint bench airflow sandbox-up sandbox-down install lock
+.PHONY: demo test crash-test lint bench airflow sandbox-up sandbox-down install lock
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ $(CHROMIUM):
 test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# Every crash point for every crash policy (tests/crash); `make test` runs a reduced set of them.
+crash-test: $(STAMP)
+	CRASH_MATRIX=full $(PY) -m pytest tests/crash
 
 # Airflow's UI on the sandbox, every policy visible (foreground; Ctrl-C stops it).
 airflow: $(STAMP)

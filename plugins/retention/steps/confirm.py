@@ -58,7 +58,7 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
             children = cascade.summary(conn, policy, run)
     else:
         children = {}
-    summary = action_summary(store, policy, run)
+    summary = action_summary(store, policy, run, acted.bulk_job_ids)
     done = summary.get("done", [])
     sent = sent_values(store, run) if policy.action == "mask" else {}
     if reported is None:
@@ -151,11 +151,14 @@ def _not_applied_in_org(sf: SalesforceBulk2Hook, policy: Policy, object_name: st
             if any(not same_value(want, r.get(f)) for f, want in sent.get(r["Id"], {}).items())]
 
 
-def action_summary(store: RetentionStoreHook, policy: Policy, run: Run) -> dict[str, list[str]]:
+def action_summary(store: RetentionStoreHook, policy: Policy, run: Run, job_ids: list[str]) -> dict[str, list[str]]:
+    """This execution's records by status: those it staged, and those of the jobs it settled (a run cleared and run
+    again after its job finished stages nothing more: the org no longer offers the records the job took)."""
     with store.connect() as conn:
         rows = conn.execute(
-            sql.SQL("SELECT c._action_status, c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s")
-            .format(table(policy.retain.table), run.staging), (run.run_key,)).fetchall()
+            sql.SQL("SELECT c._action_status, c.sfid FROM {} c WHERE c._retention_run = %s AND (EXISTS (SELECT 1 "
+                    "FROM {} s WHERE s.sfid = c.sfid) OR c._bulk_job_id = ANY(%s))")
+            .format(table(policy.retain.table), run.staging), (run.run_key, list(job_ids))).fetchall()
     out: dict[str, list[str]] = {}
     for status, sfid in rows:
         out.setdefault(status, []).append(sfid)
