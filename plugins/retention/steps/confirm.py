@@ -187,9 +187,13 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], s
     with store.connect() as conn:
         if not table_exists(conn, mirror):
             return True
-        fields = sorted({k for v in sent.values() for k in v}, key=str.lower)
-        cols = sql.SQL(", ").join(column(f) for f in fields)
-        rows = conn.execute(sql.SQL("SELECT sfid, {} FROM {} WHERE sfid = ANY(%s)").format(cols, mirror),
+        # Only the fields Connect's mapping mirrors can be seen there; the org itself was checked for every field.
+        mirrored = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (MIRROR_SCHEMA, policy.object.lower())).fetchall()}
+        fields = sorted({k for v in sent.values() for k in v if k.lower() in mirrored}, key=str.lower)
+        cols = sql.SQL("").join(sql.SQL(", {}").format(column(f)) for f in fields)
+        rows = conn.execute(sql.SQL("SELECT sfid{} FROM {} WHERE sfid = ANY(%s)").format(cols, mirror),
                             (ids,)).fetchall()
     for row in rows:
         want = sent.get(row[0], {})
