@@ -232,19 +232,15 @@ def test_a_record_reported_done_but_still_in_the_org_fails_the_run_and_keeps_its
         assert conn.execute("SELECT to_regclass(%s)", (f'retention_staging."{run_key}"',)).fetchone()[0]
 
 
-def test_a_mirror_behind_is_retried_until_it_shows_the_deletes(world, sf, monkeypatch):
-    """Connect paused right after the deletes: confirm_and_report's first attempt times out on the mirror and is
-    retried (Airflow's retries); once Connect resumes, the retry writes the one ledger row."""
+def run_with_connect_paused_at_act(world, monkeypatch, policy_id: str, *, resume_after: float | None = None):
+    """Run ``policy_id`` with Heroku Connect paused as the act step starts, resumed ``resume_after`` seconds later
+    (None: only once the run is over); returns the run, its task states and when Connect resumed."""
     import threading
 
     from retention.steps import act
     from tests.conftest import ConnectApi
 
-    connect = ConnectApi(world)
-    ids = contacts(world, sf, "Mirrored contacts", {"m1": (60, 40), "m2": (60, 40)})
-    real = act.act
-
-    resumed = []
+    connect, real, resumed = ConnectApi(world), act.act, []
 
     def resume():
         resumed.append(dt.datetime.now(UTC))
@@ -252,14 +248,24 @@ def test_a_mirror_behind_is_retried_until_it_shows_the_deletes(world, sf, monkey
 
     def act_then_pause(*args, **kwargs):
         connect.pause()
-        threading.Timer(8, resume).start()  # after the first attempt's 4 s wait has run out
+        if resume_after is not None:
+            threading.Timer(resume_after, resume).start()
         return real(*args, **kwargs)
 
     monkeypatch.setattr(act, "act", act_then_pause)
     try:
-        run, states = run_policy("mirrored_contacts")
+        run, states = run_policy(policy_id)
     finally:
         connect.resume()
+    return run, states, resumed
+
+
+def test_a_mirror_behind_is_retried_until_it_shows_the_deletes(world, sf, monkeypatch):
+    """Connect paused right after the deletes: confirm_and_report's first attempt writes the one ledger row from the
+    org's confirmation, times out on the mirror and is retried (Airflow's retries) until Connect has resumed."""
+    ids = contacts(world, sf, "Mirrored contacts", {"m1": (60, 40), "m2": (60, 40)})
+    # Resumed after the first attempt's 4 s wait has run out.
+    run, states, resumed = run_with_connect_paused_at_act(world, monkeypatch, "mirrored_contacts", resume_after=8)
     assert run.state == "success", states
     tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
     assert tries["confirm_and_report"] >= 2 and tries["delete_or_mask"] == 1, tries
@@ -273,22 +279,8 @@ def test_a_mirror_that_never_catches_up_fails_the_run_with_the_deletes_in_the_le
     """Connect stays paused through every attempt: the run fails (an alert), yet the deletes Salesforce confirmed are
     in the ledger, each record's copy is kept, and the working tables stay for confirm_and_report to be cleared once
     Connect is back."""
-    from retention.steps import act
-    from tests.conftest import ConnectApi
-
-    connect = ConnectApi(world)
     ids = contacts(world, sf, "Lagging contacts", {"l1": (60, 40), "l2": (60, 40)})
-    real = act.act
-
-    def act_then_pause(*args, **kwargs):
-        connect.pause()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(act, "act", act_then_pause)
-    try:
-        run, states = run_policy("lagging_contacts")
-    finally:
-        connect.resume()
+    run, states, _ = run_with_connect_paused_at_act(world, monkeypatch, "lagging_contacts")
     assert run.state == "failed" and states["confirm_and_report"] == "failed", states
     assert {ti.task_id: ti.try_number for ti in run.get_task_instances()}["confirm_and_report"] == 3
     [row] = ledger(world, "lagging_contacts")
