@@ -84,6 +84,7 @@ def decrypt(args) -> int:
 
     from retention.encryption import EncryptionError, Keyring, read_back
     from retention.policy import load_policies
+    from retention.steps.load import needs_encryption_key
 
     policies, _ = load_policies(args.policies)
     policy = next((p for p in policies if p.id == args.policy), None)
@@ -91,7 +92,7 @@ def decrypt(args) -> int:
         print(f"no policy {args.policy!r} loads from the policies folder (ids: {', '.join(p.id for p in policies)})",
               file=sys.stderr)
         return 2
-    if not (policy.retain.encrypt or any(c.retain.encrypt for c in policy.cascade)):
+    if not needs_encryption_key(policy):
         print(f"policy {policy.id} encrypts no retained field (retain.encrypt)", file=sys.stderr)
         return 2
     try:

@@ -260,8 +260,9 @@ def _store(report: Report, conn_id: str) -> None:
 def _encryption_key(report: Report, policies: list[Policy]) -> None:
     """The key connection, when some policy encrypts retained fields: a run without it stops in extract."""
     from retention.encryption import KEY_CONN_ID, Keyring
+    from retention.steps.load import needs_encryption_key
 
-    users = [p.id for p in policies if p.retain.encrypt or any(c.retain.encrypt for c in p.cascade)]
+    users = [p.id for p in policies if needs_encryption_key(p)]
     if not users:
         return
 
