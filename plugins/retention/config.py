@@ -39,6 +39,13 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
         "slack_retention",
         "",
     ),
+    "max_api_share": (
+        "The largest share (0-1] of the org's remaining daily API requests, Bulk API batches and Bulk query jobs "
+        "(its /limits) that one policy run may spend; a run that would spend more fails before touching anything. "
+        "A policy's guards.max_api_share overrides it.",
+        "0.05",
+        "0.1",
+    ),
     "data_docs_dir": (
         "Folder of the Great Expectations Data Docs that each validation writes, one subfolder per policy. "
         "Empty: data_docs under AIRFLOW_HOME.",

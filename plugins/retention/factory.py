@@ -76,7 +76,8 @@ def _timetable(policy: Policy):
 
 def build_dag(policy: Policy) -> DAG:
     """The DAG of one policy: wait_for_connect_sync → extract → subset → load_to_cache →
-    validate_row_counts → delete_or_mask → confirm_and_report."""
+    validate_row_counts → delete_or_mask (mapped over chunks) → verify_in_salesforce (mapped) →
+    confirm_and_report."""
     from retention.alerts import RetentionAlertNotifier, settings_for
     from retention.operators.confirm_and_report import ConfirmAndReportOperator
     from retention.operators.delete_or_mask import DeleteOrMaskOperator
@@ -84,6 +85,7 @@ def build_dag(policy: Policy) -> DAG:
     from retention.operators.load_to_cache import LoadToCacheOperator
     from retention.operators.subset import SubsetOperator
     from retention.operators.validate_row_counts import ValidateRowCountsOperator
+    from retention.operators.verify_in_salesforce import VerifyInSalesforceOperator
     from retention.sensors.connect_sync import ConnectSyncSensor
     from retention.steps.results import Task
 
@@ -120,12 +122,18 @@ def build_dag(policy: Policy) -> DAG:
                         **{name: sorted(fields) for name, fields in policy.related_fields().items()}}
             steps.append(ConnectSyncSensor(task_id=Task.WAIT_FOR_CONNECT_SYNC.value, object_name=policy.object,
                                            also_wait_for=holds, required_fields=required))
+        validate = ValidateRowCountsOperator(task_id=Task.VALIDATE.value, pool=SALESFORCE_POOL, **common)
+        # One task instance per chunk of the run's records (guards.chunk_records), as many at once as the
+        # salesforce_api pool lets in, on whichever workers are free.
+        chunks = validate.output
         steps += [
             ExtractOperator(task_id=Task.EXTRACT.value, pool=SALESFORCE_POOL, **common),
             SubsetOperator(task_id=Task.SUBSET.value, **common),
             LoadToCacheOperator(task_id=Task.LOAD_TO_CACHE.value, **common),
-            ValidateRowCountsOperator(task_id=Task.VALIDATE.value, pool=SALESFORCE_POOL, **common),
-            DeleteOrMaskOperator(task_id=Task.ACT.value, pool=SALESFORCE_POOL, **common),
+            validate,
+            DeleteOrMaskOperator.partial(task_id=Task.ACT.value, pool=SALESFORCE_POOL, **common).expand(chunk=chunks),
+            VerifyInSalesforceOperator.partial(task_id=Task.VERIFY.value, pool=SALESFORCE_POOL, **common)
+            .expand(chunk=chunks),
             ConfirmAndReportOperator(task_id=Task.CONFIRM.value, pool=SALESFORCE_POOL, **common),
         ]
         for upstream, downstream in zip(steps, steps[1:], strict=False):

@@ -438,7 +438,18 @@ class Frequency(_Model):
 
 
 class Guards(_Model):
+    """Limits a run checks before it touches anything.
+
+    :param max_records_per_run: more eligible records than this fail the run.
+    :param max_api_share: the largest share (0-1] of the org's remaining daily API requests, Bulk batches and Bulk
+        query jobs (``/limits``) the run may spend; None: ``[retention] max_api_share``.
+    :param chunk_records: records per ``delete_or_mask`` and ``verify_in_salesforce`` task instance (dynamic task
+        mapping): chunks run in parallel on as many workers as the ``salesforce_api`` pool lets in.
+    """
+
     max_records_per_run: int = Field(50_000, ge=1)
+    max_api_share: float | None = Field(None, gt=0, le=1)
+    chunk_records: int = Field(250_000, ge=1)
 
 
 class CascadeChild(_Model):

@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "dags" / "retention_policies.py"
 EXAMPLES = sorted((REPO / "include" / "policies").glob("*.yaml"))
-PIPELINE = ["extract", "subset", "load_to_cache", "validate_row_counts", "delete_or_mask", "confirm_and_report"]
+PIPELINE = ["extract", "subset", "load_to_cache", "validate_row_counts", "delete_or_mask", "verify_in_salesforce",
+            "confirm_and_report"]
 
 
 def bag(folder: Path, monkeypatch):
@@ -44,8 +45,14 @@ def test_every_example_policy_is_a_dag_with_the_pipeline_shape(airflow_db, monke
         assert "retries" not in dag.default_args  # [core] default_task_retries (tests/retention/test_config.py)
         for task in dag.tasks:
             assert task.owner == policy.owner and task.retry_exponential_backoff == 2.0
-        for task_id in ("extract", "validate_row_counts", "delete_or_mask", "confirm_and_report"):
+        for task_id in ("extract", "validate_row_counts", "delete_or_mask", "verify_in_salesforce",
+                        "confirm_and_report"):
             assert dag.get_task(task_id).pool == "salesforce_api"
+        # The act and its read-back are mapped over validate's chunks (dynamic task mapping); the rest are not.
+        mapped = {t.task_id for t in dag.tasks if t.is_mapped}
+        assert mapped == {"delete_or_mask", "verify_in_salesforce"}
+        for task_id in mapped:
+            assert dag.get_task(task_id).expand_input.value["chunk"].operator.task_id == "validate_row_counts"
 
 
 def test_a_broken_policy_is_an_import_error_naming_file_key_and_reason(airflow_db, tmp_path, monkeypatch):

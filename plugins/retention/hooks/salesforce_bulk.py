@@ -33,6 +33,10 @@ SOAP_LOGIN_UNAVAILABLE_FROM = 65.0
 
 # Salesforce keeps a Bulk 2.0 query's pages for days; 50,000 rows a page keeps each page a few MB.
 QUERY_PAGE_SIZE = 50_000
+# verify reads Ids (and masked values) back: one page per chunk of the default size, each download an API call.
+VERIFY_PAGE_SIZE = 250_000
+# "To account for the base64 conversion increase, upload data that does not exceed 100 MB" (Bulk API 2.0 limits).
+INGEST_UPLOAD_MAX_BYTES = 100 * 1024 * 1024
 # How long an ingest job may take before the task gives up waiting (the job keeps running in
 # Salesforce; a retry picks up its outcome by id).
 INGEST_TIMEOUT_SECONDS = 60 * 60
@@ -213,7 +217,12 @@ class SalesforceBulk2Hook(SalesforceHook):
         """``SELECT COUNT() ...`` through REST."""
         return self.conn.query(soql)["totalSize"]
 
-    def query_pages(self, object_name: str, soql: str, *, include_deleted: bool = False) -> Iterator[str]:
+    def limits(self) -> dict:
+        """The org's Limits resource: what is left of its daily allowances."""
+        return self.conn.limits()
+
+    def query_pages(self, object_name: str, soql: str, *, include_deleted: bool = False,
+                    page_size: int = QUERY_PAGE_SIZE) -> Iterator[str]:
         """CSV pages (each with its header line) of a Bulk 2.0 query job, one at a time."""
         from simple_salesforce.bulk2 import Operation
 
@@ -222,7 +231,7 @@ class SalesforceBulk2Hook(SalesforceHook):
         self.wait(object_name, job["id"], is_query=True)
         locator = ""
         while True:
-            page = client.get_query_results(job["id"], locator, QUERY_PAGE_SIZE)
+            page = client.get_query_results(job["id"], locator, page_size)
             yield page["records"]
             locator = page["locator"]
             if not locator:
@@ -250,7 +259,7 @@ class SalesforceBulk2Hook(SalesforceHook):
         """Upload the job's CSV and close it (Salesforce starts processing); abort it if that fails."""
         client = self._client(object_name)
         try:
-            client.upload_job_data(job_id, csv_text)
+            client.upload_job_data(job_id, csv_text.decode() if isinstance(csv_text, bytes) else csv_text)
             client.close_job(job_id)
         except Exception:
             client.abort_job(job_id, False)

@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 
 class ConfirmAndReportOperator(PolicyOperator):
-    """Re-query the org, wait for the mirror, append the ledger row; fail the run if any record failed.
+    """Check every chunk was read back from the org, append the ledger row, wait for the mirror; fail the run if any
+    record failed.
 
     :param mirror_timeout: seconds to wait for Heroku Connect to reflect the changes.
     :param mirror_poll_interval: seconds between mirror checks.
@@ -27,9 +28,10 @@ class ConfirmAndReportOperator(PolicyOperator):
 
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
         from retention.steps.confirm import confirm
-        from retention.steps.results import Acted, Extracted, Validated
+        from retention.steps.results import Acted, Extracted, Validated, Verified
 
         ti = context["ti"]
+        acted = Acted.pull_chunks(ti)
         return confirm(self.store(), self.salesforce(), self.policy, run, Extracted.pull(ti), Validated.pull(ti),
-                       Acted.pull(ti), mirror_timeout=self.mirror_timeout,
-                       poll_interval=self.mirror_poll_interval).to_xcom()
+                       Acted.merged(acted) if acted else None, Verified.pull_chunks(ti),
+                       mirror_timeout=self.mirror_timeout, poll_interval=self.mirror_poll_interval).to_xcom()

@@ -1,5 +1,6 @@
 """delete_or_mask: act on the originals in Salesforce through Bulk 2.0 ingest jobs, only for records whose
-retained copy this run committed and validated, privacy holds checked again just before."""
+retained copy this run committed and validated, privacy holds checked again just before. Mapped over the run's
+chunks: one task instance per chunk, each within the ``salesforce_api`` pool."""
 
 from __future__ import annotations
 
@@ -14,12 +15,21 @@ if TYPE_CHECKING:
 
 
 class DeleteOrMaskOperator(PolicyOperator):
-    """Delete, hard-delete or mask this run's retained records; each record's outcome goes beside its row."""
+    """Delete, hard-delete or mask one chunk of this run's retained records; each record's outcome goes beside its
+    row.
+
+    :param chunk: the chunk (``Chunk.to_xcom()``) this task instance acts on; None: every record of the run.
+    """
+
+    def __init__(self, *, chunk: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chunk = chunk
 
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
         from retention.steps.act import act
-        from retention.steps.results import Extracted
+        from retention.steps.results import Chunk, Extracted
 
         key = self.hash_key() if self.policy.action == "mask" else None
-        return act(self.store(), self.salesforce(), self.policy, run, Extracted.pull(context["ti"]),
+        chunk = Chunk.from_xcom(self.chunk) if self.chunk else None
+        return act(self.store(), self.salesforce(), self.policy, run, Extracted.pull(context["ti"]), chunk,
                    mask_key=key).to_xcom()

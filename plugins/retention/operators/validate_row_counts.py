@@ -27,9 +27,12 @@ def data_docs_dir(policy_id: str) -> Path:
 class ValidateRowCountsOperator(PolicyOperator):
     """Great Expectations over this run's retained rows, plus the org's count of eligible records."""
 
-    def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
-        from retention.steps.results import Extracted
+    def execute_run(self, context: Context, run: Run) -> list[dict[str, Any]]:
+        from retention.steps.results import Extracted, Validated
         from retention.steps.validate import validate
 
-        return validate(self.store(), self.salesforce(), self.policy, run, Extracted.pull(context["ti"]),
-                        docs_dir=data_docs_dir(self.policy.id)).to_xcom()
+        validated = validate(self.store(), self.salesforce(), self.policy, run, Extracted.pull(context["ti"]),
+                             docs_dir=data_docs_dir(self.policy.id))
+        context["ti"].xcom_push(Validated.key, validated.to_xcom())
+        # The return value is what delete_or_mask and verify_in_salesforce are mapped over: one instance a chunk.
+        return [c.to_xcom() for c in validated.chunks]

@@ -9,6 +9,8 @@ sending the records a second time.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 from typing import TYPE_CHECKING
@@ -17,9 +19,11 @@ import structlog
 from psycopg import sql
 
 from retention.cache import column, table
-from retention.steps.results import Acted
+from retention.steps.results import Acted, Chunk
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
     from retention.policy import Policy
@@ -44,15 +48,17 @@ PERMANENT_REFUSALS = frozenset({
 })
 
 
-def act(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted, *,
-        mask_key: bytes | None = None) -> Acted:
-    """The step. ``mask_key``: the keyed-hash secret for masks (None: a one-off key, with a warning)."""
+def act(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
+        chunk: Chunk | None = None, *, mask_key: bytes | None = None) -> Acted:
+    """The step, for the records of one ``chunk`` (None: all of the run's). ``mask_key``: the keyed-hash secret for
+    masks (None: a one-off key, with a warning)."""
     from retention import cascade
     from retention.steps.run import active_holds
 
+    chunk = chunk or Chunk(index=0)
     out = Acted()
-    operations = _collect_earlier_jobs(store, sf, policy, run, out)
-    ids = pending_ids(store, policy, run)
+    operations = _collect_earlier_jobs(store, sf, policy, run, chunk, out)
+    ids = pending_ids(store, policy, run, chunk)
     if policy.select.exclude_privacy_holds and ids:
         held = active_holds(sf)
         out.held_at_action = sorted(set(ids) & held)
@@ -77,12 +83,12 @@ def act(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run:
                         "first", len(changed), next(iter(changed.values())))
         ids = [i for i in ids if i not in changed]
     if ids:
-        operations.append(_submit(store, sf, policy, run, extracted, ids, mask_key, out))
+        operations += _submit(store, sf, policy, run, extracted, ids, mask_key, out)
     if policy.cascade:
         with store.connect() as conn:
             cascade.follow_parents(conn, policy, run)
-    log.info("%s: %d done, %d refused, %d failed in Salesforce, %d newly held", run.run_key, out.done, out.refused,
-             out.failed, len(out.held_at_action))
+    log.info("%s chunk %d: %d done, %d refused, %d failed in Salesforce, %d newly held", run.run_key, chunk.index,
+             out.done, out.refused, out.failed, len(out.held_at_action))
     used = sorted(set(operations))
     out.operation_used = ",".join(used) or None
     out.hard_delete_fallback = policy.action == "hard_delete" and "delete" in used
@@ -90,7 +96,7 @@ def act(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run:
 
 
 def _collect_earlier_jobs(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,
-                          out: Acted) -> list[str]:
+                          chunk: Chunk, out: Acted) -> list[str]:
     """Settle the jobs an earlier attempt left behind; returns the operations they performed.
 
     One still Open never got its records (the attempt died before closing it): abort it and let its records go out
@@ -99,7 +105,7 @@ def _collect_earlier_jobs(store: RetentionStoreHook, sf: SalesforceBulk2Hook, po
     out again. Any other was submitted: collect its outcome, never submit those records a second time.
     """
     operations: list[str] = []
-    for job_id, status in unfinished_jobs(store, policy, run):
+    for job_id, status in unfinished_jobs(store, policy, run, chunk):
         state = sf.job_state(policy.object, job_id)
         if status == "submitting" and state == "Open":
             log.info("job %s of an earlier attempt was never closed; aborting it and resubmitting", job_id)
@@ -126,36 +132,120 @@ def _collect_earlier_jobs(store: RetentionStoreHook, sf: SalesforceBulk2Hook, po
 
 
 def _submit(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
-            ids: list[str], mask_key: bytes | None, out: Acted) -> str:
-    """One ingest job for ``ids``; returns the operation it performed."""
-    from retention.hooks.salesforce_bulk import HardDeleteNotPermitted, to_csv
-    from retention.masking import to_bulk_csv_value
+            ids: list[str], mask_key: bytes | None, out: Acted) -> list[str]:
+    """Ingest jobs for ``ids``, each within Salesforce's upload limit; returns the operations they performed."""
+    from retention.hooks.salesforce_bulk import HardDeleteNotPermitted
 
     operation = ACTION_OPERATION[policy.action]
-    if policy.action == "mask":
-        records = _masked(store, policy, run, extracted, ids, mask_key, _lengths(sf, policy))
-        save_sent(store, run, records)
-        fields = list(policy.mask)
-        csv_text = to_csv(["Id", *fields], ([r["Id"], *(to_bulk_csv_value(r.get(f)) for f in fields)]
-                                            for r in records))
-    else:
-        csv_text = to_csv(["Id"], ([i] for i in ids))
-    try:
-        job_id = sf.create_ingest(policy.object, operation)
-    except HardDeleteNotPermitted:
-        log.warning("hard delete not permitted for this user; falling back to delete (records go to the recycle bin)")
-        operation = "delete"
-        job_id = sf.create_ingest(policy.object, operation)
-    # The job id is committed beside the records before they are sent, so a retry after a crash at any point below
-    # finds the job instead of sending the records again.
-    mark(store, policy, run, ids, "submitting", job_id=job_id)
-    sf.upload_and_close(policy.object, job_id, csv_text)
-    mark(store, policy, run, ids, "submitted", job_id=job_id)
-    log.info("%s: Bulk 2.0 %s job %s submitted for %d records", run.run_key, operation, job_id, len(ids))
-    sf.wait(policy.object, job_id)
-    _add(out, record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
-    out.bulk_job_ids.append(job_id)
-    return operation
+    operations = []
+    uploads = (_masked_uploads(store, policy, run, extracted, ids, mask_key) if policy.action == "mask"
+               else _id_uploads(ids))
+    for job_ids, data in uploads:
+        try:
+            job_id = sf.create_ingest(policy.object, operation)
+        except HardDeleteNotPermitted:
+            log.warning("hard delete not permitted for this user; falling back to delete (records go to the recycle "
+                        "bin)")
+            operation = "delete"
+            job_id = sf.create_ingest(policy.object, operation)
+        # The job id is committed beside the records before they are sent, so a retry after a crash at any point
+        # below finds the job instead of sending the records again.
+        mark(store, policy, run, job_ids, "submitting", job_id=job_id)
+        sf.upload_and_close(policy.object, job_id, data)
+        mark(store, policy, run, job_ids, "submitted", job_id=job_id)
+        log.info("%s: Bulk 2.0 %s job %s submitted for %d records (%d bytes)", run.run_key, operation, job_id,
+                 len(job_ids), len(data))
+        sf.wait(policy.object, job_id)
+        _add(out, record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
+        out.bulk_job_ids.append(job_id)
+        operations.append(operation)
+    return operations
+
+
+def _id_uploads(ids: list[str]) -> Iterator[tuple[list[str], bytes]]:
+    """``Id`` CSV uploads of ``ids``, each within the upload limit."""
+    header, rows = b"Id\n", [f"{i}\n".encode() for i in ids]
+    yield from _sized(header, ids, rows)
+
+
+def _sized(header: bytes, ids: list[str], rows: Iterable[bytes]) -> Iterator[tuple[list[str], bytes]]:
+    """Group CSV ``rows`` (one per id, in order) into uploads of at most ``INGEST_UPLOAD_MAX_BYTES`` each."""
+    from retention.hooks import salesforce_bulk
+
+    limit = salesforce_bulk.INGEST_UPLOAD_MAX_BYTES
+    batch_ids: list[str] = []
+    buf = io.BytesIO()
+    buf.write(header)
+    for record_id, row in zip(ids, rows, strict=True):
+        if batch_ids and buf.tell() + len(row) > limit:
+            yield batch_ids, buf.getvalue()
+            batch_ids, buf = [], io.BytesIO()
+            buf.write(header)
+        buf.write(row)
+        batch_ids.append(record_id)
+    if batch_ids:
+        yield batch_ids, buf.getvalue()
+
+
+def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, ids: list[str],
+                    key: bytes | None) -> Iterator[tuple[list[str], bytes]]:
+    """The masked values of ``ids`` as CSV uploads within the limit, streamed from the staged rows (a server-side
+    cursor: never all in memory). What an upload sends is committed beside the run first (its ``sent`` table), so
+    confirm can check the org holds exactly that."""
+    from retention.hooks import salesforce_bulk
+    from retention.masking import Masker, to_bulk_csv_value
+
+    if key is None:
+        log.warning("no masking key configured (connection 'retention_hash_key'); using a one-off key, so "
+                    "pseudonyms and hashes will differ between runs")
+        key = os.urandom(32)
+    fields = list(policy.mask)
+    masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key,
+                    field_lengths=extracted.field_lengths)
+    limit = salesforce_bulk.INGEST_UPLOAD_MAX_BYTES
+    header = _csv_line(["Id", *fields])
+    cols = sql.SQL(", ").join([sql.Identifier("sfid"), *(column(f) for f in fields)])
+    with store.connect() as reader, store.connect() as writer:
+        writer.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (sfid varchar(18) PRIMARY KEY, sent jsonb NOT NULL)")
+                       .format(run.sent))
+        # Records sent again (their earlier job never got them) replace what was kept for them.
+        writer.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s)").format(run.sent), (ids,))
+        writer.commit()
+        rows = reader.cursor(name="retention_masked_rows")
+        rows.itersize = 10_000
+        rows.execute(sql.SQL("SELECT {} FROM {} WHERE sfid = ANY(%s) ORDER BY sfid").format(cols, run.staging), (ids,))
+        batch_ids: list[str] = []
+        sent: list[tuple[str, str]] = []
+        body = io.BytesIO()
+        body.write(header)
+        for row in rows:
+            masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
+            line = _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)])
+            if batch_ids and body.tell() + len(line) > limit:
+                _save_sent(writer, run, sent)
+                yield batch_ids, body.getvalue()
+                batch_ids, sent, body = [], [], io.BytesIO()
+                body.write(header)
+            body.write(line)
+            batch_ids.append(row[0])
+            sent.append((row[0], json.dumps({f: masked.get(f) for f in fields}, default=str)))
+        if batch_ids:
+            _save_sent(writer, run, sent)
+            yield batch_ids, body.getvalue()
+
+
+def _save_sent(conn, run: Run, sent: list[tuple[str, str]]) -> None:
+    with conn.cursor().copy(sql.SQL("COPY {} (sfid, sent) FROM STDIN").format(run.sent)) as copy:
+        for item in sent:
+            copy.write_row(item)
+    conn.commit()
+
+
+def _csv_line(values: list) -> bytes:
+    """One Bulk 2.0 CSV line (RFC 4180 quoting, LF line ending)."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue().encode()
 
 
 def _add(out: Acted, more: dict[str, int]) -> None:
@@ -164,48 +254,40 @@ def _add(out: Acted, more: dict[str, int]) -> None:
     out.failed += more.get("failed", 0)
 
 
-def _lengths(sf: SalesforceBulk2Hook, policy: Policy) -> dict[str, int]:
-    """The masked fields' lengths from describe: a hash or pseudonym must be cut to the field, or Salesforce refuses
-    the whole record (STRING_TOO_LONG), as the describe check at extract promised it would be."""
-    fields = {f.lower() for f in policy.mask or {}}
-    return {f["name"]: f["length"] for f in sf.describe_object(policy.object).get("fields", [])
-            if f["name"].lower() in fields and f.get("length")}
-
-
-def _masked(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, ids: list[str],
-            key: bytes | None, lengths: dict[str, int]) -> list[dict]:
-    from retention.masking import Masker
-
-    if key is None:
-        log.warning("no masking key configured (connection 'retention_hash_key'); using a one-off key, so "
-                    "pseudonyms and hashes will differ between runs")
-        key = os.urandom(32)
-    masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key,
-                    field_lengths=lengths)
-    originals = staged_records(store, run, ids, list(policy.mask))
-    return [{"Id": r["Id"], **masker.mask_record(r)} for r in originals]
-
-
 # ------------------------------------------------------------------------------ the records' action statuses
 
 
-def pending_ids(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
+def in_chunk(chunk: Chunk, name: sql.Composable = sql.Identifier("sfid")) -> tuple[sql.Composable, list[str]]:
+    """SQL (and its parameters) true for the sfids of ``chunk``."""
+    clauses, params = [sql.SQL("true")], []
+    if chunk.after is not None:
+        clauses.append(sql.SQL("{} > %s").format(name))
+        params.append(chunk.after)
+    if chunk.upto is not None:
+        clauses.append(sql.SQL("{} <= %s").format(name))
+        params.append(chunk.upto)
+    return sql.SQL(" AND ").join(clauses), params
+
+
+def pending_ids(store: RetentionStoreHook, policy: Policy, run: Run, chunk: Chunk) -> list[str]:
+    within, params = in_chunk(chunk, sql.Identifier("c", "sfid"))
     with store.connect() as conn:
         rows = conn.execute(
             sql.SQL("SELECT c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s "
-                    "AND c._action_status = 'pending' ORDER BY 1").format(
-                table(policy.retain.table), run.staging), (run.run_key,)).fetchall()
+                    "AND c._action_status = 'pending' AND {} ORDER BY 1").format(
+                table(policy.retain.table), run.staging, within), (run.run_key, *params)).fetchall()
     return [r[0] for r in rows]
 
 
-def unfinished_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[tuple[str, str]]:
-    """(job id, status) of Bulk jobs an earlier attempt created (``submitting``) or closed (``submitted``)
-    without recording their outcome: a crash or a timeout between the steps."""
+def unfinished_jobs(store: RetentionStoreHook, policy: Policy, run: Run, chunk: Chunk) -> list[tuple[str, str]]:
+    """(job id, status) of the chunk's Bulk jobs an earlier attempt created (``submitting``) or closed
+    (``submitted``) without recording their outcome: a crash or a timeout between the steps."""
+    within, params = in_chunk(chunk)
     with store.connect() as conn:
         rows = conn.execute(
             sql.SQL("SELECT DISTINCT _bulk_job_id, _action_status FROM {} WHERE _retention_run = %s "
-                    "AND _action_status IN ('submitting', 'submitted')")
-            .format(table(policy.retain.table)), (run.run_key,)).fetchall()
+                    "AND _action_status IN ('submitting', 'submitted') AND {}")
+            .format(table(policy.retain.table), within), (run.run_key, *params)).fetchall()
     return [(r[0], r[1]) for r in rows]
 
 
@@ -264,23 +346,3 @@ def record_outcomes(store: RetentionStoreHook, policy: Policy, run: Run, job_id:
                 [(status, error, job_id, record_id) for status, error, record_id in others])
     return {"done": len(done), "refused": sum(1 for s, _, _ in others if s == "refused"),
             "failed": sum(1 for s, _, _ in others if s == "failed")}
-
-
-def staged_records(store: RetentionStoreHook, run: Run, ids: list[str], fields: list[str]) -> list[dict]:
-    cols = sql.SQL(", ").join([sql.Identifier("sfid"), *(column(f) for f in fields)])
-    with store.connect() as conn:
-        rows = conn.execute(sql.SQL("SELECT {} FROM {} WHERE sfid = ANY(%s) ORDER BY sfid").format(cols, run.staging),
-                            (ids,)).fetchall()
-    return [{"Id": r[0], **dict(zip(fields, r[1:], strict=True))} for r in rows]
-
-
-def save_sent(store: RetentionStoreHook, run: Run, records: list[dict]) -> None:
-    """Keep what was sent to Salesforce, so the confirm step can check the org holds exactly that."""
-    with store.connect() as conn:
-        conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (sfid varchar(18) PRIMARY KEY, sent jsonb NOT NULL)")
-                     .format(run.sent))
-        with conn.cursor() as cur:
-            cur.executemany(sql.SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (sfid) DO UPDATE SET sent = "
-                                    "excluded.sent").format(run.sent),
-                            [(r["Id"], json.dumps({k: v for k, v in r.items() if k != "Id"}, default=str))
-                             for r in records])

@@ -12,14 +12,14 @@ from psycopg import sql
 
 from retention.cache import column, table, table_exists
 from retention.hooks.store import MIRROR_SCHEMA
-from retention.steps.results import Reported
+from retention.steps.results import Reported, Task
 from retention.steps.run import RetentionError, release
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
     from retention.policy import Policy
-    from retention.steps.results import Acted, Extracted, Validated
+    from retention.steps.results import Acted, Extracted, Validated, Verified
     from retention.steps.run import Run
 
 # Airflow's own logging (structlog): lines land in the task's log, as an operator's self.log would.
@@ -35,10 +35,11 @@ DONE_VERB = {"delete": "deleted", "hard_delete": "hard-deleted", "mask": "masked
 
 
 def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
-            validated: Validated | None, acted: Acted | None, *, mirror_timeout: float,
+            validated: Validated | None, acted: Acted | None, verified: list[Verified], *, mirror_timeout: float,
             poll_interval: float) -> Reported:
-    """The step: a record reported done but not so in the org stops the run (its retained row is kept); any failed
-    record fails it after the ledger row is written, as does a mirror that stays behind (retried)."""
+    """The step, after every chunk was acted on and read back from the org (``verified``): a record reported done
+    but not so in the org stops the run (its retained row is kept); any failed record fails it after the ledger row
+    is written, as does a mirror that stays behind (retried)."""
     from retention.steps.results import Acted
 
     with store.connect() as conn:
@@ -58,11 +59,10 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
             children = cascade.summary(conn, policy, run)
     else:
         children = {}
-    summary = action_summary(store, policy, run, acted.bulk_job_ids)
-    done = summary.get("done", [])
-    sent = sent_values(store, run) if policy.action == "mask" else {}
+    summary = action_counts(store, policy, run, acted.bulk_job_ids)
+    done = summary.get("done", 0)
     if reported is None:
-        reported = _report(store, sf, policy, run, extracted, validated, acted, summary, sent, children)
+        reported = _report(store, sf, policy, run, extracted, validated, acted, summary, verified, children)
     else:  # a retry after the ledger row was written: that row is the run's evidence
         log.info("ledger row %d already holds DAG run %s: %s", reported.ledger_id, run.dag_run_id,
                  reported.message)
@@ -70,45 +70,53 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     # so its evidence must not wait on Connect. A mirror that stays behind fails the attempt; the retry finds the
     # row and only waits again.
     deadline = time.monotonic() + mirror_timeout
-    while done and not (mirror_reflects(store, policy, done, sent) and all(
+    while done and not (mirror_reflects(store, policy, run, acted.bulk_job_ids) and all(
             mirror_shows_gone(store, name, child["ids"].get("done", [])) for name, child in children.items())):
         if time.monotonic() > deadline:
             raise MirrorBehind(
-                f"Heroku Connect's mirror did not reflect the {len(done)} {DONE_VERB[policy.action]} records within "
+                f"Heroku Connect's mirror did not reflect the {done} {DONE_VERB[policy.action]} records within "
                 f"{mirror_timeout:.0f}s; Salesforce is already changed and ledger row {reported.ledger_id} records "
                 "it: the task retries, or clear confirm_and_report later")
         time.sleep(poll_interval)
     drop_staging(store, run, policy)
     release(store, run)  # the next run of the policy may start
-    refused = summary.get("refused", [])
-    if refused:
+    if summary.get("refused"):
+        sfid, error = first_refused(store, policy, run, acted.bulk_job_ids)
         log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and are not "
-                    "selected again", len(refused), refused[0], action_error(store, policy, refused[0]))
+                    "selected again", summary["refused"], sfid, error)
     if reported.status != "succeeded":
         raise RetentionError(reported.message)
     return reported
 
 
 def _report(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
-            validated: Validated | None, acted: Acted, summary: dict[str, list[str]], sent: dict[str, dict],
+            validated: Validated | None, acted: Acted, summary: dict[str, int], verified: list[Verified],
             children: dict) -> Reported:
-    """Check the org shows every record reported done as acted on, then append the run's ledger row."""
-    done, failed, refused = summary.get("done", []), summary.get("failed", []), summary.get("refused", [])
-    not_applied = _not_applied_in_org(sf, policy, policy.object, done, sent)
+    """Check the org showed every record reported done as acted on (each chunk's verify), then append the run's
+    ledger row."""
+    done, failed, refused = summary.get("done", 0), summary.get("failed", 0), summary.get("refused", 0)
+    checked = sum(v.checked for v in verified)
+    if checked != done:
+        raise RetentionError(f"{done} records are reported done but {checked} were read back from Salesforce by "
+                             f"{Task.VERIFY}; their retained rows are kept: clear {Task.VERIFY} and this task")
+    not_applied = sum(v.not_applied for v in verified)
+    sample = [i for v in verified for i in v.sample]
     for name, child in children.items():
-        not_applied += _not_applied_in_org(sf, policy, name, child["ids"].get("done", []), {})
+        missed = sf.live_records(name, child["ids"].get("done", []))
+        not_applied += len(missed)
+        sample += [r["Id"] for r in missed]
     if not_applied:
         raise RetentionError(
-            f"{len(not_applied)} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
-            f"{', '.join(not_applied[:5])}; their retained rows are kept")
+            f"{not_applied} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
+            f"{', '.join(sample[:5])}; their retained rows are kept")
     validated_counts = (validated.counts if validated else None) or {}
     counts = {"eligible": extracted.eligible, "held": extracted.held + len(acted.held_at_action),
-              "staged": extracted.staged, "retained": validated_counts.get("retained"), "acted": len(done),
-              "failed": len(failed), "refused": len(refused), "blocked": len(extracted.blocked),
+              "staged": extracted.staged, "retained": validated_counts.get("retained"), "acted": done,
+              "failed": failed, "refused": refused, "blocked": len(extracted.blocked),
               "salesforce": validated_counts.get("salesforce")}
     status = "succeeded" if not failed else "partially_failed"
-    message = (f"{policy.id}: {len(done)} {DONE_VERB[policy.action]}, {len(refused)} refused by Salesforce, "
-               f"{len(failed)} failed (both kept retained, see cache.{policy.retain.table}._action_error), "
+    message = (f"{policy.id}: {done} {DONE_VERB[policy.action]}, {refused} refused by Salesforce, "
+               f"{failed} failed (both kept retained, see cache.{policy.retain.table}._action_error), "
                f"{counts['held']} held")
     for name, child in children.items():
         message += f"; {child.get('done', 0)} {name} records went with their parents (cache.{child['table']})"
@@ -140,67 +148,62 @@ def _reported(conn, run: Run) -> Reported | None:
     return Reported(ledger_id=row[0], status=row[1], counts=dict(zip(names, row[3:], strict=True)), message=row[2])
 
 
-def _not_applied_in_org(sf: SalesforceBulk2Hook, policy: Policy, object_name: str, done: list[str],
-                        sent: dict[str, dict]) -> list[str]:
-    """Ids the org does not show as acted on (still live for deletes; values differ for masks)."""
-    fields = sorted({k for v in sent.values() for k in v}) if policy.action == "mask" else []
-    records = sf.live_records(object_name, done, fields)
-    if policy.action != "mask":
-        return [r["Id"] for r in records]
-    return [r["Id"] for r in records
-            if any(not same_value(want, r.get(f)) for f, want in sent.get(r["Id"], {}).items())]
+def this_execution(policy: Policy, run: Run, job_ids: list[str], alias: str) -> tuple[sql.Composable, list]:
+    """SQL (and parameters) over the cache table as ``alias``: this execution's records, those it staged and those
+    of the jobs it settled (a run cleared and run again after its job finished stages nothing more: the org no
+    longer offers the records the job took)."""
+    c = sql.Identifier(alias)
+    return (sql.SQL("{c}._retention_run = %s AND (EXISTS (SELECT 1 FROM {s} s WHERE s.sfid = {c}.sfid) OR "
+                    "{c}._bulk_job_id = ANY(%s))").format(c=c, s=run.staging), [run.run_key, list(job_ids)])
 
 
-def action_summary(store: RetentionStoreHook, policy: Policy, run: Run, job_ids: list[str]) -> dict[str, list[str]]:
-    """This execution's records by status: those it staged, and those of the jobs it settled (a run cleared and run
-    again after its job finished stages nothing more: the org no longer offers the records the job took)."""
+def action_counts(store: RetentionStoreHook, policy: Policy, run: Run, job_ids: list[str]) -> dict[str, int]:
+    """This execution's records (see ``this_execution``) by action status."""
+    mine, params = this_execution(policy, run, job_ids, "c")
     with store.connect() as conn:
-        rows = conn.execute(
-            sql.SQL("SELECT c._action_status, c.sfid FROM {} c WHERE c._retention_run = %s AND (EXISTS (SELECT 1 "
-                    "FROM {} s WHERE s.sfid = c.sfid) OR c._bulk_job_id = ANY(%s))")
-            .format(table(policy.retain.table), run.staging), (run.run_key, list(job_ids))).fetchall()
-    out: dict[str, list[str]] = {}
-    for status, sfid in rows:
-        out.setdefault(status, []).append(sfid)
-    return out
+        rows = conn.execute(sql.SQL("SELECT c._action_status, count(*) FROM {} c WHERE {} GROUP BY 1")
+                            .format(table(policy.retain.table), mine), params).fetchall()
+    return dict(rows)
 
 
-def action_error(store: RetentionStoreHook, policy: Policy, sfid: str) -> str | None:
+def first_refused(store: RetentionStoreHook, policy: Policy, run: Run, job_ids: list[str]) -> tuple[str, str]:
+    """One of this execution's refused records and Salesforce's reason, for the log."""
+    mine, params = this_execution(policy, run, job_ids, "c")
     with store.connect() as conn:
-        row = conn.execute(sql.SQL("SELECT _action_error FROM {} WHERE sfid = %s").format(
-            table(policy.retain.table)), (sfid,)).fetchone()
-    return row[0] if row else None
+        return conn.execute(sql.SQL("SELECT c.sfid, c._action_error FROM {} c WHERE {} AND c._action_status = "
+                                    "'refused' ORDER BY 1 LIMIT 1").format(table(policy.retain.table), mine),
+                            params).fetchone()
 
 
-def sent_values(store: RetentionStoreHook, run: Run) -> dict[str, dict]:
-    with store.connect() as conn:
-        if not table_exists(conn, run.sent):
-            return {}
-        return dict(conn.execute(sql.SQL("SELECT sfid, sent FROM {}").format(run.sent)).fetchall())
-
-
-def mirror_reflects(store: RetentionStoreHook, policy: Policy, ids: list[str], sent: dict[str, dict]) -> bool:
-    """True once Connect's mirror shows the acted records deleted (gone) or masked (sent values)."""
-    if policy.action in ("delete", "hard_delete"):
-        return mirror_shows_gone(store, policy.object, ids)
+def mirror_reflects(store: RetentionStoreHook, policy: Policy, run: Run, job_ids: list[str]) -> bool:
+    """True once Connect's mirror shows this execution's done records deleted (gone) or masked (the values sent),
+    compared in the store, a server-side cursor at a time."""
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
+    mine, params = this_execution(policy, run, job_ids, "c")
+    done = sql.SQL("{} AND c._action_status = 'done'").format(mine)
+    target = table(policy.retain.table)
     with store.connect() as conn:
         if not table_exists(conn, mirror):
             return True
+        if policy.action in ("delete", "hard_delete"):
+            return not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} c JOIN {} m ON m.sfid = c.sfid WHERE {})")
+                                    .format(target, mirror, done), params).fetchone()[0]
         # Only the fields Connect's mapping mirrors can be seen there; the org itself was checked for every field.
         mirrored = {r[0] for r in conn.execute(
             "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
             (MIRROR_SCHEMA, policy.object.lower())).fetchall()}
-        fields = sorted({k for v in sent.values() for k in v if k.lower() in mirrored}, key=str.lower)
-        cols = sql.SQL("").join(sql.SQL(", {}").format(column(f)) for f in fields)
-        rows = conn.execute(sql.SQL("SELECT sfid{} FROM {} WHERE sfid = ANY(%s)").format(cols, mirror),
-                            (ids,)).fetchall()
-    for row in rows:
-        want = sent.get(row[0], {})
-        for f, have in zip(fields, row[1:], strict=True):
-            if f in want and not same_value(want[f], have):
+        fields = sorted((f for f in policy.mask if f.lower() in mirrored), key=str.lower)
+        cols = sql.SQL("").join(sql.SQL(", m.{}").format(column(f)) for f in fields)
+        rows = conn.cursor(name="retention_mirror_check")
+        rows.itersize = 10_000
+        rows.execute(sql.SQL("SELECT m.sfid, s.sent{} FROM {} c JOIN {} s ON s.sfid = c.sfid LEFT JOIN {} m ON "
+                             "m.sfid = c.sfid WHERE {}").format(cols, target, run.sent, mirror, done), params)
+        for sfid, want, *have in rows:
+            if sfid is None:  # not mirrored (yet)
                 return False
-    return len(rows) == len(ids)
+            if any(f in want and not same_value(want[f], value) for f, value in zip(fields, have, strict=True)):
+                return False
+    return True
 
 
 def mirror_shows_gone(store: RetentionStoreHook, object_name: str, ids: list[str]) -> bool:

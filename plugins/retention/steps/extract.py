@@ -70,11 +70,17 @@ def extract(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     return out
 
 
-def _result(policy: Policy, run: Run, types: dict[str, str], **counts) -> Extracted:
+def _result(policy: Policy, run: Run, describe: dict, **counts) -> Extracted:
+    """The step's result; the masked fields' lengths travel with it, so the act need not describe the object again
+    (a hash or pseudonym is cut to its field, or Salesforce refuses the record with STRING_TOO_LONG)."""
+    types = field_types(describe)
     wanted = set(staged_fields(policy))
+    masked = {f.lower() for f in policy.mask or {}}
     return Extracted(run_key=run.run_key, cutoff=run.cutoff.isoformat(),
                      field_types={n: t for n, t in types.items() if n in wanted},
-                     date_type=types[policy.select.date_field], **counts)
+                     date_type=types[policy.select.date_field],
+                     field_lengths={f["name"]: f["length"] for f in describe.get("fields", [])
+                                    if f["name"].lower() in masked and f.get("length")}, **counts)
 
 
 def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: dict,
@@ -117,6 +123,7 @@ def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: d
             .format(hold=hold, done=done, m=mirror, w=matching), params,
         ).fetchone()
         guard(policy, eligible)
+        _within_budget(sf, policy, run, eligible)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.staging))
         # CREATE TABLE AS cannot take bind parameters: a client-side cursor binds them safely instead.
         with ClientCursor(conn) as cur:
@@ -128,7 +135,8 @@ def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: d
             mirror, matching, done, hold)
         held_ids = ([r[0] for r in conn.execute(held_query, params).fetchall()]
                     if policy.select.exclude_privacy_holds else [])
-        out = _result(policy, run, types, eligible=eligible, held=held, done=already, staged=staged, held_ids=held_ids)
+        out = _result(policy, run, describe, eligible=eligible, held=held, done=already, staged=staged,
+                      held_ids=held_ids)
         _with_children(conn, sf, policy, run, describe, others, out, holds=None)
         _preview_and_roll_back(conn, policy, run, out)
     return out
@@ -140,6 +148,10 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
     types = field_types(describe)
     fields = staged_fields(policy)
     soql = soql_for(policy, run, fields, types, others)
+    # The org's count (held and settled records included) bounds what the run acts on: the budget is checked on it
+    # before the extract query spends anything.
+    if not run.dry_run:
+        _within_budget(sf, policy, run, sf.count(soql_for(policy, run, [], types, others, count=True)))
     holds = active_holds(sf) if policy.select.exclude_privacy_holds else set()
     columns = sql.SQL(", ").join([sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
         sql.SQL("{} {}").format(column(f), sql.SQL(STAGING_TYPES.get(types[f], "text"))) for f in fields])
@@ -161,12 +173,25 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
         staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
         guard(policy, staged)
         held_ids = sorted(r[0] for r in held_rows)
-        out = _result(policy, run, types, eligible=staged, held=len(held_ids), done=already, staged=staged,
+        out = _result(policy, run, describe, eligible=staged, held=len(held_ids), done=already, staged=staged,
                       held_ids=held_ids)
         _with_children(conn, sf, policy, run, describe, others, out,
                        holds=holds if policy.select.exclude_privacy_holds else None)
         _preview_and_roll_back(conn, policy, run, out)
     return out
+
+
+def _within_budget(sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, records: int) -> None:
+    """Refuse a run that would spend more than its share of the org's daily allowances (see ``budget``); a dry
+    run acts on nothing and is not checked."""
+    from retention import budget
+
+    if sf is None or run.dry_run:
+        return
+    spend = budget.check(sf, policy, records)
+    log.info("%s: acting on up to %d records spends about %d API requests, %d Bulk batches, %d Bulk query jobs: "
+             "within the run's share of what the org has left today", run.run_key, records, spend.api_requests,
+             spend.bulk_batches, spend.query_jobs)
 
 
 def _refuse_nul(policy: Policy, page: str) -> None:

@@ -21,7 +21,8 @@ class Task(enum.StrEnum):
     SUBSET = "subset"
     LOAD_TO_CACHE = "load_to_cache"
     VALIDATE = "validate_row_counts"
-    ACT = "delete_or_mask"
+    ACT = "delete_or_mask"  # mapped: one task instance per chunk of the run's records
+    VERIFY = "verify_in_salesforce"  # mapped over the same chunks
     CONFIRM = "confirm_and_report"
 
 
@@ -29,6 +30,7 @@ class _Result:
     """A step's result: ``asdict`` for XCom, ``pull`` to read the one its task pushed in this run."""
 
     task: ClassVar[Task]
+    key: ClassVar[str] = "return_value"  # the XCom key it travels under
     _nested: ClassVar[dict[str, type]] = {}
 
     def to_xcom(self) -> dict[str, Any]:
@@ -48,8 +50,19 @@ class _Result:
     @classmethod
     def pull(cls, ti) -> Self | None:
         """This run's result of the step (None: the task did not return one, e.g. it was skipped)."""
-        data = ti.xcom_pull(task_ids=str(cls.task))
+        data = ti.xcom_pull(task_ids=str(cls.task), key=cls.key)
         return cls.from_xcom(data) if data else None
+
+    @classmethod
+    def pull_chunks(cls, ti, map_index: int | None = None) -> list[Self]:
+        """The results of a mapped step: every chunk's, or the one of ``map_index`` (none when it returned none)."""
+        if map_index is None:  # Airflow then returns every map index's value (map_indexes=None would mean -1)
+            data = ti.xcom_pull(task_ids=str(cls.task))
+        else:
+            data = [ti.xcom_pull(task_ids=str(cls.task), map_indexes=map_index)]
+        if isinstance(data, dict):  # a single value rather than a sequence
+            data = [data]
+        return [cls.from_xcom(d) for d in data or [] if d]
 
 
 @dataclass
@@ -78,12 +91,25 @@ class Extracted(_Result):
     held_ids: list[str] = field(default_factory=list)
     field_types: dict[str, str] = field(default_factory=dict)  # Salesforce type of each staged field
     date_type: str | None = None
+    field_lengths: dict[str, int] = field(default_factory=dict)  # describe's length of each masked field
     count_soql: str | None = None  # the org's count of the policy's selection, for validation (same cutoff, today)
     children: list[ChildStaged] = field(default_factory=list)
     held_via_children: dict[str, str] = field(default_factory=dict)  # parent: its held child
     blocked: dict[str, str] = field(default_factory=dict)  # parent: why a delete must not take it
     cascade_relations: list[dict[str, str]] = field(default_factory=list)  # cascading relationships not retained
     preview: list[dict[str, Any]] | None = None  # dry runs: a sample of the rows as they would be retained
+
+
+@dataclass
+class Chunk(_Result):
+    """A share of the run's staged records, acted on and verified by one mapped task instance: the records whose
+    sfid is after ``after`` (None: from the first) up to ``upto`` (None: to the last). The ranges of one run's chunks
+    follow each other without gap, so every record belongs to exactly one."""
+
+    index: int
+    after: str | None = None
+    upto: str | None = None
+    records: int = 0
 
 
 @dataclass
@@ -94,21 +120,24 @@ class ChildValidated(_Result):
 
 @dataclass
 class Validated(_Result):
-    """validate_row_counts: the gate passed, with the counts it compared."""
+    """validate_row_counts: the gate passed, with the counts it compared. Its ``chunks`` are the task's return value
+    (what the mapped tasks expand over: Airflow maps over return values only), this the XCom ``validated``."""
 
     task: ClassVar[Task] = Task.VALIDATE
-    _nested: ClassVar[dict[str, type]] = {"children": ChildValidated}
+    key: ClassVar[str] = "validated"
+    _nested: ClassVar[dict[str, type]] = {"children": ChildValidated, "chunks": Chunk}
 
     message: str
     counts: dict[str, Any] | None
     salesforce_total: int
     data_docs: str | None = None
     children: dict[str, ChildValidated] = field(default_factory=dict)
+    chunks: list[Chunk] = field(default_factory=list)  # what the mapped act and verify tasks each take
 
 
 @dataclass
 class Acted(_Result):
-    """delete_or_mask: what Salesforce did with the run's records."""
+    """delete_or_mask: what Salesforce did with the run's records (one chunk's, or the run's once merged)."""
 
     task: ClassVar[Task] = Task.ACT
 
@@ -119,6 +148,27 @@ class Acted(_Result):
     held_at_action: list[str] = field(default_factory=list)  # came under a hold between extract and the act
     operation_used: str | None = None
     hard_delete_fallback: bool = False
+
+    @classmethod
+    def merged(cls, chunks: list[Acted]) -> Acted:
+        """The run's act from its chunks'."""
+        operations = sorted({o for c in chunks for o in (c.operation_used or "").split(",") if o})
+        return cls(bulk_job_ids=[j for c in chunks for j in c.bulk_job_ids], done=sum(c.done for c in chunks),
+                   refused=sum(c.refused for c in chunks), failed=sum(c.failed for c in chunks),
+                   held_at_action=sorted({i for c in chunks for i in c.held_at_action}),
+                   operation_used=",".join(operations) or None,
+                   hard_delete_fallback=any(c.hard_delete_fallback for c in chunks))
+
+
+@dataclass
+class Verified(_Result):
+    """verify_in_salesforce: one chunk's records reported done, read back from the org with one Bulk query job."""
+
+    task: ClassVar[Task] = Task.VERIFY
+
+    checked: int = 0  # records reported done that the org was asked about
+    not_applied: int = 0  # of those, still live (delete) or not showing the values sent (mask)
+    sample: list[str] = field(default_factory=list)  # a few of them, for the message
 
 
 @dataclass

@@ -11,7 +11,7 @@ from psycopg import sql
 
 from retention.cache import table
 from retention.hooks.store import CACHE_SCHEMA
-from retention.steps.results import ChildValidated, Validated
+from retention.steps.results import ChildValidated, Chunk, Validated
 from retention.steps.run import RetentionError
 
 if TYPE_CHECKING:
@@ -46,7 +46,22 @@ def validate(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy,
     _gate(result, counts)
     return Validated(message=result.message, counts=result.details.get("counts"), salesforce_total=in_org,
                      data_docs=result.details.get("data_docs"),
-                     children=_children(store, sf, policy, run, extracted, docs_dir))
+                     children=_children(store, sf, policy, run, extracted, docs_dir),
+                     chunks=plan_chunks(store, policy, run))
+
+
+def plan_chunks(store: RetentionStoreHook, policy: Policy, run: Run) -> list[Chunk]:
+    """The staged records in ``guards.chunk_records`` shares by sfid, for the mapped act and verify tasks. The first
+    chunk starts at the beginning and the last runs to the end, so a record always has a chunk; a run with nothing
+    staged still has one (it settles jobs an earlier attempt left)."""
+    with store.connect() as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT max(sfid), count(*) FROM (SELECT sfid, (row_number() OVER (ORDER BY sfid) - 1) / %s AS n "
+            "FROM {}) t GROUP BY n ORDER BY n").format(run.staging), (policy.guards.chunk_records,)).fetchall()
+    if not rows:
+        return [Chunk(index=0)]
+    return [Chunk(index=n, after=rows[n - 1][0] if n else None, upto=last if n < len(rows) - 1 else None,
+                  records=count) for n, (last, count) in enumerate(rows)]
 
 
 def retained_query(policy: Policy, run: Run) -> sql.Composed:

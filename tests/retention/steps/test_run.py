@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from retention.policy import load_policy
-from retention.steps.results import Acted, ChildStaged, ChildValidated, Extracted, Task, Validated
+from retention.steps.results import Acted, ChildStaged, ChildValidated, Extracted, Task, Validated, Verified
 from retention.steps.run import RetentionError, guard, make_run
 from tests.conftest import REPO
 
@@ -81,13 +81,30 @@ def test_each_result_is_pulled_from_its_own_task():
         def __init__(self):
             self.asked = []
 
-        def xcom_pull(self, task_ids):
-            self.asked.append(task_ids)
+        def xcom_pull(self, task_ids, key="return_value", map_indexes=None):
+            self.asked.append((task_ids, key, map_indexes))
             return None
 
     ti = TaskInstance()
     assert Extracted.pull(ti) is None and Validated.pull(ti) is None and Acted.pull(ti) is None
-    assert ti.asked == [Task.EXTRACT, Task.VALIDATE, Task.ACT] == ["extract", "validate_row_counts", "delete_or_mask"]
+    # validate_row_counts returns the chunks the mapped tasks expand over; its result travels as `validated`.
+    assert ti.asked == [(Task.EXTRACT, "return_value", None), (Task.VALIDATE, "validated", None),
+                        (Task.ACT, "return_value", None)]
+    assert [t for t, _, _ in ti.asked] == ["extract", "validate_row_counts", "delete_or_mask"]
+    ti.asked.clear()
+    assert Acted.pull_chunks(ti) == [] and Verified.pull_chunks(ti, 1) == []
+    assert ti.asked == [("delete_or_mask", "return_value", None), ("verify_in_salesforce", "return_value", 1)]
+    # (Airflow's default map_indexes returns every map index's value; an explicit None would mean the unmapped -1.)
+
+
+def test_the_run_s_act_is_the_sum_of_its_chunks():
+    one = Acted(bulk_job_ids=["750A"], done=2, refused=1, held_at_action=["003B"], operation_used="hardDelete")
+    two = Acted(bulk_job_ids=["750C", "750D"], done=5, failed=1, held_at_action=["003A"], operation_used="delete",
+                hard_delete_fallback=True)
+    merged = Acted.merged([one, two])
+    assert merged == Acted(bulk_job_ids=["750A", "750C", "750D"], done=7, refused=1, failed=1,
+                           held_at_action=["003A", "003B"], operation_used="delete,hardDelete",
+                           hard_delete_fallback=True)
 
 
 def test_one_run_of_a_policy_at_work_at_a_time(sandbox, airflow_db):

@@ -1,0 +1,106 @@
+"""A run's spend of the org's daily allowances, estimated before it starts, and the check that refuses a run that
+would take more than its share: the org's API requests are shared with every other integration.
+
+What counts is what Salesforce counts: every REST call (describes, queries, Bulk job creation, uploads, status
+checks, result pages), Bulk batches (an ingest job uses one per 10,000 records it processes, from the 15,000 a day
+that Bulk API and Bulk API 2.0 share) and Bulk query jobs. Logins do not count.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retention.policy import Policy
+
+# "Bulk API 2.0 ... batches are created automatically ... each batch can hold up to 10,000 records" and count
+# against the batches allocation (Bulk API and Bulk API 2.0 Limits and Allocations).
+INGEST_BATCH_RECORDS = 10_000
+# Status checks of one Bulk job: the hook polls with backoff (0.5 s, doubling, at most 30 s apart), so a job of up
+# to about four minutes is checked at most this often.
+POLLS_PER_JOB = 8
+# Per ingest job besides its polls: create, upload, close, and the three result downloads.
+CALLS_PER_INGEST_JOB = 6
+# Per verify query job besides its polls and pages: create.
+CALLS_PER_QUERY_JOB = 1
+# What any run spends whatever its size: the describes, the /limits read, the holds, the org's count at validation.
+FIXED_CALLS = 6
+# Bytes of one record in an ingest upload: the Id and, for a mask, each masked value (a generous estimate).
+ID_BYTES = 20
+MASKED_VALUE_BYTES = 64
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Of the org's daily allowances (``/limits``): API requests, Bulk batches, Bulk query jobs."""
+
+    api_requests: int
+    bulk_batches: int
+    query_jobs: int
+
+    def as_limits(self) -> dict[str, int]:
+        return {"DailyApiRequests": self.api_requests, "DailyBulkApiBatches": self.bulk_batches,
+                "DailyBulkV2QueryJobs": self.query_jobs}
+
+
+def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int, upload_bytes: int) -> Spend:
+    """At most what a run acting on ``records`` records spends, as the pipeline makes its calls: one ingest job per
+    chunk (more when a chunk's upload would pass ``upload_bytes``), one verify query job per chunk, an extract
+    query job for the ``salesforce_api`` source; each job polled with backoff."""
+    chunk = policy.guards.chunk_records
+    chunks = max(1, math.ceil(records / chunk))
+    row = ID_BYTES + MASKED_VALUE_BYTES * len(policy.mask or {})
+    jobs_per_chunk = max(1, math.ceil(min(records, chunk) * row / upload_bytes))
+    pages_per_chunk = max(1, math.ceil(min(records, chunk) / verify_page))
+    calls = FIXED_CALLS + len(policy.related_fields())
+    calls += chunks * (1  # the holds again, just before acting
+                       + jobs_per_chunk * (CALLS_PER_INGEST_JOB + POLLS_PER_JOB)
+                       + CALLS_PER_QUERY_JOB + POLLS_PER_JOB + pages_per_chunk)
+    query_jobs = chunks
+    if policy.source == "salesforce_api":
+        calls += CALLS_PER_QUERY_JOB + POLLS_PER_JOB + max(1, math.ceil(records / query_page))
+        query_jobs += 1
+    batches = chunks * jobs_per_chunk + math.ceil(records / INGEST_BATCH_RECORDS)
+    return Spend(api_requests=calls, bulk_batches=batches, query_jobs=query_jobs)
+
+
+def over_share(spend: Spend, limits: dict, share: float) -> list[str]:
+    """The allowances ``spend`` would take more than ``share`` of what the org has left, each as a phrase."""
+    out = []
+    for name, need in spend.as_limits().items():
+        remaining = (limits.get(name) or {}).get("Remaining")
+        if remaining is None:
+            if name == "DailyApiRequests":  # every org reports it: a /limits without it is not trusted
+                out.append("the org's /limits reports no DailyApiRequests")
+            continue  # a Bulk allowance the org does not report at this API version: nothing to compare with
+        if need > share * remaining:
+            out.append(f"about {need:,} of the {remaining:,} {name} left today")
+    return out
+
+
+def check(sf, policy: Policy, records: int) -> Spend:
+    """Read the org's ``/limits`` and refuse (RetentionError, before anything is touched) a run over its share:
+    ``guards.max_api_share``, else ``[retention] max_api_share``."""
+    from retention import config
+    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE, VERIFY_PAGE_SIZE
+    from retention.steps.run import RetentionError
+
+    spend = estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=VERIFY_PAGE_SIZE,
+                     upload_bytes=INGEST_UPLOAD_MAX_BYTES)
+    if policy.guards.max_api_share is not None:
+        share, where = policy.guards.max_api_share, "guards.max_api_share"
+    else:
+        try:
+            share, where = float(config.get("max_api_share")), config.source("max_api_share")
+        except ValueError:
+            raise RetentionError(f"{config.source('max_api_share')} is {config.get('max_api_share')!r}, not a "
+                                 "number between 0 and 1; nothing was touched") from None
+    over = over_share(spend, sf.limits(), share)
+    if over:
+        raise RetentionError(
+            f"policy {policy.id}: acting on {records:,} records would spend {'; '.join(over)}: more than the "
+            f"{share:g} share {where} allows; nothing was touched. Raise the share, or run when the org's "
+            "24-hour allowance has recovered")
+    return spend
