@@ -1,0 +1,97 @@
+"""The chunked path (``guards.chunk_records``: delete_or_mask and verify_in_salesforce mapped over several chunks)
+against the single-chunk path, run by real DAGs on the sandbox: the same cache contents, the same outcome in the
+org and the same ledger counts, with one Bulk ingest job and one read-back per chunk."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+import requests
+
+from tests.dags.chunk_dags import RECORDS, SMALL_CHUNK
+
+UTC = dt.UTC
+# What differs between two runs by design: ids, run keys, times and job ids.
+RUN_SPECIFIC = {"id", "sfid", "email", "_retention_policy", "_retention_run", "_retained_at", "_action_at", "_bulk_job_id"}
+
+
+def _api_usage(sandbox) -> int:
+    """The org's count of API calls (the sandbox's health endpoint, which itself counts as none)."""
+    return requests.get(f"{sandbox.instance_url}/__sandbox/health", verify=sandbox.ca, timeout=10).json()["api_usage"]
+
+
+def _run(sandbox, sf, policy_id: str):
+    """Create the policy's own contacts (identical values in every set but the e-mail domain), back-date them and run
+    the policy's DAG; returns (run, {index: cache row}, {index: org row}, ledger row, API calls spent)."""
+    from tests.dags import chunk_dags
+    from tests.policy_support import cache_rows, org_rows, store_rows
+
+    logical = dt.datetime.now(UTC).replace(microsecond=0)
+    ids = {}
+    for n in range(RECORDS):
+        ids[n] = sf.Contact.create({"FirstName": f"Chunk{n:02d}", "LastName": f"Same {n % 4}",
+                                    "Email": f"c{n:02d}@{policy_id}.example", "Phone": f"+1 555 01{n:02d}"})["id"]
+    with sandbox.org_conn() as conn:
+        conn.execute("UPDATE org.contact SET lastmodifieddate = %s, systemmodstamp = now() WHERE id = ANY(%s)",
+                     (logical - dt.timedelta(days=40), list(ids.values())))
+    before = _api_usage(sandbox)
+    run = getattr(chunk_dags, f"retention__{policy_id}").test(logical_date=logical,
+                                                              run_conf={"dry_run": False, "cutoff": None})
+    spent = _api_usage(sandbox) - before
+    index = {record_id: n for n, record_id in ids.items()}
+    cache = {index[k]: v for k, v in cache_rows(sandbox, policy_id).items()}
+    org = {index[r["id"]]: r for r in org_rows(
+        sandbox, "SELECT id, isdeleted, firstname, lastname, phone FROM org.contact WHERE id = ANY(%s)",
+        (list(ids.values()),))}
+    (ledger,) = store_rows(sandbox, "SELECT * FROM retention.runs WHERE policy_id = %s", (policy_id,))
+    return run, cache, org, ledger, spent
+
+
+@pytest.mark.parametrize("action", ["delete", "mask"])
+def test_a_chunked_run_gives_the_same_cache_org_and_ledger_as_one_chunk(sandbox, airflow_db, sf, action):
+    from retention import budget
+    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE, VERIFY_PAGE_SIZE
+    from tests.dags import chunk_dags
+    from tests.policy_support import policy_world
+
+    with policy_world(sandbox):
+        one = _run(sandbox, sf, f"chunks_{action}_one")
+        many = _run(sandbox, sf, f"chunks_{action}_many")
+    for run, *_ in (one, many):
+        assert run.state == "success", {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    (_, cache_one, org_one, ledger_one, spent_one), (run, cache_many, org_many, ledger_many, spent_many) = one, many
+
+    # The same records retained, with the same values and outcomes.
+    assert set(cache_one) == set(cache_many) == set(range(RECORDS))
+    strip = lambda rows: {n: {k: v for k, v in r.items() if k not in RUN_SPECIFIC} for n, r in rows.items()}  # noqa: E731
+    assert strip(cache_one) == strip(cache_many)
+    assert {r["_action_status"] for r in cache_many.values()} == {"done"}
+    assert {r["email"].split("@")[0] for r in cache_many.values()} == {f"c{n:02d}" for n in range(RECORDS)}
+    # The same outcome in the org: every record deleted, or masked to the same values.
+    if action == "delete":
+        assert all(r["isdeleted"] for r in (*org_one.values(), *org_many.values()))
+    else:
+        assert strip(org_one) == strip(org_many) and not any(r["isdeleted"] for r in org_many.values())
+        assert all(r["firstname"] != f"Chunk{n:02d}" and r["phone"] is None for n, r in org_many.items())
+    # The same ledger, bar one Bulk job per chunk instead of one in all.
+    counts = ("eligible", "held", "staged", "retained", "acted", "failed", "refused", "blocked", "salesforce_count",
+              "status", "action", "object")
+    assert {k: ledger_one[k] for k in counts} == {k: ledger_many[k] for k in counts}
+    assert ledger_many["acted"] == RECORDS and ledger_many["status"] == "succeeded"
+    chunks = math.ceil(RECORDS / SMALL_CHUNK)
+    assert len(ledger_one["bulk_job_ids"]) == 1 and len(set(ledger_many["bulk_job_ids"])) == chunks
+    # One task instance per chunk for the act and its read-back, each of them successful.
+    mapped = {}
+    for ti in run.get_task_instances():
+        if ti.map_index >= 0:
+            mapped.setdefault(ti.task_id, {})[ti.map_index] = ti.state
+    assert mapped == {task: dict.fromkeys(range(chunks), "success")
+                      for task in ("delete_or_mask", "verify_in_salesforce")}
+    # Each run spends no more API calls than the budget check estimated for it.
+    for policy_id, spent in ((f"chunks_{action}_one", spent_one), (f"chunks_{action}_many", spent_many)):
+        policy = next(p for p in chunk_dags.POLICIES if p.id == policy_id)
+        estimate = budget.estimate(policy, RECORDS, query_page=QUERY_PAGE_SIZE, verify_page=VERIFY_PAGE_SIZE,
+                                   upload_bytes=INGEST_UPLOAD_MAX_BYTES)
+        assert spent <= estimate.api_requests, (policy_id, spent, estimate)
