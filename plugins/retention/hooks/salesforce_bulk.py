@@ -240,9 +240,10 @@ class SalesforceBulk2Hook(SalesforceHook):
         return self.conn.query(soql)["totalSize"]
 
     def query_pages(self, object_name: str, soql: str, *, include_deleted: bool = False,
-                    page_size: int = QUERY_PAGE_SIZE) -> Iterator[str]:
+                    page_size: int | None = None) -> Iterator[str]:
         """CSV pages (each with its header line) of a Bulk 2.0 query job, one at a time, of at most ``page_size``
-        records (each page is an API call: ``ID_QUERY_PAGE_SIZE`` suits a query of Ids alone)."""
+        records (None: ``QUERY_PAGE_SIZE``, read at call time; each page is an API call, and ``ID_QUERY_PAGE_SIZE``
+        suits a query of Ids alone)."""
         from simple_salesforce.bulk2 import Operation
 
         client = self._client(object_name)
@@ -250,7 +251,7 @@ class SalesforceBulk2Hook(SalesforceHook):
         self.wait(object_name, job["id"], is_query=True)
         locator = ""
         while True:
-            page = client.get_query_results(job["id"], locator, page_size)
+            page = client.get_query_results(job["id"], locator, page_size or QUERY_PAGE_SIZE)
             yield page["records"]
             locator = page["locator"]
             if not locator:
