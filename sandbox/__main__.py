@@ -326,11 +326,11 @@ def parser() -> argparse.ArgumentParser:
     faults = sub.add_parser("faults", help="list, set or clear injected faults")
     faults.add_argument("action", choices=("list", "set", "clear"))
     faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry | "
-                        "hard_delete_denied | job_failure")
+                        "hard_delete_denied | job_failure | slow_job")
     faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
     faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
     faults.add_argument("--status", type=int, help="500 or 503 for server_error")
-    faults.add_argument("--seconds", type=float, help="delay for slow")
+    faults.add_argument("--seconds", type=float, help="delay for slow, how long slow_job keeps a job InProgress")
     faults.add_argument("--code", help="per-row error code for record_failures")
     faults.add_argument("--seed", type=int, help="random seed for rate-based faults")
     sub.add_parser("env", help="print shell exports for the running sandbox")

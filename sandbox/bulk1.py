@@ -242,6 +242,8 @@ def add_batch(request: Request, svc: OrgService) -> Response:
         batch_id = bulk2.new_id(conn, "751")
         conn.execute("INSERT INTO bulk.batches (id, job_id, state, request) VALUES (%s, %s, 'Queued', %s)",
                      (batch_id, current["id"], raw))
+        # The 15,000 daily batches are "shared between Bulk API and Bulk API 2.0" (see sandbox.limits).
+        svc.limits.consume("DailyBulkApiBatches")
         conn.commit()
         if current["kind"] == "query":
             state, message, counts = _run_query(conn, current, obj, raw, svc.resolver(current["api_version"]))

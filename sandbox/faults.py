@@ -5,6 +5,8 @@ Each kind imitates what Salesforce sends, so client retry and failure paths can 
 - ``rate_limit``: 403 ``REQUEST_LIMIT_EXCEEDED`` (Salesforce sends no 429 for API limits);
 - ``server_error``: 500 ``UNKNOWN_EXCEPTION`` or 503 ``SERVER_UNAVAILABLE`` (option ``status``);
 - ``slow``: every API response delayed by ``seconds``;
+- ``slow_job``: the next Bulk API 2.0 ingest job stays ``InProgress`` for ``seconds`` before it processes its
+  rows, as a real org's queue keeps a job waiting (so clients' polling can be observed);
 - ``record_failures``: a ``rate`` fraction of ingest rows fail with ``code`` (default
   ``UNABLE_TO_LOCK_ROW``), drawn from a seeded generator so a run is repeatable;
 - ``session_expiry``: every issued session is invalidated at once (401 ``INVALID_SESSION_ID`` until
@@ -17,7 +19,7 @@ Each kind imitates what Salesforce sends, so client retry and failure paths can 
   (``hardDelete operation requires special user profile permission, ...``); other operations work.
 
 ``count`` limits a fault to the next N requests (or N rows for ``record_failures``, or N refused
-``hardDelete`` job creations for ``hard_delete_denied``).
+``hardDelete`` job creations for ``hard_delete_denied``, N jobs for ``slow_job``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import threading
 from dataclasses import dataclass, field
 
 KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry", "hard_delete_denied",
-         "job_failure")
+         "job_failure", "slow_job")
 
 TRANSIENT_RECORD_CODES = ("UNABLE_TO_LOCK_ROW", "API_TEMPORARILY_UNAVAILABLE")
 

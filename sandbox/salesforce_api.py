@@ -27,10 +27,9 @@ from starlette.routing import Route
 from sandbox import org, results, tls
 from sandbox.config import Settings
 from sandbox.faults import FaultError, Faults
+from sandbox.limits import OrgLimits
 from sandbox.objects import BY_PREFIX, OBJECTS, visible_object
 from sandbox.orgconfig import OrgSettings
-
-DAILY_API_LIMIT = 1_000_000
 
 
 class ApiError(Exception):
@@ -97,7 +96,10 @@ def check_rest_version(version: str) -> None:
 
 @dataclass
 class OrgService:
-    """What every handler shares: the org database pool, sessions, faults and API usage."""
+    """What every handler shares: the org database pool, sessions, faults, API usage and the daily allocations.
+
+    ``api_usage`` counts every call since the sandbox started (the health endpoint reports it, tests take
+    differences of it); ``limits`` is what the org reports and enforces, which a test may lower."""
 
     settings: Settings
     pool: object  # psycopg_pool.ConnectionPool over the sandbox org database
@@ -105,6 +107,7 @@ class OrgService:
     org: OrgSettings = field(default_factory=OrgSettings)
     sessions: set[str] = field(default_factory=set)
     api_usage: int = 0
+    limits: OrgLimits = field(default_factory=OrgLimits)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def new_session(self) -> str:
@@ -124,14 +127,15 @@ class OrgService:
     def count_call(self) -> int:
         with self.lock:
             self.api_usage += 1
-            return self.api_usage
+        self.limits.consume("DailyApiRequests")
+        return self.api_usage
 
     def before_call(self) -> None:
         """Apply injected faults to one API call, in the order a real org would hit them."""
         slow = self.faults.take("slow")
         if slow:
             time.sleep(slow.seconds)
-        if self.faults.take("rate_limit") or self.api_usage >= DAILY_API_LIMIT:
+        if self.faults.take("rate_limit") or self.limits.exceeded("DailyApiRequests"):
             raise ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         error = self.faults.take("server_error")
         if error:
@@ -152,7 +156,8 @@ class OrgService:
         return self.org.has("PermissionsAllowViewEditConvertedLeads")
 
     def limit_header(self) -> dict[str, str]:
-        return {"Sforce-Limit-Info": f"api-usage={self.api_usage}/{DAILY_API_LIMIT}"}
+        used, most = self.limits.used("DailyApiRequests"), self.limits.max("DailyApiRequests")
+        return {"Sforce-Limit-Info": f"api-usage={used}/{most}"}
 
     @functools.cached_property
     def connected_app_key(self):
@@ -448,13 +453,8 @@ def versions(request: Request) -> Response:
 
 @rest_call
 def limits(request: Request, svc: OrgService) -> Response:
-    used = svc.api_usage
-    return JSONResponse({
-        "DailyApiRequests": {"Max": DAILY_API_LIMIT, "Remaining": max(DAILY_API_LIMIT - used, 0)},
-        "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
-        "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
-        "DailyBulkV2QueryFileStorageMB": {"Max": 976562, "Remaining": 976562},
-    })
+    """The org's allocations (see ``sandbox.limits``); this call itself counts, as only Versions is exempt."""
+    return JSONResponse(svc.limits.snapshot())
 
 
 @rest_call
@@ -721,17 +721,25 @@ def admin_faults(request: Request) -> Response:
 
 
 def admin_org(request: Request) -> Response:
-    """The org's licences, settings and the API user's permissions (GET), changed with a JSON body (POST)."""
+    """The org's licences, settings, the API user's permissions and its daily allocations (``limits``, in the
+    Limits resource's shape) (GET), changed with a JSON body (POST); ``{"reset": true}`` restores them all."""
     svc: OrgService = request.app.state.svc
     if request.method == "POST":
         body = json_body(request)
         if not isinstance(body, dict):
             return JSONResponse({"error": "body must be a JSON object of org settings"}, status_code=400)
+        body = dict(body)
+        limit_changes = body.pop("limits", None)
         try:
-            return JSONResponse(svc.org.update(body))
+            if body.get("reset"):
+                svc.limits.reset()
+            if limit_changes is not None:
+                svc.limits.update(limit_changes)
+            settings = svc.org.update(body)
         except ValueError as err:
             return JSONResponse({"error": str(err)}, status_code=400)
-    return JSONResponse(svc.org.snapshot())
+        return JSONResponse({**settings, "limits": svc.limits.snapshot()})
+    return JSONResponse({**svc.org.snapshot(), "limits": svc.limits.snapshot()})
 
 
 def health(request: Request) -> Response:

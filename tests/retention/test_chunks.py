@@ -14,7 +14,8 @@ from tests.dags.chunk_dags import RECORDS, SMALL_CHUNK
 
 UTC = dt.UTC
 # What differs between two runs by design: ids, run keys, times and job ids.
-RUN_SPECIFIC = {"id", "sfid", "email", "_retention_policy", "_retention_run", "_retained_at", "_action_at", "_bulk_job_id"}
+RUN_SPECIFIC = {"id", "sfid", "email", "_retention_policy", "_retention_run", "_retained_at", "_action_at",
+                "_bulk_job_id"}
 
 
 def _api_usage(sandbox) -> int:
@@ -52,7 +53,7 @@ def _run(sandbox, sf, policy_id: str):
 @pytest.mark.parametrize("action", ["delete", "mask"])
 def test_a_chunked_run_gives_the_same_cache_org_and_ledger_as_one_chunk(sandbox, airflow_db, sf, action):
     from retention import budget
-    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE, VERIFY_PAGE_SIZE
+    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
     from tests.dags import chunk_dags
     from tests.policy_support import policy_world
 
@@ -92,6 +93,6 @@ def test_a_chunked_run_gives_the_same_cache_org_and_ledger_as_one_chunk(sandbox,
     # Each run spends no more API calls than the budget check estimated for it.
     for policy_id, spent in ((f"chunks_{action}_one", spent_one), (f"chunks_{action}_many", spent_many)):
         policy = next(p for p in chunk_dags.POLICIES if p.id == policy_id)
-        estimate = budget.estimate(policy, RECORDS, query_page=QUERY_PAGE_SIZE, verify_page=VERIFY_PAGE_SIZE,
+        estimate = budget.estimate(policy, RECORDS, query_page=QUERY_PAGE_SIZE, verify_page=ID_QUERY_PAGE_SIZE,
                                    upload_bytes=INGEST_UPLOAD_MAX_BYTES)
         assert spent <= estimate.api_requests, (policy_id, spent, estimate)

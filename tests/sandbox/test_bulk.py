@@ -255,9 +255,9 @@ def test_bulk2_aborted_job_keeps_its_rows_unprocessed(sandbox, sf):
     assert job["contentUrl"] == f"services/data/v{sf.sf_version}/jobs/ingest/{job['id']}/batches"
     assert job["id"].startswith("750") and ids.is_valid(job["id"])
     csv_headers = {**bearer(sf), "Content-Type": "text/csv"}
-    for chunk in ("LastName,FirstName\nAbort,One\n", "LastName,FirstName\nAbort,Two\n"):
-        r = requests.put(f"{base}/{job['id']}/batches", data=chunk, headers=csv_headers, verify=verify)
-        assert r.status_code == 201 and r.content == b""
+    r = requests.put(f"{base}/{job['id']}/batches", data="LastName,FirstName\nAbort,One\nAbort,Two\n",
+                     headers=csv_headers, verify=verify)
+    assert r.status_code == 201 and r.content == b""
     aborted = requests.patch(f"{base}/{job['id']}", json={"state": "Aborted"}, headers=bearer(sf), verify=verify)
     assert aborted.json()["state"] == "Aborted"
     late = requests.put(f"{base}/{job['id']}/batches", data="LastName\nx\n", headers=csv_headers, verify=verify)

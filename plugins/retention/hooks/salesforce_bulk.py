@@ -31,15 +31,23 @@ DEFAULT_API_VERSION = "66.0"
 # password and security token connection at such a version can only fail, so the hook says why before calling.
 SOAP_LOGIN_UNAVAILABLE_FROM = 65.0
 
-# Salesforce keeps a Bulk 2.0 query's pages for days; 50,000 rows a page keeps each page a few MB.
-QUERY_PAGE_SIZE = 50_000
-# verify reads Ids (and masked values) back: one page per chunk of the default size, each download an API call.
-VERIFY_PAGE_SIZE = 250_000
-# "To account for the base64 conversion increase, upload data that does not exceed 100 MB" (Bulk API 2.0 limits).
-INGEST_UPLOAD_MAX_BYTES = 100 * 1024 * 1024
+# Salesforce keeps a Bulk 2.0 query's pages for days. Each page is an API call: 200,000 rows a page (tens of MB of
+# CSV, streamed into COPY one page at a time) keeps a million-record extract to five.
+QUERY_PAGE_SIZE = 200_000
+# Each page downloaded is an API call; an Id is 21 bytes of CSV, so 500,000 Ids make a ~10 MB page and a million
+# Ids cost two calls. maxRecords has no documented maximum ("still subject to the size limits": Get Results for a
+# Query Job).
+ID_QUERY_PAGE_SIZE = 500_000
 # How long an ingest job may take before the task gives up waiting (the job keeps running in
 # Salesforce; a retry picks up its outcome by id).
 INGEST_TIMEOUT_SECONDS = 60 * 60
+# Every status check is an API call against the org's daily allowance: polls start at ``poll_interval`` and grow
+# by this factor up to ``MAX_POLL_INTERVAL``, so a job that runs for minutes costs a few dozen calls, not hundreds.
+POLL_BACKOFF = 2.0
+MAX_POLL_INTERVAL = 30.0
+# Bulk 2.0 takes one upload per job, of "CSV data that does not in total exceed 150 MB of base64 encoded content
+# ... upload data that does not exceed 100 MB" (Upload Job Data). 100 MB read as 10^8 bytes, the stricter way.
+INGEST_UPLOAD_MAX_BYTES = 100_000_000
 FINAL_STATES = ("JobComplete", "Failed", "Aborted")
 
 
@@ -67,6 +75,11 @@ class ObjectUnavailable(Exception):
 
 class BulkJobError(Exception):
     """A Bulk 2.0 job ended ``Failed`` or ``Aborted`` as a whole."""
+
+
+class UploadTooLarge(ValueError):
+    """An ingest upload over the hook's upload limit: nothing was sent, the caller must split the records over
+    several jobs (a Bulk 2.0 job takes one upload)."""
 
 
 class HardDeleteNotPermitted(Exception):
@@ -104,12 +117,17 @@ class SalesforceBulk2Hook(SalesforceHook):
     """Bulk API 2.0 through the ``salesforce`` Airflow connection.
 
     :param salesforce_conn_id: Airflow connection of the org.
-    :param poll_interval: seconds between job status checks.
+    :param poll_interval: seconds before the first job status check.
+    :param max_poll_interval: the longest wait between status checks (they grow by ``POLL_BACKOFF``).
+    :param upload_max_bytes: the largest CSV one upload may carry (None: ``INGEST_UPLOAD_MAX_BYTES``).
     """
 
-    def __init__(self, salesforce_conn_id: str = "salesforce_default", *, poll_interval: float = 0.5, **kwargs):
+    def __init__(self, salesforce_conn_id: str = "salesforce_default", *, poll_interval: float = 0.5,
+                 max_poll_interval: float = MAX_POLL_INTERVAL, upload_max_bytes: int | None = None, **kwargs):
         super().__init__(salesforce_conn_id=salesforce_conn_id, **kwargs)
         self.poll_interval = poll_interval
+        self.max_poll_interval = max_poll_interval
+        self.upload_max_bytes = upload_max_bytes
 
     def _get_field(self, extras: dict, field_name: str):
         """The provider's extra lookup, with the API version defaulting to ``DEFAULT_API_VERSION``. The provider's
@@ -213,17 +231,20 @@ class SalesforceBulk2Hook(SalesforceHook):
         response.raise_for_status()
         return [v["version"] for v in response.json()]
 
+    def limits(self) -> dict:
+        """The org's allocations as the Limits resource reports them (one API call; ``DailyApiRequests``,
+        ``DailyBulkApiBatches``, ``DailyBulkV2QueryJobs``, ... each ``{"Max": n, "Remaining": n}``)."""
+        return self.conn.limits()
+
     def count(self, soql: str) -> int:
         """``SELECT COUNT() ...`` through REST."""
         return self.conn.query(soql)["totalSize"]
 
-    def limits(self) -> dict:
-        """The org's Limits resource: what is left of its daily allowances."""
-        return self.conn.limits()
-
     def query_pages(self, object_name: str, soql: str, *, include_deleted: bool = False,
-                    page_size: int = QUERY_PAGE_SIZE) -> Iterator[str]:
-        """CSV pages (each with its header line) of a Bulk 2.0 query job, one at a time."""
+                    page_size: int | None = None) -> Iterator[str]:
+        """CSV pages (each with its header line) of a Bulk 2.0 query job, one at a time, of at most ``page_size``
+        records (None: ``QUERY_PAGE_SIZE``, read at call time; each page is an API call, and ``ID_QUERY_PAGE_SIZE``
+        suits a query of Ids alone)."""
         from simple_salesforce.bulk2 import Operation
 
         client = self._client(object_name)
@@ -231,7 +252,7 @@ class SalesforceBulk2Hook(SalesforceHook):
         self.wait(object_name, job["id"], is_query=True)
         locator = ""
         while True:
-            page = client.get_query_results(job["id"], locator, page_size)
+            page = client.get_query_results(job["id"], locator, page_size or QUERY_PAGE_SIZE)
             yield page["records"]
             locator = page["locator"]
             if not locator:
@@ -255,11 +276,25 @@ class SalesforceBulk2Hook(SalesforceHook):
             raise
         return job["id"]
 
-    def upload_and_close(self, object_name: str, job_id: str, csv_text: str) -> None:
-        """Upload the job's CSV and close it (Salesforce starts processing); abort it if that fails."""
+    def upload_and_close(self, object_name: str, job_id: str, csv_data: str | bytes) -> None:
+        """Upload the job's CSV (UTF-8 text or bytes) in the one upload a job takes, and close it (Salesforce
+        starts processing); abort the job if that fails.
+
+        :raises UploadTooLarge: the CSV is over the upload limit; the job was aborted, nothing was sent.
+        """
+        from simple_salesforce.util import call_salesforce
+
+        body = csv_data.encode() if isinstance(csv_data, str) else csv_data
         client = self._client(object_name)
+        limit = self.upload_max_bytes or INGEST_UPLOAD_MAX_BYTES
         try:
-            client.upload_job_data(job_id, csv_text.decode() if isinstance(csv_text, bytes) else csv_text)
+            if len(body) > limit:
+                raise UploadTooLarge(f"Bulk job {job_id}: {len(body):,} bytes of CSV is over the {limit:,} bytes "
+                                     "one upload may carry; split the records over several jobs")
+            # simple-salesforce's upload_job_data takes text only and encodes a copy: send the bytes as they are.
+            call_salesforce(url=client._construct_request_url(job_id, False) + "/batches", method="PUT",
+                            session=client.session, data=body,
+                            headers=client._get_headers(client.CSV_CONTENT_TYPE, client.JSON_CONTENT_TYPE))
             client.close_job(job_id)
         except Exception:
             client.abort_job(job_id, False)
@@ -273,17 +308,24 @@ class SalesforceBulk2Hook(SalesforceHook):
 
     def wait(self, object_name: str, job_id: str, *, is_query: bool = False,
              timeout: float = INGEST_TIMEOUT_SECONDS) -> dict:
+        """The job's info once it is JobComplete, checked after ``poll_interval`` and then at intervals growing by
+        ``POLL_BACKOFF`` up to ``max_poll_interval`` (each check is an API call).
+
+        :raises BulkJobError: the job ended Failed or Aborted.
+        :raises TimeoutError: still running after ``timeout`` seconds (the job goes on in Salesforce).
+        """
         client = self._client(object_name)
         deadline = time.monotonic() + timeout
-        while True:
+        for delay in poll_delays(self.poll_interval, self.max_poll_interval):
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             job = client.get_job(job_id, is_query)
             if job["state"] in FINAL_STATES:
                 if job["state"] != "JobComplete":
                     raise BulkJobError(f"Bulk job {job_id} ended {job['state']}: {job.get('errorMessage')}")
                 return job
-            if time.monotonic() > deadline:
+            if time.monotonic() >= deadline:
                 raise TimeoutError(f"Bulk job {job_id} still {job['state']} after {timeout:.0f}s")
-            time.sleep(self.poll_interval)
+        raise AssertionError("poll_delays never ends")
 
     def outcomes(self, object_name: str, job_id: str) -> list[RecordOutcome]:
         """Every record's outcome in a finished ingest job (successes, failures, never-processed)."""
@@ -295,6 +337,14 @@ class SalesforceBulk2Hook(SalesforceHook):
         out += [RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
                 for row in _rows(client.get_ingest_results(job_id, "unprocessedrecords"))]
         return out
+
+
+def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Iterator[float]:
+    """Seconds to wait before each status check: ``first``, then ``backoff`` times the last, never above ``most``."""
+    delay = min(first, most)
+    while True:
+        yield delay
+        delay = min(delay * backoff, most)
 
 
 def id_in_queries(head: str, ids: list[str], budget: int = SOQL_URI_BUDGET) -> list[str]:

@@ -22,7 +22,7 @@ from retention.cache import column, table
 from retention.steps.results import Acted, Chunk
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Iterator
 
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
@@ -134,12 +134,14 @@ def _collect_earlier_jobs(store: RetentionStoreHook, sf: SalesforceBulk2Hook, po
 def _submit(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
             ids: list[str], mask_key: bytes | None, out: Acted) -> list[str]:
     """Ingest jobs for ``ids``, each within Salesforce's upload limit; returns the operations they performed."""
+    from retention.hooks import salesforce_bulk
     from retention.hooks.salesforce_bulk import HardDeleteNotPermitted
 
     operation = ACTION_OPERATION[policy.action]
     operations = []
-    uploads = (_masked_uploads(store, policy, run, extracted, ids, mask_key) if policy.action == "mask"
-               else _id_uploads(ids))
+    limit = sf.upload_max_bytes or salesforce_bulk.INGEST_UPLOAD_MAX_BYTES
+    uploads = (_masked_uploads(store, policy, run, extracted, ids, mask_key, limit) if policy.action == "mask"
+               else _id_uploads(ids, limit))
     for job_ids, data in uploads:
         try:
             job_id = sf.create_ingest(policy.object, operation)
@@ -162,17 +164,9 @@ def _submit(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     return operations
 
 
-def _id_uploads(ids: list[str]) -> Iterator[tuple[list[str], bytes]]:
-    """``Id`` CSV uploads of ``ids``, each within the upload limit."""
-    header, rows = b"Id\n", [f"{i}\n".encode() for i in ids]
-    yield from _sized(header, ids, rows)
-
-
-def _sized(header: bytes, ids: list[str], rows: Iterable[bytes]) -> Iterator[tuple[list[str], bytes]]:
-    """Group CSV ``rows`` (one per id, in order) into uploads of at most ``INGEST_UPLOAD_MAX_BYTES`` each."""
-    from retention.hooks import salesforce_bulk
-
-    limit = salesforce_bulk.INGEST_UPLOAD_MAX_BYTES
+def _id_uploads(ids: list[str], limit: int) -> Iterator[tuple[list[str], bytes]]:
+    """``Id`` CSV uploads of ``ids``, each of at most ``limit`` bytes."""
+    header, rows = b"Id\n", (f"{i}\n".encode() for i in ids)
     batch_ids: list[str] = []
     buf = io.BytesIO()
     buf.write(header)
@@ -188,11 +182,10 @@ def _sized(header: bytes, ids: list[str], rows: Iterable[bytes]) -> Iterator[tup
 
 
 def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, ids: list[str],
-                    key: bytes | None) -> Iterator[tuple[list[str], bytes]]:
+                    key: bytes | None, limit: int) -> Iterator[tuple[list[str], bytes]]:
     """The masked values of ``ids`` as CSV uploads within the limit, streamed from the staged rows (a server-side
     cursor: never all in memory). What an upload sends is committed beside the run first (its ``sent`` table), so
     confirm can check the org holds exactly that."""
-    from retention.hooks import salesforce_bulk
     from retention.masking import Masker, to_bulk_csv_value
 
     if key is None:
@@ -202,7 +195,6 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
     fields = list(policy.mask)
     masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key,
                     field_lengths=extracted.field_lengths)
-    limit = salesforce_bulk.INGEST_UPLOAD_MAX_BYTES
     header = _csv_line(["Id", *fields])
     cols = sql.SQL(", ").join([sql.Identifier("sfid"), *(column(f) for f in fields)])
     with store.connect() as reader, store.connect() as writer:

@@ -34,7 +34,7 @@ LIVE = sql.Identifier("retention_live")
 def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, chunk: Chunk,
            acted: Acted | None) -> Verified:
     """The step for one chunk: how many of its records reported done the org does not show as acted on."""
-    from retention.hooks.salesforce_bulk import VERIFY_PAGE_SIZE
+    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE
 
     done, params = this_execution(policy, run, acted.bulk_job_ids if acted else [], "c")
     within, chunk_params = in_chunk(chunk, sql.Identifier("c", "sfid"))
@@ -61,7 +61,7 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
             LIVE, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{n}"))
                                      for n in range(len(fields) + 1))))
         copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(LIVE)
-        for page in sf.query_pages(policy.object, soql, page_size=VERIFY_PAGE_SIZE):
+        for page in sf.query_pages(policy.object, soql, page_size=ID_QUERY_PAGE_SIZE):
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
         if policy.action != "mask":
