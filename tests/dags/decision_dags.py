@@ -1,7 +1,7 @@
-"""Airflow DAGs of variants of the examples for tests/retention/test_run_decisions.py: relative dates in ``where``
-and the ``max_records_per_run`` guard through both sources, and holds placed while a run is under way. Each selects only
-its own records (contacts by LastName: the Connect mapping of Contact does not sync Title) and has its own cache
-table, so it shares nothing with the other tests."""
+"""Airflow DAGs of variants of the examples for tests/retention/test_run_decisions.py: relative dates in ``where``,
+the ``max_records_per_run`` guard and the API budget through both sources, and holds placed while a run is under
+way. Each selects only its own records (contacts by LastName: the Connect mapping of Contact does not sync Title) and
+has its own cache table, so it shares nothing with the other tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.dags import as_deployed
 from tests.dags.platform_dags import variant
 
 
-def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard: int = 50000):
+def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard: int = 50000, share: str = ""):
     return variant(
         "inactive_contacts.yaml", ("id: inactive_contacts", f"id: {policy_id}"),
         ("table: contact", f"table: {policy_id}"),
@@ -18,7 +18,8 @@ def _contacts(policy_id: str, title: str, source: str, *, where: str = "", guard
         ('where: "LeadSource != \'Partner Referral\' AND Id NOT IN (SELECT ContactId FROM Case)"',
          f'where: "LastName LIKE \'{title} %\'{where}"'),
         ("source: heroku_connect", f"source: {source}"),
-        ("max_records_per_run: 50000", f"max_records_per_run: {guard}"),
+        ("max_records_per_run: 50000",
+         f"max_records_per_run: {guard}" + (f"\n  max_api_share: {share}" if share else "")),
     )
 
 
@@ -37,6 +38,9 @@ POLICIES = [
     _contacts("relative_bulk", "Relative bulk", "salesforce_api", where=" AND CreatedDate = LAST_N_DAYS:100"),
     _contacts("guarded_mirror", "Guarded mirror", "heroku_connect", guard=2),
     _contacts("guarded_bulk", "Guarded bulk", "salesforce_api", guard=2),
+    _contacts("budget_mirror", "Budget mirror", "heroku_connect"),
+    _contacts("budget_bulk", "Budget bulk", "salesforce_api"),
+    _contacts("budget_generous", "Budget generous", "salesforce_api", share="1.0"),
 ]
 
 globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in POLICIES})

@@ -100,6 +100,38 @@ def test_a_run_over_max_records_per_run_fails_before_touching_anything(world, sf
                             "LIKE %s", (f"{policy_id}%",)).fetchone()[0] == 0
 
 
+@pytest.mark.parametrize(("policy_id", "title"), [("budget_mirror", "Budget mirror"), ("budget_bulk", "Budget bulk")])
+def test_a_run_over_its_share_of_the_org_s_api_allowance_touches_nothing(world, sf, capfd, policy_id, title):
+    """The org has 100 API requests left today (its /limits); a run needs about 40, more than the default share
+    ([retention] max_api_share, 0.1) of them: it fails in extract, naming the allowance and the share, and
+    nothing is staged, retained, acted on or in the ledger."""
+    ids = contacts(world, sf, title, {f"budget_{n}": (60, 40) for n in range(3)})
+    with world.org_settings(limits={"DailyApiRequests": {"Max": 15000, "Remaining": 100}}):
+        run, states = run_policy(policy_id)
+    assert run.state == "failed" and states["extract"] == "failed", states
+    assert {s for t, s in states.items() if t not in ("extract", "wait_for_connect_sync")} == {"upstream_failed"}
+    out = capfd.readouterr().out
+    assert "DailyApiRequests left today: more than the 0.1 share [retention] max_api_share allows; nothing was " \
+           "touched" in out, out[-3000:]
+    assert live(world, ids.values()) == set(ids.values())
+    assert ledger(world, policy_id) == []
+    with world.store_conn() as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (f"cache.{policy_id}",)).fetchone()[0] is None
+        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'retention_staging' AND tablename "
+                            "LIKE %s", (f"{policy_id}%",)).fetchone()[0] == 0
+
+
+def test_a_policy_s_own_api_share_lets_its_run_spend_more(world, sf):
+    """The same 100 requests left: a policy whose guards.max_api_share is 1.0 may spend them all, and its run does,
+    within what it estimated."""
+    ids = contacts(world, sf, "Budget generous", {f"generous_{n}": (60, 40) for n in range(3)})
+    with world.org_settings(limits={"DailyApiRequests": {"Max": 15000, "Remaining": 100}}):
+        run, states = run_policy("budget_generous")
+    assert run.state == "success", states
+    assert live(world, ids.values()) == set()
+    assert [r["acted"] for r in ledger(world, "budget_generous")] == [3]
+
+
 def hold_after_load(monkeypatch, sf, record_id: str) -> None:
     """A privacy officer places a hold on ``record_id`` while the run loads its retained copy (after extract)."""
     from retention.steps import load
