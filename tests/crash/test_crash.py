@@ -3,7 +3,7 @@
 worker died, or cleared and run again (child.py). After every kill: nothing was deleted or masked without its
 retained copy in the cache; after the recovery: each eligible record retained exactly once and sent to
 Salesforce exactly once, acted on, one ledger row for the DAG run saying so, the policy free again, no working
-tables left.
+tables left. The ``chunk2_*`` points kill a run whose act and read-back are mapped over three chunks, in its second.
 
 CI runs REDUCED; ``make crash-test`` (CRASH_MATRIX=full) runs every point for both policies."""
 
@@ -43,13 +43,20 @@ POINTS = {
     "job_sent": "retention.hooks.salesforce_bulk:SalesforceBulk2Hook.upload_and_close@after",  # records sent
     "job_done": "retention.hooks.salesforce_bulk:SalesforceBulk2Hook.outcomes",  # complete, outcomes unrecorded
     "ledger_written": "retention.steps.confirm:write_ledger@after",  # before the working tables are dropped
+    # the chunked path (CHUNK records a chunk: three delete_or_mask and verify_in_salesforce task instances)
+    "chunk2_act": "retention.steps.act:act#2",  # the first chunk acted on, the second starting
+    "chunk2_job_sent": "retention.hooks.salesforce_bulk:SalesforceBulk2Hook.upload_and_close@after#2",
+    "chunk2_job_done": "retention.hooks.salesforce_bulk:SalesforceBulk2Hook.outcomes#2",
+    "chunk2_verify": "retention.steps.verify:verify#2",  # every chunk acted on, one read back
 }
+CHUNK = 5  # guards.chunk_records of the chunked cases: chunks of 5, 5 and 2
 # (action, point, recovery): "retry", Airflow retrying the task whose worker died; "clear", the DAG run cleared and
 # run again from its first task (see child.py), which matters once Salesforce has changed.
-CLEARED = ("job_created", "job_sent", "job_done", "ledger_written")
+CLEARED = ("job_created", "job_sent", "job_done", "ledger_written", "chunk2_job_sent", "chunk2_job_done")
 FULL = [(action, point, "retry") for action in ("delete", "mask") for point in POINTS] + [
     (action, point, "clear") for action in ("delete", "mask") for point in CLEARED]
-REDUCED = [("delete", "mid_copy", "retry"), ("mask", "job_sent", "retry"), ("delete", "job_done", "clear")]
+REDUCED = [("delete", "mid_copy", "retry"), ("mask", "job_sent", "retry"), ("delete", "job_done", "clear"),
+           ("mask", "chunk2_job_sent", "clear")]
 CASES = FULL if os.environ.get("CRASH_MATRIX") == "full" else REDUCED
 
 
@@ -66,9 +73,10 @@ def crash_world(sandbox, airflow_db, tmp_path_factory):
         yield env, policies, SalesforceHook(salesforce_conn_id="salesforce_default").get_conn()
 
 
-def policy_yaml(policy_id: str, action: str, last_name: str) -> str:
+def policy_yaml(policy_id: str, action: str, last_name: str, chunk: int | None = None) -> str:
     # Only fields the sandbox's Connect mapping of Contact mirrors: confirm reads the masked values back there.
     mask = "mask:\n  FirstName: anonymize\n  Email: {strategy: hash}\n" if action == "mask" else ""
+    guards = f"guards: {{chunk_records: {chunk}}}\n" if chunk else ""
     return f"""id: {policy_id}
 description: crash harness
 owner: crash-test
@@ -84,7 +92,7 @@ retain:
   table: {policy_id}
   fields: {{LastName: keep, FirstName: keep, Email: keep, Phone: keep}}
 action: {action}
-{mask}source: salesforce_api
+{mask}{guards}source: salesforce_api
 """
 
 
@@ -130,7 +138,8 @@ def test_a_kill_then_airflows_retry_retains_and_acts_on_each_record_exactly_once
             "SELECT id, lastname, firstname, email, phone FROM org.contact WHERE lastname = %s AND NOT isdeleted",
             (last_name,)).fetchall()}
     assert len(originals) == RECORDS, created
-    (policies / f"{policy_id}.yaml").write_text(policy_yaml(policy_id, action, last_name))
+    chunked = point.startswith("chunk")
+    (policies / f"{policy_id}.yaml").write_text(policy_yaml(policy_id, action, last_name, CHUNK if chunked else None))
 
     killed = attempt(env, dag_id, "first", POINTS[point])
     if killed.returncode != -signal.SIGKILL:  # the kill came at the point, not before or never
@@ -161,6 +170,9 @@ def test_a_kill_then_airflows_retry_retains_and_acts_on_each_record_exactly_once
     run_key = f"{policy_id}__{LOGICAL_DATE:%Y%m%dT%H%M%S}"
     (row,) = store_rows(sandbox, "SELECT status, acted, failed FROM retention.runs WHERE run_key = %s", (run_key,))
     assert row == {"status": "succeeded", "acted": RECORDS, "failed": 0}
+    if chunked:  # the kill came in the second chunk (or its read-back): the first chunk's job is not sent again
+        (jobs,) = store_rows(sandbox, "SELECT bulk_job_ids FROM retention.runs WHERE run_key = %s", (run_key,))
+        assert len(jobs["bulk_job_ids"]) == len(set(jobs["bulk_job_ids"])) >= 2, jobs
     assert store_rows(sandbox, "SELECT * FROM retention.active_runs WHERE policy_id = %s", (policy_id,)) == []
     assert store_rows(sandbox, "SELECT table_name FROM information_schema.tables WHERE table_schema = "
                       "'retention_staging' AND table_name LIKE %s", (run_key + "%",)) == []

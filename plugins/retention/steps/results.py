@@ -153,7 +153,10 @@ class Acted(_Result):
     def merged(cls, chunks: list[Acted]) -> Acted:
         """The run's act from its chunks'."""
         operations = sorted({o for c in chunks for o in (c.operation_used or "").split(",") if o})
-        return cls(bulk_job_ids=[j for c in chunks for j in c.bulk_job_ids], done=sum(c.done for c in chunks),
+        # A job is listed once, even when two chunks both settled it (an earlier attempt's job whose records the
+        # chunks of a cleared run share).
+        jobs = list(dict.fromkeys(j for c in chunks for j in c.bulk_job_ids))
+        return cls(bulk_job_ids=jobs, done=sum(c.done for c in chunks),
                    refused=sum(c.refused for c in chunks), failed=sum(c.failed for c in chunks),
                    held_at_action=sorted({i for c in chunks for i in c.held_at_action}),
                    operation_used=",".join(operations) or None,
