@@ -6,6 +6,11 @@ One DAG run of a delete policy over a few hundred contacts must succeed with its
 workers, and leave exactly what the policy says, counted here from how the contacts were made (old, held,
 recent) rather than from another run: an outcome is right because it matches the policy, and a single-worker
 run is held to the same numbers side by side in bench/test_bench_celery.py.
+
+Each worker runs one task at a time (concurrency 1). Tasks that are ready together (the mapped chunks of one
+step) therefore always land on both workers; a chain of single tasks lands wherever Redis hands each one, to
+whichever idle worker is waiting on the queue at that moment, which on this run's six tasks has so far always
+been both.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import pytest
 from tests.celery_cluster import delete_policy, make_contacts, outcome, start_celery_airflow, stop_celery_airflow
 from tests.conftest import shared_tmp
 
+# A dict until the fixture writes it: a key the policy format gains (a chunk size for the mapped act and confirm
+# steps, small enough here to make several chunks of 240 records) is one line added here.
 POLICY = delete_policy("celery_contacts", "Celery test")
 DAG = f"retention__{POLICY['id']}"
 WORKERS = {"worker-1", "worker-2"}
