@@ -35,7 +35,7 @@ def cluster(sandbox):
     cluster = start_celery_airflow(sandbox, [WARM_UP, *POLICIES.values()], workers=2,
                                    home=shared_tmp("retention-celery-"))
     yield cluster
-    stop_celery_airflow(sandbox, cluster)
+    stop_celery_airflow(cluster)
 
 
 def _wait_ready(cluster, name: str, timeout: float = 120) -> None:

@@ -249,44 +249,49 @@ def start_celery_airflow(sandbox, policies: list[dict], *, workers: int, home: P
     # Debian's redis-server in the foreground, in memory only, on its own port: nothing outlives the fixture.
     cluster.start("redis", [REDIS_SERVER, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(home),
                             "--save", "", "--appendonly", "no", "--protected-mode", "yes"])
-    done = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    for name in ("scheduler", "api-server", "dag-processor"):
-        cluster.start(name, [AIRFLOW, name])
-    for n in range(1, workers + 1):
-        cluster.start_worker(f"worker-{n}")
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(f"{cluster.url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        dead = [n for n, p in cluster.procs.items() if p.poll() is not None]
-        assert not dead and time.monotonic() < deadline, "\n".join(cluster.log(n)[-2000:]
-                                                                     for n in dead or ["api-server"])
-        time.sleep(1)
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    while not passwords.exists():
-        assert time.monotonic() < deadline, "no simple auth manager password file"
-        time.sleep(0.5)
-    cluster.password = json.loads(passwords.read_text())["admin"]
-    # airflow_settings.yaml's pool, through the API (what `airflow pools import` would do, without its start-up).
-    settings = yaml.safe_load((REPO / "airflow_settings.yaml").read_text())["airflow"]
-    for pool in settings["pools"]:
-        made = cluster.api("POST", "/pools", json={"name": pool["pool_name"], "slots": pool["pool_slot"],
-                                                   "description": pool["pool_description"]})
-        assert made.status_code == 201, made.text
+    try:
+        done = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        for name in ("scheduler", "api-server", "dag-processor"):
+            cluster.start(name, [AIRFLOW, name])
+        for n in range(1, workers + 1):
+            cluster.start_worker(f"worker-{n}")
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if requests.get(f"{cluster.url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            dead = [n for n, p in cluster.procs.items() if p.poll() is not None]
+            assert not dead and time.monotonic() < deadline, "\n".join(cluster.log(n)[-2000:]
+                                                                         for n in dead or ["api-server"])
+            time.sleep(1)
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        while not passwords.exists():
+            assert time.monotonic() < deadline, "no simple auth manager password file"
+            time.sleep(0.5)
+        cluster.password = json.loads(passwords.read_text())["admin"]
+        # airflow_settings.yaml's pool, through the API (what `airflow pools import` would do, without its start-up).
+        settings = yaml.safe_load((REPO / "airflow_settings.yaml").read_text())["airflow"]
+        for pool in settings["pools"]:
+            made = cluster.api("POST", "/pools", json={"name": pool["pool_name"], "slots": pool["pool_slot"],
+                                                       "description": pool["pool_description"]})
+            assert made.status_code == 201, made.text
+    except BaseException:
+        stop_celery_airflow(cluster)  # nothing started here outlives a failed start
+        raise
     return cluster
 
 
-def stop_celery_airflow(sandbox, cluster: CeleryAirflow) -> None:
-    """Stop every process (workers first, redis last) and drop the metadata database."""
+def stop_celery_airflow(cluster: CeleryAirflow) -> None:
+    """Stop every process (redis last) and drop the metadata database."""
     import psycopg
 
     # All at once (each takes a few seconds to shut down); redis once no worker or scheduler uses it.
     cluster.stop(*[n for n in cluster.procs if n != "redis"], timeout=15)
-    cluster.stop("redis")
+    if "redis" in cluster.procs:
+        cluster.stop("redis")
     url = cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "")
     base, database = url.rsplit("/", 1)
     with psycopg.connect(base + "/postgres", autocommit=True) as conn:

@@ -31,7 +31,7 @@ WORKERS = {"worker-1", "worker-2"}
 def cluster(sandbox):
     cluster = start_celery_airflow(sandbox, [POLICY], workers=len(WORKERS), home=shared_tmp("retention-celery-"))
     yield cluster
-    stop_celery_airflow(sandbox, cluster)
+    stop_celery_airflow(cluster)
 
 
 def test_one_run_spreads_over_two_celery_workers_and_does_what_the_policy_says(cluster, sandbox, sf):
