@@ -27,7 +27,12 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
+# The Celery test (tests/test_celery.py) and its benchmark start Debian's redis-server as the broker.
+REDIS_SERVER := /usr/bin/redis-server
+$(REDIS_SERVER):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+
+test: $(STAMP) $(CHROMIUM) $(REDIS_SERVER)
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
@@ -42,7 +47,7 @@ airflow: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-bench: $(STAMP)
+bench: $(STAMP) $(REDIS_SERVER)
 	$(PY) -m pytest bench --benchmark-only -s
 
 sandbox-up: $(STAMP)
