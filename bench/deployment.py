@@ -22,7 +22,8 @@ import requests
 
 from tests.conftest import REPO, free_port, shared_tmp
 
-USUAL_WAY_DAG_FILE = '''"""The usual way (bench/usual_way.py), as a DAG file of this deployment."""
+USUAL_WAY_DAG_FILE = '''"""The usual way (bench/usual_way.py) as an Airflow DAG file of this deployment
+(Airflow parses only files that name both "airflow" and "dag")."""
 
 from bench.usual_way import build_dag
 

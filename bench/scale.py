@@ -50,8 +50,9 @@ class TaskCost:
     task_id: str
     map_index: int
     state: str
-    wall: float  # the task instance's start to end, as Airflow records it
+    wall: float  # the task instance's start to end, as Airflow records it (its clock starts after the fork)
     process_start: float | None  # the process's start to the task runner being ready to call the operator
+    work: float  # the task runner being ready to the task's end: its time without process start
     peak_rss_mb: float | None
     sandbox_cpu: float  # CPU seconds of the sandbox server process during the task
     org_db_cpu: float  # CPU seconds of the org database's Postgres backends during the task
@@ -80,10 +81,10 @@ class RunCost:
         """Mapped task instances folded into their task: walls and CPU summed, the largest peak, how many."""
         out: dict[str, dict] = {}
         for t in self.tasks:
-            row = out.setdefault(t.task_id, {"instances": 0, "wall": 0.0, "process_start": 0.0, "peak_rss_mb": 0.0,
-                                             "sandbox_cpu": 0.0, "org_db_cpu": 0.0})
+            row = out.setdefault(t.task_id, {"instances": 0, "wall": 0.0, "process_start": 0.0, "work": 0.0,
+                                             "peak_rss_mb": 0.0, "sandbox_cpu": 0.0, "org_db_cpu": 0.0})
             row["instances"] += 1
-            for key in ("wall", "process_start", "sandbox_cpu", "org_db_cpu"):
+            for key in ("wall", "process_start", "work", "sandbox_cpu", "org_db_cpu"):
                 row[key] += getattr(t, key) or 0.0
             row["peak_rss_mb"] = max(row["peak_rss_mb"], t.peak_rss_mb or 0.0)
         return out
@@ -135,20 +136,21 @@ def measure(deployment, sampler, sandbox, dag_id: str, conf: dict | None = None)
         server_cpu, db_cpu = sampler.cpu_between(start, end)
         cost.tasks.append(TaskCost(
             ti["task_id"], ti["map_index"], ti["state"], round(end - start, 3),
-            round(ready - proc.started, 3) if proc and ready else None,
+            round(ready - proc.started, 3) if proc and ready else None, round(end - (ready or start), 3),
             round(proc.peak_rss_mb, 1) if proc else None, round(server_cpu, 2), round(db_cpu, 2)))
     cost.tasks.sort(key=lambda t: (t.task_id, t.map_index))
     return cost
 
 
 def table(costs: dict[str, RunCost]) -> str:
-    """Markdown: one row per run and task (mapped instances folded), wall, process start, peak, sandbox share."""
-    lines = ["| run | task | instances | wall s | process start s | peak RSS MB | sandbox CPU s | org DB CPU s "
-             "| sandbox share |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    """Markdown: one row per run and task (mapped instances folded): wall, process start, work, peak memory, and
+    the sandbox's CPU during the task (share: its CPU seconds per second of the task's wall time)."""
+    lines = ["| run | task | instances | wall s | process start s | work s | peak RSS MB | sandbox CPU s "
+             "| org DB CPU s | sandbox share |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, cost in costs.items():
         for task, row in cost.by_task().items():
             share = (row["sandbox_cpu"] + row["org_db_cpu"]) / row["wall"] if row["wall"] else 0.0
             lines.append(f"| {name} | {task} | {row['instances']} | {row['wall']:.1f} | {row['process_start']:.1f} "
-                         f"| {row['peak_rss_mb']:.0f} | {row['sandbox_cpu']:.1f} | {row['org_db_cpu']:.1f} "
-                         f"| {share:.0%} |")
+                         f"| {row['work']:.1f} | {row['peak_rss_mb']:.0f} | {row['sandbox_cpu']:.1f} "
+                         f"| {row['org_db_cpu']:.1f} | {share:.0%} |")
     return "\n".join(lines)

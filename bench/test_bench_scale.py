@@ -1,4 +1,4 @@
-"""Scale: a policy run over N eligible records end to end, for delete and for mask, through both sources, run
+r"""Scale: a policy run over N eligible records end to end, for delete and for mask, through both sources, run
 by a deployment (``airflow standalone``: the scheduler's LocalExecutor runs each task in its own process), at
 two sizes so that memory can be seen to stay flat.
 
@@ -8,7 +8,8 @@ the meantime (its server process and the org database's Postgres backends), so t
 as the product's. Per run: records acted on (asserted equal to the eligible count), the org's API calls (its
 own counter) and its processing time of the run's Bulk jobs.
 
-    BENCH_SCALE=1000000 BENCH_SCALE_SMALL=100000 make bench-scale
+    BENCH_SCALE=1000000 BENCH_SCALE_SMALL=100000 \
+        .venv/bin/python -m pytest bench/test_bench_scale.py --benchmark-only -s
 
 The Connect sync loop keeps running (the mirror source and every run's confirm step read it); its CPU is
 in the sandbox's share. Each run's figures are saved under .benchmarks/runs/ and printed as a table.
