@@ -82,7 +82,7 @@ class Sampler:
     tasks: dict[str, TaskProcess] = field(default_factory=dict)
     # (unix time, sandbox server CPU s, org backends CPU s), cumulative
     cpu: list[tuple[float, float, float]] = field(default_factory=list)
-    _backends: dict[int, float] = field(default_factory=dict)
+    _backends: dict[tuple[int, float | None], float] = field(default_factory=dict)  # (pid, start) -> CPU s
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -129,8 +129,8 @@ class Sampler:
                     seen.peak_rss_mb = max(seen.peak_rss_mb, rss)
             elif with_cpu and cmdline.startswith("postgres: ") and org_tag in cmdline.replace("\0", " "):
                 used = cpu_seconds(pid)
-                if used is not None:
-                    self._backends[pid] = used
+                if used is not None:  # keyed with its start too: a new backend may reuse an ended one's pid
+                    self._backends[pid, started_at(pid)] = used
         if with_cpu:
             server = cpu_seconds(self.sandbox_pid)
             if server is not None:
