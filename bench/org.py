@@ -68,8 +68,9 @@ def wait_synced(sandbox, tables: tuple[str, ...] = ("contact", "lead"), timeout:
 
 
 def seed_eligible(sandbox, action: str, eligible: int, *, seed: int = 5) -> int:
-    """Clear the org and seed it until at least ``eligible`` records are eligible for ``action``'s policy, then
-    move the date field of the surplus (the highest Ids) to the seed's day, so exactly ``eligible`` are.
+    """Clear the org and seed it so that at least ``eligible`` records are eligible for ``action``'s policy, then
+    move the date field of the surplus (the highest Ids) to the seed's day (an edit then), so exactly
+    ``eligible`` are.
     The same arguments give the same org. Returns the eligible count."""
     from sandbox import seed as seeding
 
@@ -84,9 +85,11 @@ def seed_eligible(sandbox, action: str, eligible: int, *, seed: int = 5) -> int:
         conn.execute("ANALYZE")
         have = conn.execute(f"SELECT count(*) FROM ({query}) e", {"cutoff": CUTOFF}).fetchone()[0]
         assert have >= eligible, f"seeded {have} eligible, fewer than {eligible}: lower the ratio in seed_eligible"
-        conn.execute(sql.SQL("UPDATE {t} SET {d} = %(now)s, systemmodstamp = clock_timestamp() WHERE id IN ("
+        dates = sql.SQL(", ").join(sql.SQL("{} = %(now)s").format(sql.Identifier(f))
+                                   for f in dict.fromkeys([date_field, "lastmodifieddate"]))
+        conn.execute(sql.SQL("UPDATE {t} SET {dates}, systemmodstamp = clock_timestamp() WHERE id IN ("
                              "SELECT id FROM (" + query + ") e ORDER BY id DESC LIMIT %(surplus)s)").format(
-            t=sql.Identifier("org", table), d=sql.Identifier(date_field)),
+            t=sql.Identifier("org", table), dates=dates),
             {"cutoff": CUTOFF, "now": SEED_NOW, "surplus": have - eligible})
         return conn.execute(f"SELECT count(*) FROM ({query}) e", {"cutoff": CUTOFF}).fetchone()[0]
 
