@@ -47,6 +47,19 @@ def connect(sandbox, action: str) -> None:
                   timeout=30).raise_for_status()
 
 
+def reload_mirror(sandbox) -> None:
+    """Reload every Connect mapping (Heroku Connect's "Reload": truncate the table and read the object again), as
+    a team does after reloading an org's data: a cleared and reseeded org leaves no deletion for a poll to see."""
+    env = sandbox.env
+    headers = {"Authorization": f"Bearer {env['HEROKU_CONNECT_TOKEN']}"}
+    base = env["HEROKU_CONNECT_API_URL"]
+    body = requests.get(f"{base}/connections/{env['HEROKU_CONNECT_CONNECTION_ID']}", params={"deep": "true"},
+                        headers=headers, verify=sandbox.ca, timeout=30).json()
+    for mapping in body["mappings"]:
+        requests.post(f"{base}/mappings/{mapping['id']}/actions/reload", headers=headers, verify=sandbox.ca,
+                      timeout=30).raise_for_status()
+
+
 def wait_synced(sandbox, tables: tuple[str, ...] = ("contact", "lead"), timeout: float = 3600) -> None:
     """Until the Connect mirror holds every live row of ``tables`` and every mapping reports DATA_SYNCED."""
     env = sandbox.env

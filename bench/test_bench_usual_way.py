@@ -42,6 +42,7 @@ def _fresh(sandbox, size: int) -> int:
     with sandbox.store_conn() as conn:
         conn.execute(f"DROP TABLE IF EXISTS {usual_way.TABLE}")
         conn.execute(f"DROP TABLE IF EXISTS cache.{policy_id('delete', 'salesforce_api')}")
+    org.reload_mirror(sandbox)
     org.wait_synced(sandbox)
     return eligible
 
