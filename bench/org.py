@@ -47,6 +47,14 @@ def connect(sandbox, action: str) -> None:
                   timeout=30).raise_for_status()
 
 
+def empty_cache_table(sandbox, table: str) -> None:
+    """Empty ``cache.<table>`` if it exists. Truncated, not dropped: the policy's External Object view
+    (``retention_external``) depends on it."""
+    with sandbox.store_conn() as conn:
+        if conn.execute("SELECT to_regclass(%s)", (f"cache.{table}",)).fetchone()[0]:
+            conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier("cache", table)))
+
+
 def reload_mirror(sandbox) -> None:
     """Reload every Connect mapping (Heroku Connect's "Reload": truncate the table and read the object again), as
     a team does after reloading an org's data: a cleared and reseeded org leaves no deletion for a poll to see."""

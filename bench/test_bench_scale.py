@@ -45,8 +45,7 @@ def ready(deployment, sandbox):
 
 def _fresh(sandbox, action: str, source: str, size: int) -> dict:
     eligible = org.seed_eligible(sandbox, action, size)
-    with sandbox.store_conn() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS cache.{policy_id(action, source)}")
+    org.empty_cache_table(sandbox, policy_id(action, source))
     org.reload_mirror(sandbox)
     org.wait_synced(sandbox)
     return {"eligible": eligible}

@@ -39,9 +39,8 @@ def ready(deployment):
 
 def _fresh(sandbox, size: int) -> int:
     eligible = org.seed_eligible(sandbox, "delete", size)
-    with sandbox.store_conn() as conn:
-        conn.execute(f"DROP TABLE IF EXISTS {usual_way.TABLE}")
-        conn.execute(f"DROP TABLE IF EXISTS cache.{policy_id('delete', 'salesforce_api')}")
+    org.empty_cache_table(sandbox, usual_way.TABLE.removeprefix("cache."))
+    org.empty_cache_table(sandbox, policy_id("delete", "salesforce_api"))
     org.reload_mirror(sandbox)
     org.wait_synced(sandbox)
     return eligible
