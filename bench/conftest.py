@@ -24,9 +24,11 @@ def deployment(sandbox):
 
 @pytest.fixture(scope="session")
 def sampler(sandbox):
-    from bench.probes import Sampler
+    from bench.probes import Sampler, parent
 
     state = json.loads((Path(sandbox.env["SANDBOX_HOME"]) / "state.json").read_text())
-    running = Sampler(sandbox_pid=state["pid"]).start()
+    with sandbox.org_conn() as conn:  # a backend's parent is its server
+        postmaster = parent(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+    running = Sampler(sandbox_pid=state["pid"], postmaster_pid=postmaster).start()
     yield running
     running.stop()

@@ -9,8 +9,9 @@ A sampler thread reads ``/proc`` every ``interval`` seconds:
   time after the peak reads it; a peak in the last ``interval`` of a process's life would be missed.
 - the sandbox's CPU: its server process (``python -m sandbox serve``: the org's REST and Bulk APIs, and the
   Connect sync loop), and the Postgres backends connected to the org's database (``sandbox_org``, named in
-  each backend's process title). A backend's CPU counts up to its last sample, so a connection that opens
-  and closes between two samples is missed: the share reported is a lower bound.
+  each backend's process title) of the sandbox's own Postgres server (their parent process). A backend's CPU
+  counts up to its last sample, so a connection that opens and closes between two samples is missed: the
+  share reported is a lower bound.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def started_at(pid: int) -> float | None:
     return None if stat is None else BOOT + int(stat.rsplit(")", 1)[1].split()[19]) / CLOCK_TICKS
 
 
+def parent(pid: int) -> int | None:
+    stat = _read(f"/proc/{pid}/stat")
+    return None if stat is None else int(stat.rsplit(")", 1)[1].split()[1])
+
+
 def peak_rss_mb(pid: int) -> float | None:
     status = _read(f"/proc/{pid}/status")
     if status is None:
@@ -76,6 +82,7 @@ class Sampler:
     """Samples /proc in a thread between ``start()`` and ``stop()``; see the module docstring."""
 
     sandbox_pid: int
+    postmaster_pid: int  # the org's Postgres server: other sandboxes on the machine have a sandbox_org too
     org_database: str = "sandbox_org"
     interval: float = 0.02
     cpu_every: int = 5  # CPU samples every 5 memory samples (0.1 s): enough to attribute it to tasks
@@ -114,8 +121,9 @@ class Sampler:
             if not cmdline:
                 continue
             pid = int(entry.name)
-            if cmdline.startswith(TASK_TITLE):
-                ti_id = cmdline[len(TASK_TITLE):].strip("\0 ").split()[0]
+            ti_id = cmdline[len(TASK_TITLE):].strip("\0 ").split(maxsplit=1)[0] if cmdline.startswith(TASK_TITLE) \
+                else ""
+            if len(ti_id) == 36 and ti_id.count("-") == 4:  # a task instance's UUID, not "LocalExecutor: <idle>"
                 rss = peak_rss_mb(pid)
                 seen = self.tasks.get(ti_id)
                 if seen is None or seen.pid != pid:  # a retry runs in a new process: keep the larger peak
@@ -127,7 +135,8 @@ class Sampler:
                 seen.last_seen = now
                 if rss is not None:
                     seen.peak_rss_mb = max(seen.peak_rss_mb, rss)
-            elif with_cpu and cmdline.startswith("postgres: ") and org_tag in cmdline.replace("\0", " "):
+            elif (with_cpu and cmdline.startswith("postgres: ") and org_tag in cmdline.replace("\0", " ")
+                  and parent(pid) == self.postmaster_pid):
                 used = cpu_seconds(pid)
                 if used is not None:  # keyed with its start too: a new backend may reuse an ended one's pid
                     self._backends[pid, started_at(pid)] = used
