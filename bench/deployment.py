@@ -1,0 +1,152 @@
+"""A deployment as production runs one, for the benchmarks: ``airflow standalone`` (scheduler with the
+LocalExecutor, dag processor, triggerer, API server) on the sandbox, each task in its own process.
+
+It has its own metadata database (``airflow_bench``) and its own dags folder: the product's DAG file
+(``dags/retention_policies.py``) over the policies the benchmark writes, and the usual way's DAG
+(``bench/usual_way.py``). Set up as ``tests/test_airflow_standalone.py`` does it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import REPO, free_port, shared_tmp
+
+USUAL_WAY_DAG_FILE = '''"""The usual way (bench/usual_way.py) as an Airflow DAG file of this deployment
+(Airflow parses only files that name both "airflow" and "dag")."""
+
+from bench.usual_way import build_dag
+
+dag = build_dag()
+'''
+
+
+class Deployment:
+    """``airflow standalone`` started in its own process group; ``stop()`` ends that group."""
+
+    def __init__(self, sandbox, policies: dict[str, str]):
+        import psycopg
+
+        self.sandbox = sandbox
+        base = sandbox.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[0]
+        with psycopg.connect(base.replace("+psycopg2", "") + "/postgres", autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS airflow_bench WITH (FORCE)")
+            conn.execute("CREATE DATABASE airflow_bench")
+        self.home = home = shared_tmp("retention-bench-")
+        for folder in ("policies", "dags"):
+            (home / folder).mkdir()
+        for policy_id, text in policies.items():
+            (home / "policies" / f"{policy_id}.yaml").write_text(text)
+        shutil.copy(REPO / "dags" / "retention_policies.py", home / "dags")
+        (home / "dags" / "usual_way.py").write_text(USUAL_WAY_DAG_FILE)
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+        env.update({k: v for k, v in sandbox.env.items() if k.startswith(
+            ("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX", "SALESFORCE", "RETENTION", "HEROKU"))})
+        env.update({
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base + "/airflow_bench",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__RETENTION__POLICIES_DIR": str(home / "policies"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
+            # The product and the usual way from this checkout, whatever the venv's editable install points at.
+            "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
+            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+        })
+        self.env = env
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        for step in ([airflow, "db", "migrate"],
+                     [sys.executable, "-m", "retention.settings_loader", str(REPO / "airflow_settings.yaml")]):
+            done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        self._log = open(home / "standalone.log", "wb")
+        self.proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.url = f"http://localhost:{port}"
+        deadline = time.monotonic() + 180
+        passwords = home / "simple_auth_manager_passwords.json.generated"
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=2).status_code == 200 \
+                        and passwords.exists():
+                    break
+            except requests.RequestException:
+                pass
+            assert self.proc.poll() is None, (home / "standalone.log").read_text()[-3000:]
+            time.sleep(1)
+        self.password = json.loads(passwords.read_text())["admin"]
+        self._token: str | None = None
+
+    def stop(self) -> None:
+        """End the deployment's process group; its home (logs) is kept when BENCH_KEEP_HOME is set."""
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._log.close()
+        if not os.environ.get("BENCH_KEEP_HOME"):
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def api(self, method: str, path: str, **kwargs) -> requests.Response:
+        if self._token is None:  # one token for the session (it lasts a day): the machine is busy enough
+            self._token = requests.post(f"{self.url}/auth/token", json={"username": "admin",
+                                        "password": self.password}, timeout=60).json()["access_token"]
+        return requests.request(method, f"{self.url}/api/v2{path}", timeout=120,
+                                headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        """Until the dag processor has parsed the DAG, then unpause it (runs of a paused DAG never start)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.api("GET", f"/dags/{dag_id}").status_code == 200:
+                self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+                return
+            time.sleep(2)
+        raise AssertionError(f"{dag_id} not parsed in {timeout}s: {self.import_errors()}")
+
+    def import_errors(self) -> list:
+        return self.api("GET", "/importErrors").json().get("import_errors", [])
+
+    def run(self, dag_id: str, logical_date: dt.datetime, conf: dict | None = None, timeout: float = 7200) -> dict:
+        """Trigger a DAG run, wait until it ends; returns the run as the API reports it."""
+        made = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date.isoformat(),
+                                                                  "conf": conf or {}})
+        assert made.status_code == 200, made.text
+        run_id = made.json()["dag_run_id"]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()
+            if run.get("state") in ("success", "failed"):
+                return run
+            time.sleep(1)
+        raise AssertionError(f"{dag_id} {run_id}: not finished in {timeout}s")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        """Every task instance of the run, mapped ones one per map index, as the API lists them."""
+        found: list[dict] = []
+        while True:
+            page = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances",
+                            params={"limit": 100, "offset": len(found)}).json()
+            found += page["task_instances"]
+            if len(found) >= page["total_entries"] or not page["task_instances"]:
+                return found
