@@ -90,7 +90,7 @@ def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: d
     :param others: describes of the objects the policy reads besides its own (sub-selects, cascade children).
     :param sf: the org, asked which parents have children a delete would take (cascade checks).
     """
-    from retention import holds, soql_filter
+    from retention import soql_filter
 
     others = {k.lower(): v for k, v in (others or {}).items()}
 
@@ -112,34 +112,42 @@ def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: d
         params += where_params
     matching = sql.SQL(" AND ").join(base)
     mirror = sql.Identifier(MIRROR_SCHEMA, policy.object.lower())
-    hold = holds.in_mirror("m") if policy.select.exclude_privacy_holds else sql.SQL("false")
-    done = already_done(policy, "m")
     cols = sql.SQL(", ").join(sql.Identifier("m", f.lower()) for f in staged_fields(policy))
     with store.connect() as conn:
         _ensure_cache_table(conn, policy, types)
-        eligible, held, already = conn.execute(
-            sql.SQL("SELECT count(*) FILTER (WHERE NOT {done} AND NOT {hold}), count(*) FILTER (WHERE NOT {done} "
-                    "AND {hold}), count(*) FILTER (WHERE {done}) FROM {m} m WHERE {w}")
-            .format(hold=hold, done=done, m=mirror, w=matching), params,
-        ).fetchone()
-        guard(policy, eligible)
-        _within_budget(sf, policy, run, eligible)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(run.staging))
+        # One scan of the mirror, the policy's selection only. Settled and held records are then taken out of the
+        # run's own table, keyed and analysed: over the mirror, the planner misjudges how many rows the filter
+        # keeps (Connect's tables carry no statistics on expressions) and joined every row with every hold.
         # CREATE TABLE AS cannot take bind parameters: a client-side cursor binds them safely instead.
         with ClientCursor(conn) as cur:
-            cur.execute(sql.SQL("CREATE TABLE {} AS SELECT m.sfid, {} FROM {} m WHERE {} AND NOT {} AND NOT {}").format(
-                run.staging, cols, mirror, matching, done, hold), params)
-            staged = cur.rowcount
+            cur.execute(sql.SQL("CREATE TABLE {} AS SELECT m.sfid, {} FROM {} m WHERE {}").format(
+                run.staging, cols, mirror, matching), params)
         conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(run.staging))
-        held_query = sql.SQL("SELECT m.sfid FROM {} m WHERE {} AND NOT {} AND {} ORDER BY 1").format(
-            mirror, matching, done, hold)
-        held_ids = ([r[0] for r in conn.execute(held_query, params).fetchall()]
-                    if policy.select.exclude_privacy_holds else [])
-        out = _result(policy, run, describe, eligible=eligible, held=held, done=already, staged=staged,
+        conn.execute(sql.SQL("ANALYZE {}").format(run.staging))
+        already, held_ids = _take_out_settled_and_held(conn, policy, run)
+        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
+        guard(policy, staged)  # over the guard: the transaction rolls back, nothing stays staged
+        _within_budget(sf, policy, run, staged)
+        out = _result(policy, run, describe, eligible=staged, held=len(held_ids), done=already, staged=staged,
                       held_ids=held_ids)
         _with_children(conn, sf, policy, run, describe, others, out, holds=None)
         _preview_and_roll_back(conn, policy, run, out)
     return out
+
+
+def _take_out_settled_and_held(conn, policy: Policy, run: Run) -> tuple[int, list[str]]:
+    """Delete from the staged selection the records an earlier run settled, then those under a hold in force in
+    Connect's mirror of PrivacyHold; returns (settled, held ids in the store's order)."""
+    from retention import holds
+
+    already = conn.execute(sql.SQL("DELETE FROM {} s WHERE {}").format(
+        run.staging, already_done(policy, "s"))).rowcount
+    if not policy.select.exclude_privacy_holds:
+        return already, []
+    held = conn.execute(sql.SQL("WITH held AS (DELETE FROM {} s WHERE {} RETURNING sfid) SELECT sfid FROM held "
+                                "ORDER BY 1").format(run.staging, holds.in_mirror("s"))).fetchall()
+    return already, [r[0] for r in held]
 
 
 def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run,

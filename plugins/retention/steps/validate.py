@@ -65,8 +65,9 @@ def plan_chunks(store: RetentionStoreHook, policy: Policy, run: Run) -> list[Chu
 
 
 def retained_query(policy: Policy, run: Run) -> sql.Composed:
-    """This run's retained rows: cache rows of the staged records, written by this run."""
-    return sql.SQL("SELECT c.* FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
+    """This run's retained rows: cache rows of the staged records, written by this run. Their sfid only: it is all
+    the gate checks, and each of its queries joins the cache with staging again (narrow rows, less to hash)."""
+    return sql.SQL("SELECT c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
         table(policy.retain.table), run.staging, sql.Literal(run.run_key))
 
 
