@@ -241,7 +241,8 @@ def test_the_ui_lists_every_policy_and_runs_a_dry_run_from_the_trigger_form(stan
 
             # A manual-only policy (schedule: null): unpausing it starts no scheduled run of its own.
             page.goto(f"{standalone['url']}/dags/{DAG}")
-            for task_id in ("extract", "validate_row_counts", "delete_or_mask", "confirm_and_report"):
+            for task_id in ("extract", "validate_row_counts", "delete_or_mask [ ]", "verify_in_salesforce [ ]",
+                            "confirm_and_report"):  # "[ ]": a task mapped over the run's chunks
                 expect(page.get_by_role("link", name=task_id, exact=True)).to_be_visible(timeout=30_000)
             page.get_by_role("button", name="Dag Docs").click()  # the policy rendered as the DAG's doc
             expect(page.get_by_text("Accounts not modified for five years").first).to_be_visible()

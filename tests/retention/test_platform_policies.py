@@ -170,9 +170,9 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
     assert org_rows(sandbox, "SELECT count(*) AS n FROM org.account WHERE NOT isdeleted AND id = %s", (target,)) == [
         {"n": 1}]
 
-    def add_then_pending(store, policy, run):
+    def add_then_pending(store, policy, run, chunk):
         a_colleague_adds_a_contact()
-        return real_pending(store, policy, run)
+        return real_pending(store, policy, run, chunk)
 
     monkeypatch.setattr(cascade, "load", real_load)
     monkeypatch.setattr(act, "pending_ids", add_then_pending)

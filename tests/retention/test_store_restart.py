@@ -138,7 +138,7 @@ def test_store_restarts_in_validate_act_and_confirm_lose_and_repeat_nothing(worl
     # Each restart failed the task it hit, and Airflow's retry carried on.
     assert {t: ti.try_number for t, ti in tis.items()} == {
         "extract": 1, "subset": 1, "load_to_cache": 1, "validate_row_counts": 2, "delete_or_mask": 2,
-        "confirm_and_report": 2}
+        "verify_in_salesforce": 1, "confirm_and_report": 2}
 
     with store.connect() as conn:
         cached = conn.execute("SELECT sfid, _retention_run, _action_status FROM cache.restart_contacts "

@@ -51,6 +51,9 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
             raise RetentionError(reported.message)
         return reported
     acted = acted or Acted()
+    # Jobs an earlier, unreported execution of the run settled (a chunk done before a crash, then the run cleared)
+    # are this execution's evidence too.
+    acted.bulk_job_ids = list(dict.fromkeys([*acted.bulk_job_ids, *unreported_jobs(store, policy, run)]))
     if policy.cascade:
         from retention import cascade
 
@@ -149,12 +152,27 @@ def _reported(conn, run: Run) -> Reported | None:
 
 
 def this_execution(policy: Policy, run: Run, job_ids: list[str], alias: str) -> tuple[sql.Composable, list]:
-    """SQL (and parameters) over the cache table as ``alias``: this execution's records, those it staged and those
-    of the jobs it settled (a run cleared and run again after its job finished stages nothing more: the org no
-    longer offers the records the job took)."""
+    """SQL (and parameters) over the cache table as ``alias``: this execution's records. Those it staged, those of
+    the jobs it settled, and those of any job of the run that no ledger row of the run lists: a run cleared and run
+    again after a job finished stages nothing more (the org no longer offers the records the job took), whether
+    its own attempt settled the job or an attempt that died before its ledger row (one chunk of several)."""
     c = sql.Identifier(alias)
     return (sql.SQL("{c}._retention_run = %s AND (EXISTS (SELECT 1 FROM {s} s WHERE s.sfid = {c}.sfid) OR "
-                    "{c}._bulk_job_id = ANY(%s))").format(c=c, s=run.staging), [run.run_key, list(job_ids)])
+                    "{c}._bulk_job_id = ANY(%s) OR ({c}._bulk_job_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+                    "retention.runs r WHERE r.run_key = %s AND r.bulk_job_ids ? {c}._bulk_job_id)))")
+            .format(c=c, s=run.staging), [run.run_key, list(job_ids), run.run_key])
+
+
+def unreported_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
+    """The run's Bulk jobs with settled records that no ledger row of the run lists (see ``this_execution``): this
+    execution's row lists them."""
+    with store.connect() as conn:
+        rows = conn.execute(sql.SQL(
+            "SELECT DISTINCT c._bulk_job_id FROM {} c WHERE c._retention_run = %s AND c._bulk_job_id IS NOT NULL "
+            "AND c._action_status IN ('done', 'refused', 'failed') AND NOT EXISTS (SELECT 1 FROM retention.runs r "
+            "WHERE r.run_key = %s AND r.bulk_job_ids ? c._bulk_job_id) ORDER BY 1").format(
+            table(policy.retain.table)), (run.run_key, run.run_key)).fetchall()
+    return [r[0] for r in rows]
 
 
 def action_counts(store: RetentionStoreHook, policy: Policy, run: Run, job_ids: list[str]) -> dict[str, int]:

@@ -38,7 +38,7 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
 
     done, params = this_execution(policy, run, acted.bulk_job_ids if acted else [], "c")
     within, chunk_params = in_chunk(chunk, sql.Identifier("c", "sfid"))
-    where = sql.SQL("{} AND {}").format(done, within)
+    where = sql.SQL("{} AND c._action_status = 'done' AND {}").format(done, within)
     params = [*params, *chunk_params]
     target = table(policy.retain.table)
     with store.connect() as conn:
