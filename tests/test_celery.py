@@ -9,8 +9,7 @@ run is held to the same numbers side by side in bench/test_bench_celery.py.
 
 Each worker runs one task at a time (concurrency 1). Tasks that are ready together (the mapped chunks of one
 step) therefore always land on both workers; a chain of single tasks lands wherever Redis hands each one, to
-whichever idle worker is waiting on the queue at that moment, which on this run's six tasks has so far always
-been both.
+whichever idle worker is waiting on the queue at that moment.
 """
 
 from __future__ import annotations
@@ -20,9 +19,8 @@ import pytest
 from tests.celery_cluster import delete_policy, make_contacts, outcome, start_celery_airflow, stop_celery_airflow
 from tests.conftest import shared_tmp
 
-# A dict until the fixture writes it: a key the policy format gains (a chunk size for the mapped act and confirm
-# steps, small enough here to make several chunks of 240 records) is one line added here.
-POLICY = delete_policy("celery_contacts", "Celery test")
+# Chunks of 60: the 240 eligible records make four delete_or_mask and four verify_in_salesforce task instances.
+POLICY = {**delete_policy("celery_contacts", "Celery test"), "guards": {"chunk_records": 60}}
 DAG = f"retention__{POLICY['id']}"
 WORKERS = {"worker-1", "worker-2"}
 
@@ -44,6 +42,11 @@ def test_one_run_spreads_over_two_celery_workers_and_does_what_the_policy_says(c
     assert tis and all(ti["state"] == "success" for ti in tis), tis
     # Every task instance of the run, mapped ones included, ran on one of the two workers, and both took some.
     assert {ti["hostname"] for ti in tis} == WORKERS, tis
+    # The mapped steps: four chunks each, ready together, shared by both workers.
+    for task_id in ("delete_or_mask", "verify_in_salesforce"):
+        chunks = [ti for ti in tis if ti["task_id"] == task_id]
+        assert sorted(ti["map_index"] for ti in chunks) == [0, 1, 2, 3], chunks
+        assert {ti["hostname"] for ti in chunks} == WORKERS, chunks
     old = len(contacts.old)
     assert outcome(sandbox, POLICY["id"], contacts) == {
         # status, eligible, held, staged, retained, acted, failed, Salesforce's own count of the eligible
