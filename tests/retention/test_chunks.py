@@ -96,3 +96,22 @@ def test_a_chunked_run_gives_the_same_cache_org_and_ledger_as_one_chunk(sandbox,
         estimate = budget.estimate(policy, RECORDS, query_page=QUERY_PAGE_SIZE, verify_page=ID_QUERY_PAGE_SIZE,
                                    upload_bytes=INGEST_UPLOAD_MAX_BYTES)
         assert spent <= estimate.api_requests, (policy_id, spent, estimate)
+
+
+def test_a_chunk_over_the_upload_limit_goes_out_in_several_jobs_each_within_it(sandbox, airflow_db, sf, monkeypatch):
+    """Salesforce takes at most 100 MB a Bulk 2.0 upload, one upload a job. With the limit at 200 bytes (the org's and
+    the hook's alike) one chunk of 30 Ids (19 bytes a line) goes out as three jobs, and every record is deleted."""
+    from retention.hooks import salesforce_bulk
+    from tests.policy_support import policy_world
+
+    monkeypatch.setattr(salesforce_bulk, "INGEST_UPLOAD_MAX_BYTES", 200)
+    with policy_world(sandbox), sandbox.org_settings(ingest_upload_max_bytes=200):
+        run, cache, org, ledger, _ = _run(sandbox, sf, "chunks_delete_uploads")
+    assert run.state == "success", {(ti.task_id, ti.map_index): ti.state for ti in run.get_task_instances()}
+    assert len(set(ledger["bulk_job_ids"])) == 3 and ledger["acted"] == RECORDS
+    assert {r["_bulk_job_id"] for r in cache.values()} == set(ledger["bulk_job_ids"])
+    assert all(r["isdeleted"] for r in org.values()) and len(org) == RECORDS
+    with sandbox.org_conn() as conn:  # the org's own record of the uploads: each within the limit
+        sizes = [r[0] for r in conn.execute("SELECT octet_length(data) FROM bulk.uploads WHERE rtrim(job_id) = "
+                                            "ANY(%s)", (ledger["bulk_job_ids"],)).fetchall()]
+    assert len(sizes) == 3 and all(size <= 200 for size in sizes), sizes

@@ -330,8 +330,9 @@ class SalesforceBulk2Hook(SalesforceHook):
     def outcomes(self, object_name: str, job_id: str) -> list[RecordOutcome]:
         """Every record's outcome in a finished ingest job (successes, failures, never-processed)."""
         client = self._client(object_name)
-        out = [RecordOutcome(row["sf__Id"], True)
-               for row in _rows(client.get_ingest_results(job_id, "successfulResults"))]
+        # Successes are most of a job and need only their Id: read them row by row, never as dicts.
+        out = [RecordOutcome(record_id, True) for record_id in _first_column(
+            client.get_ingest_results(job_id, "successfulResults"), "sf__Id")]
         out += [RecordOutcome(row["sf__Id"] or row.get("Id", ""), False, row["sf__Error"])
                 for row in _rows(client.get_ingest_results(job_id, "failedResults"))]
         out += [RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
@@ -370,6 +371,18 @@ def _version_number(version: str) -> float:
         return float(version)
     except (TypeError, ValueError):
         return 0.0  # not a version number: Salesforce itself refuses it
+
+
+def _first_column(text: str, name: str) -> Iterator[str]:
+    """The values of the CSV's first column (which must be ``name``), row by row."""
+    rows = csv.reader(io.StringIO(text))
+    header = next(rows, None)
+    if header is None:
+        return
+    if header[0] != name:
+        raise ValueError(f"expected {name} first in the Bulk results, got {header[:3]}")
+    for row in rows:
+        yield row[0]
 
 
 def _rows(text: str) -> list[dict]:

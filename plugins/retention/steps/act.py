@@ -22,7 +22,7 @@ from retention.cache import column, table
 from retention.steps.results import Acted, Chunk
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.hooks.store import RetentionStoreHook
@@ -166,19 +166,23 @@ def _submit(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
 
 def _id_uploads(ids: list[str], limit: int) -> Iterator[tuple[list[str], bytes]]:
     """``Id`` CSV uploads of ``ids``, each of at most ``limit`` bytes."""
-    header, rows = b"Id\n", (f"{i}\n".encode() for i in ids)
+    return _uploads(b"Id\n", ((i, f"{i}\n".encode()) for i in ids), limit)
+
+
+def _uploads(header: bytes, lines: Iterable[tuple[str, bytes]], limit: int) -> Iterator[tuple[list[str], bytes]]:
+    """(ids, CSV) uploads of at most ``limit`` bytes each, from (id, CSV line) pairs in order."""
     batch_ids: list[str] = []
-    buf = io.BytesIO()
-    buf.write(header)
-    for record_id, row in zip(ids, rows, strict=True):
-        if batch_ids and buf.tell() + len(row) > limit:
-            yield batch_ids, buf.getvalue()
-            batch_ids, buf = [], io.BytesIO()
-            buf.write(header)
-        buf.write(row)
+    body = io.BytesIO()
+    body.write(header)
+    for record_id, line in lines:
+        if batch_ids and body.tell() + len(line) > limit:
+            yield batch_ids, body.getvalue()
+            batch_ids, body = [], io.BytesIO()
+            body.write(header)
+        body.write(line)
         batch_ids.append(record_id)
     if batch_ids:
-        yield batch_ids, buf.getvalue()
+        yield batch_ids, body.getvalue()
 
 
 def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, ids: list[str],
@@ -195,8 +199,15 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
     fields = list(policy.mask)
     masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key,
                     field_lengths=extracted.field_lengths)
-    header = _csv_line(["Id", *fields])
     cols = sql.SQL(", ").join([sql.Identifier("sfid"), *(column(f) for f in fields)])
+    sent: list[tuple[str, str]] = []  # masked so far and not yet kept
+
+    def lines(rows) -> Iterator[tuple[str, bytes]]:
+        for row in rows:
+            masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
+            sent.append((row[0], json.dumps({f: masked.get(f) for f in fields}, default=str)))
+            yield row[0], _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)])
+
     with store.connect() as reader, store.connect() as writer:
         writer.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (sfid varchar(18) PRIMARY KEY, sent jsonb NOT NULL)")
                        .format(run.sent))
@@ -206,24 +217,10 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
         rows = reader.cursor(name="retention_masked_rows")
         rows.itersize = 10_000
         rows.execute(sql.SQL("SELECT {} FROM {} WHERE sfid = ANY(%s) ORDER BY sfid").format(cols, run.staging), (ids,))
-        batch_ids: list[str] = []
-        sent: list[tuple[str, str]] = []
-        body = io.BytesIO()
-        body.write(header)
-        for row in rows:
-            masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
-            line = _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)])
-            if batch_ids and body.tell() + len(line) > limit:
-                _save_sent(writer, run, sent)
-                yield batch_ids, body.getvalue()
-                batch_ids, sent, body = [], [], io.BytesIO()
-                body.write(header)
-            body.write(line)
-            batch_ids.append(row[0])
-            sent.append((row[0], json.dumps({f: masked.get(f) for f in fields}, default=str)))
-        if batch_ids:
-            _save_sent(writer, run, sent)
-            yield batch_ids, body.getvalue()
+        for upload in _uploads(_csv_line(["Id", *fields]), lines(rows), limit):
+            _save_sent(writer, run, sent)  # the upload's records (and perhaps the next one's first: harmless)
+            sent.clear()
+            yield upload
 
 
 def _save_sent(conn, run: Run, sent: list[tuple[str, str]]) -> None:

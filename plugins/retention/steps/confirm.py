@@ -81,10 +81,11 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
                 f"{mirror_timeout:.0f}s; Salesforce is already changed and ledger row {reported.ledger_id} records "
                 "it: the task retries, or clear confirm_and_report later")
         time.sleep(poll_interval)
+    refused = first_refused(store, policy, run, acted.bulk_job_ids) if summary.get("refused") else None
     drop_staging(store, run, policy)
     release(store, run)  # the next run of the policy may start
-    if summary.get("refused"):
-        sfid, error = first_refused(store, policy, run, acted.bulk_job_ids)
+    if refused:
+        sfid, error = refused
         log.warning("%d records were refused by Salesforce for good (e.g. %s: %s); they stay retained and are not "
                     "selected again", summary["refused"], sfid, error)
     if reported.status != "succeeded":
