@@ -214,6 +214,7 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
         # Records sent again (their earlier job never got them) replace what was kept for them.
         writer.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s)").format(run.sent), (ids,))
         writer.commit()
+        reader.execute("SET LOCAL cursor_tuple_fraction = 1.0")  # every row is read: not a first-rows plan
         rows = reader.cursor(name="retention_masked_rows")
         rows.itersize = 10_000
         rows.execute(sql.SQL("SELECT {} FROM {} WHERE sfid = ANY(%s) ORDER BY sfid").format(cols, run.staging), (ids,))

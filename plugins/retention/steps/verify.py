@@ -64,6 +64,7 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
         for page in sf.query_pages(policy.object, soql, page_size=ID_QUERY_PAGE_SIZE):
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
+        conn.execute(sql.SQL("ANALYZE {}").format(LIVE))  # a fresh temporary table has no statistics
         if policy.action != "mask":
             missed = [r[0] for r in conn.execute(
                 sql.SQL("SELECT c.sfid FROM {} l JOIN {} c ON c.sfid = l.f0 WHERE {} ORDER BY 1")
@@ -80,6 +81,8 @@ def _masks_not_applied(conn, run: Run, target: sql.Composable, where: sql.Compos
                        fields: list[str]) -> tuple[list[str], int]:
     """Records whose live values differ from what was sent, streamed with a server-side cursor."""
     cols = sql.SQL(", ").join(sql.Identifier("l", f"f{n + 1}") for n in range(len(fields)))
+    # A server-side cursor is planned for its first rows (nested loops); every row is read, so plan for all of them.
+    conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
     rows = conn.cursor(name="retention_verify")
     rows.itersize = 10_000
     rows.execute(sql.SQL("SELECT c.sfid, s.sent, {} FROM {} l JOIN {} c ON c.sfid = l.f0 JOIN {} s ON s.sfid = "
