@@ -128,7 +128,11 @@ class Deployment:
         return self.api("GET", "/importErrors").json().get("import_errors", [])
 
     def run(self, dag_id: str, logical_date: dt.datetime, conf: dict | None = None, timeout: float = 7200) -> dict:
-        """Trigger a DAG run, wait until it ends; returns the run as the API reports it."""
+        """Trigger a DAG run, wait until it ends; returns the run as the API reports it. An earlier run of the
+        same logical date (the same policy measured at another size) is deleted first: one run per date."""
+        for earlier in self.api("GET", f"/dags/{dag_id}/dagRuns").json().get("dag_runs", []):
+            if earlier.get("logical_date") and dt.datetime.fromisoformat(earlier["logical_date"]) == logical_date:
+                self.api("DELETE", f"/dags/{dag_id}/dagRuns/{earlier['dag_run_id']}").raise_for_status()
         made = self.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": logical_date.isoformat(),
                                                                   "conf": conf or {}})
         assert made.status_code == 200, made.text
