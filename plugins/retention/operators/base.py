@@ -93,3 +93,19 @@ class PolicyOperator(BaseOperator):
 
     def execute_run(self, context: Context, run: Run) -> Any:
         raise NotImplementedError
+
+
+class ChunkOperator(PolicyOperator):
+    """Base of the operators mapped over a run's chunks (``delete_or_mask``, ``verify_in_salesforce``).
+
+    :param chunk: the chunk (``Chunk.to_xcom()``) this task instance takes; None: every record of the run.
+    """
+
+    def __init__(self, *, chunk: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chunk = chunk
+
+    def this_chunk(self):
+        from retention.steps.results import Chunk
+
+        return Chunk.from_xcom(self.chunk) if self.chunk else Chunk(index=0)

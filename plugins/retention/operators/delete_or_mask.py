@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from retention.operators.base import PolicyOperator
+from retention.operators.base import ChunkOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -14,22 +14,15 @@ if TYPE_CHECKING:
     from retention.steps.run import Run
 
 
-class DeleteOrMaskOperator(PolicyOperator):
+class DeleteOrMaskOperator(ChunkOperator):
     """Delete, hard-delete or mask one chunk of this run's retained records; each record's outcome goes beside its
     row.
-
-    :param chunk: the chunk (``Chunk.to_xcom()``) this task instance acts on; None: every record of the run.
     """
-
-    def __init__(self, *, chunk: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.chunk = chunk
 
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
         from retention.steps.act import act
-        from retention.steps.results import Chunk, Extracted
+        from retention.steps.results import Extracted
 
         key = self.hash_key() if self.policy.action == "mask" else None
-        chunk = Chunk.from_xcom(self.chunk) if self.chunk else None
-        return act(self.store(), self.salesforce(), self.policy, run, Extracted.pull(context["ti"]), chunk,
+        return act(self.store(), self.salesforce(), self.policy, run, Extracted.pull(context["ti"]), self.this_chunk(),
                    mask_key=key).to_xcom()

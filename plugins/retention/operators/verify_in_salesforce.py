@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from retention.operators.base import PolicyOperator
+from retention.operators.base import ChunkOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -13,21 +13,15 @@ if TYPE_CHECKING:
     from retention.steps.run import Run
 
 
-class VerifyInSalesforceOperator(PolicyOperator):
+class VerifyInSalesforceOperator(ChunkOperator):
     """How many of the chunk's records reported done the org does not show deleted or masked.
-
-    :param chunk: the chunk (``Chunk.to_xcom()``) this task instance reads back; None: every record of the run.
     """
 
-    def __init__(self, *, chunk: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.chunk = chunk
-
     def execute_run(self, context: Context, run: Run) -> dict[str, Any]:
-        from retention.steps.results import Acted, Chunk
+        from retention.steps.results import Acted
         from retention.steps.verify import verify
 
-        chunk = Chunk.from_xcom(self.chunk) if self.chunk else Chunk(index=0)
+        chunk = self.this_chunk()
         ti = context["ti"]
         acted = Acted.pull_chunks(ti, ti.map_index if ti.map_index >= 0 else None)
         return verify(self.store(), self.salesforce(), self.policy, run, chunk, Acted.merged(acted)).to_xcom()
