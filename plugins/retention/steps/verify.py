@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import structlog
-from psycopg import sql
+from psycopg import ClientCursor, sql
 
 from retention.cache import table, table_exists
 from retention.steps.act import in_chunk
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-LIVE = sql.Identifier("retention_live")
+LIVE = sql.Identifier("retention_live")  # the org's live records of the chunk's Id range
+DONE = sql.Identifier("retention_done")  # the chunk's records reported done
 
 
 def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, chunk: Chunk,
@@ -41,22 +42,26 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
     where = sql.SQL("{} AND c._action_status = 'done' AND {}").format(done, within)
     params = [*params, *chunk_params]
     target = table(policy.retain.table)
+    fields = list(policy.mask) if policy.action == "mask" else []
     with store.connect() as conn:
         if not table_exists(conn, run.staging):  # confirm already reported and dropped the working tables
             return Verified()
+        # The chunk's done records in a table of their own, keyed and analysed, so that the joins below are planned
+        # on real numbers (hash joins), whatever the cache's size and the selection's filter.
+        with ClientCursor(conn) as cur:  # CREATE TABLE AS takes no bind parameters: bound safely client-side
+            cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT c.sfid::text AS sfid FROM {} c "
+                                "WHERE {}").format(DONE, target, where), params)
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(DONE))
         # The org orders Ids by their characters' codes (0-9 < A-Z < a-z, the base-62 digits' order): the range is
         # taken in the same, binary order, never the store's collation, so it covers every record of the chunk.
-        first, last, count = conn.execute(
-            sql.SQL('SELECT min(c.sfid COLLATE "C"), max(c.sfid COLLATE "C"), count(*) FROM {} c WHERE {}')
-            .format(target, where), params).fetchone()
-    if not count:
-        return Verified()
-    if not (first.isalnum() and last.isalnum()):
-        raise ValueError(f"not a Salesforce Id: {first!r} or {last!r}")
-    fields = list(policy.mask) if policy.action == "mask" else []
-    soql = (f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} "
-            f"WHERE Id >= '{first}' AND Id <= '{last}'")
-    with store.connect() as conn:
+        first, last, count = conn.execute(sql.SQL(
+            'SELECT min(sfid COLLATE "C"), max(sfid COLLATE "C"), count(*) FROM {}').format(DONE)).fetchone()
+        if not count:
+            return Verified()
+        if not (first.isalnum() and last.isalnum()):
+            raise ValueError(f"not a Salesforce Id: {first!r} or {last!r}")
+        soql = (f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} "
+                f"WHERE Id >= '{first}' AND Id <= '{last}'")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
             LIVE, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{n}"))
                                      for n in range(len(fields) + 1))))
@@ -64,29 +69,28 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
         for page in sf.query_pages(policy.object, soql, page_size=ID_QUERY_PAGE_SIZE):
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
-        conn.execute(sql.SQL("ANALYZE {}").format(LIVE))  # a fresh temporary table has no statistics
+        for name in (DONE, LIVE):  # fresh temporary tables have no statistics
+            conn.execute(sql.SQL("ANALYZE {}").format(name))
         if policy.action != "mask":
             missed = [r[0] for r in conn.execute(
-                sql.SQL("SELECT c.sfid FROM {} l JOIN {} c ON c.sfid = l.f0 WHERE {} ORDER BY 1")
-                .format(LIVE, target, where), params).fetchall()]
+                sql.SQL("SELECT d.sfid FROM {} l JOIN {} d ON d.sfid = l.f0 ORDER BY 1").format(LIVE, DONE)).fetchall()]
             sample, not_applied = missed[:5], len(missed)
         else:
-            sample, not_applied = _masks_not_applied(conn, run, target, where, params, fields)
+            sample, not_applied = _masks_not_applied(conn, run, fields)
     log.info("%s chunk %d: %d records reported done read back from Salesforce, %d not %s there", run.run_key,
              chunk.index, count, not_applied, "masked" if policy.action == "mask" else "deleted")
     return Verified(checked=count, not_applied=not_applied, sample=sample)
 
 
-def _masks_not_applied(conn, run: Run, target: sql.Composable, where: sql.Composable, params: list,
-                       fields: list[str]) -> tuple[list[str], int]:
+def _masks_not_applied(conn, run: Run, fields: list[str]) -> tuple[list[str], int]:
     """Records whose live values differ from what was sent, streamed with a server-side cursor."""
     cols = sql.SQL(", ").join(sql.Identifier("l", f"f{n + 1}") for n in range(len(fields)))
     # A server-side cursor is planned for its first rows (nested loops); every row is read, so plan for all of them.
     conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
     rows = conn.cursor(name="retention_verify")
     rows.itersize = 10_000
-    rows.execute(sql.SQL("SELECT c.sfid, s.sent, {} FROM {} l JOIN {} c ON c.sfid = l.f0 JOIN {} s ON s.sfid = "
-                         "c.sfid WHERE {}").format(cols, LIVE, target, run.sent, where), params)
+    rows.execute(sql.SQL("SELECT d.sfid, s.sent, {} FROM {} l JOIN {} d ON d.sfid = l.f0 JOIN {} s ON s.sfid = "
+                         "d.sfid").format(cols, LIVE, DONE, run.sent))
     sample: list[str] = []
     not_applied = 0
     for sfid, sent, *values in rows:
