@@ -213,7 +213,6 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, run: Run, job_ids
             (MIRROR_SCHEMA, policy.object.lower())).fetchall()}
         fields = sorted((f for f in policy.mask if f.lower() in mirrored), key=str.lower)
         cols = sql.SQL("").join(sql.SQL(", m.{}").format(column(f)) for f in fields)
-        conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")  # every row is read: not a first-rows plan
         rows = conn.cursor(name="retention_mirror_check")
         rows.itersize = 10_000
         rows.execute(sql.SQL("SELECT m.sfid, s.sent{} FROM {} c JOIN {} s ON s.sfid = c.sfid LEFT JOIN {} m ON "
