@@ -42,11 +42,11 @@ def test_one_run_spreads_over_two_celery_workers_and_does_what_the_policy_says(c
     assert tis and all(ti["state"] == "success" for ti in tis), tis
     # Every task instance of the run, mapped ones included, ran on one of the two workers, and both took some.
     assert {ti["hostname"] for ti in tis} == WORKERS, tis
-    # The mapped steps: four chunks each, ready together, shared by both workers.
+    # The mapped steps: four chunks each. Which worker takes which chunk is Redis's choice: a quick chunk may be
+    # done before the other worker asks for one, so the spread is asserted over the run, not per step.
     for task_id in ("delete_or_mask", "verify_in_salesforce"):
         chunks = [ti for ti in tis if ti["task_id"] == task_id]
         assert sorted(ti["map_index"] for ti in chunks) == [0, 1, 2, 3], chunks
-        assert {ti["hostname"] for ti in chunks} == WORKERS, chunks
     old = len(contacts.old)
     assert outcome(sandbox, POLICY["id"], contacts) == {
         # status, eligible, held, staged, retained, acted, failed, Salesforce's own count of the eligible
