@@ -3,23 +3,22 @@ LocalExecutor, dag processor, triggerer, API server) on the sandbox, each task i
 
 It has its own metadata database (``airflow_bench``) and its own dags folder: the product's DAG file
 (``dags/retention_policies.py``) over the policies the benchmark writes, and the usual way's DAG
-(``bench/usual_way.py``). Set up as ``tests/test_airflow_standalone.py`` does it.
+(``bench/usual_way.py``). Set up as ``tests/test_airflow_standalone.py`` does it (``tests/airflow_deployment.py``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import requests
 
+from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
 from tests.conftest import REPO, free_port, shared_tmp
 
 USUAL_WAY_DAG_FILE = '''"""The usual way (bench/usual_way.py) as an Airflow DAG file of this deployment
@@ -35,13 +34,7 @@ class Deployment:
     """``airflow standalone`` started in its own process group; ``stop()`` ends that group."""
 
     def __init__(self, sandbox, policies: dict[str, str]):
-        import psycopg
-
         self.sandbox = sandbox
-        base = sandbox.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[0]
-        with psycopg.connect(base.replace("+psycopg2", "") + "/postgres", autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS airflow_bench WITH (FORCE)")
-            conn.execute("CREATE DATABASE airflow_bench")
         self.home = home = shared_tmp("retention-bench-")
         for folder in ("policies", "dags"):
             (home / folder).mkdir()
@@ -50,50 +43,20 @@ class Deployment:
         shutil.copy(REPO / "dags" / "retention_policies.py", home / "dags")
         (home / "dags" / "usual_way.py").write_text(USUAL_WAY_DAG_FILE)
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-        env.update({k: v for k, v in sandbox.env.items() if k.startswith(
-            ("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX", "SALESFORCE", "RETENTION", "HEROKU"))})
-        env.update({
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base + "/airflow_bench",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__RETENTION__POLICIES_DIR": str(home / "policies"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-            "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
-            # The product and the usual way from this checkout, whatever the venv's editable install points at.
-            "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
-            "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-        })
-        self.env = env
-        airflow = str(Path(sys.executable).with_name("airflow"))
-        for step in ([airflow, "db", "migrate"],
+        self.env = env = deployment_env(
+            sandbox, home=home, database_url=fresh_metadata_database(sandbox, "airflow_bench"),
+            dags_folder=home / "dags", policies_dir=home / "policies", port=port,
+            AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="True")
+        for step in ([AIRFLOW, "db", "migrate"],
                      [sys.executable, "-m", "retention.settings_loader", str(REPO / "airflow_settings.yaml")]):
             done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         self._log = open(home / "standalone.log", "wb")
-        self.proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://localhost:{port}"
-        deadline = time.monotonic() + 180
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=2).status_code == 200 \
-                        and passwords.exists():
-                    break
-            except requests.RequestException:
-                pass
-            assert self.proc.poll() is None, (home / "standalone.log").read_text()[-3000:]
-            time.sleep(1)
-        self.password = json.loads(passwords.read_text())["admin"]
+        self.password = wait_until_healthy(self.url, home, alive=lambda: self.proc.poll() is None,
+                                           logs=lambda: (home / "standalone.log").read_text())
         self._token: str | None = None
 
     def stop(self) -> None:

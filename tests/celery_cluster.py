@@ -15,13 +15,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+from tests.airflow_deployment import AIRFLOW, REPO, deployment_env, fresh_metadata_database, wait_until_healthy
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 # Each worker names the host it runs on through [core] hostname_callable, which is where a task instance's
 # hostname comes from: two workers on one machine would otherwise record the same name.
@@ -201,50 +200,29 @@ class CeleryAirflow:
 def start_celery_airflow(sandbox, policies: list[dict], *, workers: int, home: Path) -> CeleryAirflow:
     """Redis, a fresh metadata database, the scheduler, API server, dag processor and ``workers`` Celery workers
     (``worker-1`` ...), on ``policies`` (written as YAML into ``home``). Returns once the API answers."""
-    import psycopg
-    import requests
     import yaml
 
     from tests.conftest import free_port
 
-    base = sandbox.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[0]
     database = f"airflow_celery_{home.name.replace('-', '_').lower()}"
-    with psycopg.connect(base.replace("+psycopg2", "") + "/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {database}")
+    database_url = fresh_metadata_database(sandbox, database)
     folder = home / "policies"
     folder.mkdir()
     for policy in policies:
         (folder / f"{policy['id']}.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({k: v for k, v in sandbox.env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX",
-                                                                      "SALESFORCE", "RETENTION", "HEROKU"))})
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{base}/{database}",
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+    env = deployment_env(
+        sandbox, home=home, database_url=database_url, dags_folder=REPO / "dags", policies_dir=folder, port=port,
+        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+        AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{redis_port}/0",
         # Celery's results in the metadata database (the provider's default spelled out: db+ and the same URL).
-        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{base.replace('+psycopg2', '')}/{database}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__RETENTION__POLICIES_DIR": str(folder),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        AIRFLOW__CELERY__RESULT_BACKEND="db+" + database_url.replace("+psycopg2", ""),
         # Only the test's manual-only policies are here: unpaused at once, nothing runs until triggered.
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW__CORE__FERNET_KEY": os.environ.get("AIRFLOW__CORE__FERNET_KEY", ""),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),  # one secret for the API server and every worker
-        "AIRFLOW__API__SECRET_KEY": os.urandom(16).hex(),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)]),
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-    })
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        AIRFLOW__CORE__FERNET_KEY=os.environ.get("AIRFLOW__CORE__FERNET_KEY", ""),
+        AIRFLOW__API_AUTH__JWT_SECRET=os.urandom(16).hex(),  # one secret for the API server and every worker
+        AIRFLOW__API__SECRET_KEY=os.urandom(16).hex(),
+    )
     cluster = CeleryAirflow(home=home, env=env, url=f"http://localhost:{port}")
     # Debian's redis-server in the foreground, in memory only, on its own port: nothing outlives the fixture.
     cluster.start("redis", [REDIS_SERVER, "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(home),
@@ -256,22 +234,9 @@ def start_celery_airflow(sandbox, policies: list[dict], *, workers: int, home: P
             cluster.start(name, [AIRFLOW, name])
         for n in range(1, workers + 1):
             cluster.start_worker(f"worker-{n}")
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{cluster.url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            dead = [n for n, p in cluster.procs.items() if p.poll() is not None]
-            assert not dead and time.monotonic() < deadline, "\n".join(cluster.log(n)[-2000:]
-                                                                         for n in dead or ["api-server"])
-            time.sleep(1)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        while not passwords.exists():
-            assert time.monotonic() < deadline, "no simple auth manager password file"
-            time.sleep(0.5)
-        cluster.password = json.loads(passwords.read_text())["admin"]
+        dead = lambda: [n for n, p in cluster.procs.items() if p.poll() is not None]  # noqa: E731
+        cluster.password = wait_until_healthy(cluster.url, home, alive=lambda: not dead(), logs=lambda: "\n".join(
+            cluster.log(n)[-2000:] for n in dead() or ["api-server"]))
         # airflow_settings.yaml's pool, through the API (what `airflow pools import` would do, without its start-up).
         settings = yaml.safe_load((REPO / "airflow_settings.yaml").read_text())["airflow"]
         for pool in settings["pools"]:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
 from tests.conftest import REPO, free_port, shared_tmp
 from tests.policy_support import cache_rows, org_rows, place_hold, store_rows
 
@@ -130,12 +131,6 @@ PURGE_DAG = "retention_store_purge"
 def standalone(sandbox):
     """``airflow standalone`` on its own metadata database (a live scheduler must not see the DAG runs that
     other tests make with dag.test()), with the repository's dags folder and the sandbox's connections."""
-    import psycopg
-
-    base = sandbox.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[0]
-    with psycopg.connect(base.replace("+psycopg2", "") + "/postgres", autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS airflow_ui WITH (FORCE)")
-        conn.execute("CREATE DATABASE airflow_ui")
     home = shared_tmp("retention-ui-")
     policies = home / "policies"
     policies.mkdir()
@@ -146,53 +141,25 @@ def standalone(sandbox):
     for policy_id, text in KIND_POLICIES.items():
         (policies / f"{policy_id}.yaml").write_text(text)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update({k: v for k, v in sandbox.env.items() if k.startswith(("AIRFLOW_CONN_", "REQUESTS_CA", "SANDBOX",
-                                                                      "SALESFORCE", "RETENTION", "HEROKU"))})
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": base + "/airflow_ui",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__RETENTION__POLICIES_DIR": str(policies),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        # The Connect sensor then waits in the triggerer, as a deployment with this setting runs it.
-        "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE": "True",
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-    })
+    env = deployment_env(sandbox, home=home, database_url=fresh_metadata_database(sandbox, "airflow_ui"),
+                         dags_folder=REPO / "dags", policies_dir=policies, port=port,
+                         # The Connect sensor then waits in the triggerer, as a deployment with this setting runs it.
+                         AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="True")
     # A store password, as a deployment's credential has one (the sandbox's Postgres trusts local connections):
     # the last test looks for it in everything the deployment wrote.
     store = json.loads(env["AIRFLOW_CONN_RETENTION_STORE"])
     env["AIRFLOW_CONN_RETENTION_STORE"] = json.dumps({**store, "password": f"Standalone pw/{os.urandom(6).hex()}+&"})
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    for step in ([airflow, "db", "migrate"],
+    for step in ([AIRFLOW, "db", "migrate"],
                  [sys.executable, "-m", "retention.settings_loader", str(REPO / "airflow_settings.yaml")]):
         done = subprocess.run(step, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     log = open(home / "standalone.log", "wb")
-    proc = subprocess.Popen([airflow, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://localhost:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None, (home / "standalone.log").read_text()[-3000:]
-        time.sleep(1)
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    while not passwords.exists() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    yield {"url": url, "password": json.loads(passwords.read_text())["admin"], "home": home, "env": env,
+    password = wait_until_healthy(url, home, alive=lambda: proc.poll() is None,
+                                  logs=lambda: (home / "standalone.log").read_text())
+    yield {"url": url, "password": password, "home": home, "env": env,
            "daily_at": (at.hour, at.minute)}
     os.killpg(proc.pid, signal.SIGINT)
     try:
