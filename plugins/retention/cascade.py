@@ -272,12 +272,12 @@ def ensure_cache_tables(conn, policy: Policy, types: dict[str, dict[str, str]]) 
         external_views.ensure(conn, policy, child.retain.table, external_views.visible(child.retain), child=True)
 
 
-def load(conn, policy: Policy, run: Run) -> list[int]:
+def load(conn, policy: Policy, run: Run, *, reader=None) -> list[int]:
     """Upsert each child's subset into its cache table, in the caller's transaction (with the parent's)."""
     from retention.cache import upsert_retained
 
     return [upsert_retained(conn, child.retain.table, list(child.retain.fields), subset_table(run, n), policy, run,
-                            parent=True)
+                            parent=True, reader=reader)
             for n, child in enumerate(policy.cascade)]
 
 

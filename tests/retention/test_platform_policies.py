@@ -153,8 +153,8 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
 
     real_load, real_pending = cascade.load, act.pending_ids
 
-    def load_then_add(conn, policy, run):
-        counts = real_load(conn, policy, run)
+    def load_then_add(conn, policy, run, **kwargs):
+        counts = real_load(conn, policy, run, **kwargs)
         a_colleague_adds_a_contact()
         return counts
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 from psycopg import sql
 
-from retention.cache import column, table, table_exists
+from retention.cache import analyze, column, table, table_exists
 from retention.hooks.store import MIRROR_SCHEMA
 from retention.steps.results import Reported, Task
 from retention.steps.run import RetentionError, release
@@ -51,6 +51,10 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
             raise RetentionError(reported.message)
         return reported
     acted = acted or Acted()
+    with store.connect() as conn:
+        # The act moved every record from pending to done since load's statistics: planned on those, the checks
+        # below (this execution's records, the mirror's values against those sent) ran by nested loops for minutes.
+        analyze(conn, table(policy.retain.table), run.sent)
     # Jobs an earlier, unreported execution of the run settled (a chunk done before a crash, then the run cleared)
     # are this execution's evidence too.
     acted.bulk_job_ids = list(dict.fromkeys([*acted.bulk_job_ids, *unreported_jobs(store, policy, run)]))

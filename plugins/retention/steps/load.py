@@ -1,8 +1,9 @@
 """subset and load: project and transform the retained fields inside Postgres, then commit them to the cache.
 
 ``subset`` writes ``<run key>__subset`` (sfid plus each retained field through its transform) from the staging
-table, set-based; ``load`` upserts it into ``cache.<table>`` in one transaction, keyed by sfid, so re-running
-either rewrites the same rows and never duplicates them. Cascade children go the same way into their own tables.
+table, set-based; ``load`` writes it into ``cache.<table>`` in one transaction (new rows by ``COPY``), keyed by
+sfid, so re-running either rewrites the same rows and never duplicates them. Cascade children go the same way
+into their own tables.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from psycopg import sql
 
-from retention.cache import column, upsert_retained
+from retention.cache import analyze, column, table, upsert_retained
 from retention.encryption import KEY_CONN_ID
 from retention.hooks.store import LEDGER_SCHEMA
 from retention.steps.run import RetentionError
@@ -115,10 +116,14 @@ def _encrypt_subset(conn, subset: sql.Identifier, cache_table: str, names: list[
 
 def load(store: RetentionStoreHook, policy: Policy, run: Run) -> int:
     """The load step: upsert the subset (and each cascade child's) into the cache in one transaction (idempotent);
-    returns the parent rows written."""
+    returns the parent rows written. A second connection streams the new rows out of the subset tables (which
+    the subset step committed) while the first copies them in."""
     from retention import cascade
 
-    with store.connect() as conn:
-        rows = upsert_retained(conn, policy.retain.table, list(policy.retain.fields), run.subset, policy, run)
-        cascade.load(conn, policy, run)
+    with store.connect() as conn, store.connect() as reader:
+        rows = upsert_retained(conn, policy.retain.table, list(policy.retain.fields), run.subset, policy, run,
+                               reader=reader)
+        cascade.load(conn, policy, run, reader=reader)
+    with store.connect() as conn:  # committed: validate's and act's queries are planned on what was loaded
+        analyze(conn, table(policy.retain.table), *(table(child.retain.table) for child in policy.cascade))
     return rows
