@@ -48,8 +48,12 @@ class Relationship:
     name: str
 
 
+def staging_name(run: Run, n: int) -> str:
+    return f"{run.run_key}__c{n}"
+
+
 def staging(run: Run, n: int) -> sql.Identifier:
-    return sql.Identifier(STAGING_SCHEMA, f"{run.run_key}__c{n}")
+    return sql.Identifier(STAGING_SCHEMA, staging_name(run, n))
 
 
 def subset_table(run: Run, n: int) -> sql.Identifier:
@@ -281,17 +285,10 @@ def load(conn, policy: Policy, run: Run, *, reader=None) -> list[int]:
             for n, child in enumerate(policy.cascade)]
 
 
-def retained_query(policy: Policy, run: Run, n: int) -> sql.Composed:
+def retained_query(policy: Policy, run: Run, n: int, columns: str = "c.*") -> sql.Composed:
     child = policy.cascade[n]
-    return sql.SQL("SELECT c.* FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
-        cache_table(child), staging(run, n), sql.Literal(run.run_key))
-
-
-def counts(conn, policy: Policy, run: Run) -> list[tuple[int, int]]:
-    """(staged, retained) per child, as the store holds them now."""
-    retained = [conn.execute(sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run, n))
-                             ).fetchone()[0] for n in range(len(policy.cascade))]
-    return list(zip(staged_counts(conn, policy, run), retained, strict=True))
+    return sql.SQL("SELECT {} FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
+        sql.SQL(columns), cache_table(child), staging(run, n), sql.Literal(run.run_key))
 
 
 def org_count_soql(policy: Policy, run: Run, n: int, date_type: str) -> str:

@@ -93,21 +93,27 @@ def gx_connection_string(store_url: str) -> str:
 
 def validate_retained(store_url: str, *, schema: str, table: str, run_column: str, run_value: str, counts: RowCounts,
                       policy_id: str, run_label: str, docs_dir: Path | None = None,
-                      query: Any = None) -> ValidationResult:
+                      query: Any = None, batch_table: tuple[str, str] | None = None) -> ValidationResult:
     """Check the retained rows of one run with GX, plus the step counts; success only if everything agrees.
 
     GX checks the rows in the store (row count == eligible, sfid unique and not null); the step counts
     are compared in plain Python. With ``docs_dir`` a file context there gets a Checkpoint that writes
     Data Docs, and ``details["data_docs"]`` is the index.html path. ``query`` replaces the default batch
-    (this run's rows by ``run_column``). Connection errors propagate: no verdict is not a pass.
+    (this run's rows by ``run_column``); ``batch_table`` (schema, name) is a table holding exactly the rows to
+    check, validated whole as a GX table asset (GX reads a table's columns from the catalog, where a query batch
+    is run in full and fetched to learn them). Connection errors propagate: no verdict is not a pass.
     """
     default_query = run_query(schema=schema, table=table, run_column=run_column, run_value=run_value)
     # A caller may narrow the batch further (a psycopg.sql query over the same rows, e.g. joined with the
     # run's staging table so that rows an earlier attempt of the run already settled are not counted).
     query = query.as_string() if hasattr(query, "as_string") else (query or default_query)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    gx_result, docs_index = _run_gx(gx_connection_string(store_url), query, counts.eligible, policy_id, run_value,
-                                    docs_dir)
+    if batch_table is not None:
+        for name in batch_table:
+            if not _IDENTIFIER.fullmatch(name):
+                raise ValueError(f"refusing SQL identifier {name!r}")
+    gx_result, docs_index = _run_gx(gx_connection_string(store_url), batch_table or query, counts.eligible,
+                                    policy_id, run_value, docs_dir)
 
     expectations = _trim_expectations(gx_result.get("expectations", []))
     by_type = {e["expectation_type"]: e for e in expectations}
@@ -161,9 +167,10 @@ def _trim_expectations(items: list[dict]) -> list[dict]:
     return trimmed
 
 
-def _run_gx(connection_string: str, query: str, expected_rows: int, policy_id: str, run_value: str,
-            docs_dir: Path | None) -> tuple[dict, Path | None]:
-    """Run the suite on the query batch; returns GX's ``describe_dict()`` and the Data Docs index, if any."""
+def _run_gx(connection_string: str, source: str | tuple[str, str], expected_rows: int, policy_id: str,
+            run_value: str, docs_dir: Path | None) -> tuple[dict, Path | None]:
+    """Run the suite on the batch (a query, or a (schema, table) validated whole); returns GX's
+    ``describe_dict()`` and the Data Docs index, if any."""
     import logging
 
     import great_expectations as gx
@@ -191,7 +198,10 @@ def _run_gx(connection_string: str, query: str, expected_rows: int, policy_id: s
     try:
         datasource = context.data_sources.add_or_update_postgres(
             name=name, connection_string="${" + _URL_VARIABLE + "}")
-        asset = datasource.add_query_asset(name="retained_run", query=query)
+        if isinstance(source, tuple):
+            asset = datasource.add_table_asset(name="retained_run", schema_name=source[0], table_name=source[1])
+        else:
+            asset = datasource.add_query_asset(name="retained_run", query=source)
         batch = asset.add_batch_definition_whole_table(name="whole")
         suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=[
             gx.expectations.ExpectTableRowCountToEqual(value={"$PARAMETER": _ROW_COUNT_PARAMETER}),

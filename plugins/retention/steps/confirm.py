@@ -281,8 +281,13 @@ def write_ledger(store: RetentionStoreHook, policy: Policy, run: Run, *, counts:
 
 def drop_staging(store: RetentionStoreHook, run: Run, policy: Policy | None = None) -> None:
     from retention import cascade
+    from retention.hooks.store import STAGING_SCHEMA
+    from retention.steps.validate import gate_name
 
     children = cascade.tables(run, policy) if policy is not None else []
+    # Validate drops its gate tables itself; one is left only if its process died in between.
+    gates = [sql.Identifier(STAGING_SCHEMA, gate_name(name)) for name in (
+        run.run_key, *(cascade.staging_name(run, n) for n in range(len(policy.cascade) if policy else 0)))]
     with store.connect() as conn:
-        for name in (run.staging, run.subset, run.sent, *children):
+        for name in (run.staging, run.subset, run.sent, *children, *gates):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(name))

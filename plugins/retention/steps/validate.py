@@ -4,17 +4,19 @@ cascade child. A failure stops the run with the numbers, and nothing is deleted 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import structlog
 from psycopg import sql
 
 from retention.cache import table
-from retention.hooks.store import CACHE_SCHEMA
+from retention.hooks.store import CACHE_SCHEMA, STAGING_SCHEMA
 from retention.steps.results import ChildValidated, Chunk, Validated
 from retention.steps.run import RetentionError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
@@ -32,22 +34,46 @@ def validate(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy,
     """The step: one Salesforce login for the parents' count and the children's; Data Docs in ``docs_dir``."""
     from retention.validation import RowCounts, validate_retained
 
-    staged, retained = store_counts(store, policy, run)
-    # The org counts every record matching the policy, including held ones and ones an earlier run already
-    # retained and masked; what remains must equal this run's eligible count.
-    in_org = sf.count(extracted.count_soql)
-    org_eligible = in_org - extracted.held - extracted.done - len(extracted.blocked)
-    counts = RowCounts(eligible=extracted.eligible, staged=staged, retained=retained, salesforce=org_eligible)
-    result = validate_retained(
-        store.get_uri(), query=retained_query(policy, run), schema=CACHE_SCHEMA, table=policy.retain.table,
-        run_column="_retention_run", run_value=run.run_key, counts=counts, policy_id=policy.id,
-        run_label=run.run_key, docs_dir=docs_dir,
-    )
+    with gate_table(store, run.run_key, retained_query(policy, run), run.staging) as (batch, staged, retained):
+        # The org counts every record matching the policy, including held ones and ones an earlier run already
+        # retained and masked; what remains must equal this run's eligible count.
+        in_org = sf.count(extracted.count_soql)
+        org_eligible = in_org - extracted.held - extracted.done - len(extracted.blocked)
+        counts = RowCounts(eligible=extracted.eligible, staged=staged, retained=retained, salesforce=org_eligible)
+        result = validate_retained(
+            store.get_uri(), batch_table=batch, schema=CACHE_SCHEMA, table=policy.retain.table,
+            run_column="_retention_run", run_value=run.run_key, counts=counts, policy_id=policy.id,
+            run_label=run.run_key, docs_dir=docs_dir,
+        )
     _gate(result, counts)
     return Validated(message=result.message, counts=result.details.get("counts"), salesforce_total=in_org,
                      data_docs=result.details.get("data_docs"),
                      children=_children(store, sf, policy, run, extracted, docs_dir),
                      chunks=plan_chunks(store, policy, run))
+
+
+def gate_name(name: str) -> str:
+    """The gate's working table for the run (or cascade child) whose staging table is ``name``: lower case, as GX
+    names a table asset's table unquoted."""
+    return f"{name.lower()}__gate"
+
+
+@contextmanager
+def gate_table(store: RetentionStoreHook, name: str, retained: sql.Composable,
+               staging: sql.Identifier) -> Iterator[tuple[tuple[str, str], int, int]]:
+    """The rows the gate checks, taken once from the cache into a working table ``<name>__gate`` (one join of the
+    cache with staging, where Great Expectations would run it again for each of its queries); yields its (schema,
+    table) for GX, the staged count and the retained count, and drops it after."""
+    gate = sql.Identifier(STAGING_SCHEMA, gate_name(name))
+    with store.connect() as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(gate))
+        retained_rows = conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(gate, retained)).rowcount
+        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
+    try:
+        yield (STAGING_SCHEMA, gate_name(name)), staged, retained_rows
+    finally:
+        with store.connect() as conn:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(gate))
 
 
 def plan_chunks(store: RetentionStoreHook, policy: Policy, run: Run) -> list[Chunk]:
@@ -66,18 +92,9 @@ def plan_chunks(store: RetentionStoreHook, policy: Policy, run: Run) -> list[Chu
 
 def retained_query(policy: Policy, run: Run) -> sql.Composed:
     """This run's retained rows: cache rows of the staged records, written by this run. Their sfid only: it is all
-    the gate checks, and each of its queries joins the cache with staging again (narrow rows, less to hash)."""
+    the gate checks."""
     return sql.SQL("SELECT c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = {}").format(
         table(policy.retain.table), run.staging, sql.Literal(run.run_key))
-
-
-def store_counts(store: RetentionStoreHook, policy: Policy, run: Run) -> tuple[int, int]:
-    """(staged, retained) as the store holds them now."""
-    with store.connect() as conn:
-        staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
-        retained = conn.execute(
-            sql.SQL("SELECT count(*) FROM ({}) r").format(retained_query(policy, run))).fetchone()[0]
-    return staged, retained
 
 
 def _gate(result, counts) -> None:
@@ -101,18 +118,17 @@ def _children(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy
     out: dict[str, ChildValidated] = {}
     if not policy.cascade:
         return out
-    with store.connect() as conn:
-        stored = cascade.counts(conn, policy, run)
     for n, (child, info) in enumerate(zip(policy.cascade, extracted.children, strict=True)):
-        staged, retained = stored[n]
         in_org = sf.count(cascade.org_count_soql(policy, run, n, extracted.date_type))
-        counts = RowCounts(eligible=info.staged, staged=staged, retained=retained,
-                           salesforce=in_org - (info.candidates - info.staged))
-        result = validate_retained(
-            store.get_uri(), query=cascade.retained_query(policy, run, n), schema=CACHE_SCHEMA,
-            table=child.retain.table, run_column="_retention_run", run_value=run.run_key, counts=counts,
-            policy_id=policy.id, run_label=f"{run.run_key} ({child.object})", docs_dir=docs_dir,
-        )
+        with gate_table(store, cascade.staging_name(run, n), cascade.retained_query(policy, run, n, "c.sfid"),
+                        cascade.staging(run, n)) as (batch, staged, retained):
+            counts = RowCounts(eligible=info.staged, staged=staged, retained=retained,
+                               salesforce=in_org - (info.candidates - info.staged))
+            result = validate_retained(
+                store.get_uri(), batch_table=batch, schema=CACHE_SCHEMA, table=child.retain.table,
+                run_column="_retention_run", run_value=run.run_key, counts=counts, policy_id=policy.id,
+                run_label=f"{run.run_key} ({child.object})", docs_dir=docs_dir,
+            )
         _gate(result, counts)
         out[child.object] = ChildValidated(counts=result.details.get("counts"), salesforce_candidates=in_org)
     return out
