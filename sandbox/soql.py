@@ -681,13 +681,14 @@ class _Compiler:
                    sql.SQL("{} IS NOT NULL").format(col)]
         if sub.where is not None:
             filters.append(inner.condition(sub.where))
-        select = sql.SQL("SELECT {} FROM {} AS {}{} WHERE {}").format(
-            col, sql.Identifier(SCHEMA, inner_obj.table), sql.Identifier(inner.alias), inner.join_sql(),
-            sql.SQL(" AND ").join(filters))
+        source = sql.SQL("FROM {} AS {}{}").format(sql.Identifier(SCHEMA, inner_obj.table),
+                                                     sql.Identifier(inner.alias), inner.join_sql())
         if node.op == "IN":
-            return sql.SQL("{} IN ({})").format(expr, select)
-        # A null on the left is in no set: an anti-join keeps it.
-        return sql.SQL("({e} IS NULL OR {e} NOT IN ({s}))").format(e=expr, s=select)
+            return sql.SQL("{} IN (SELECT {} {} WHERE {})").format(expr, col, source, sql.SQL(" AND ").join(filters))
+        # A null on the left is in no set: an anti-join keeps it, as NOT EXISTS does. Not `NOT IN (SELECT ...)`:
+        # Postgres can only hash that sub-select while it fits work_mem, and otherwise scans it once per row.
+        return sql.SQL("NOT EXISTS (SELECT 1 {} WHERE {})").format(
+            source, sql.SQL(" AND ").join([*filters, sql.SQL("{} = {}").format(col, expr)]))
 
     def join_sql(self) -> sql.Composable:
         joins = []

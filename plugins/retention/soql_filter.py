@@ -637,9 +637,10 @@ def to_sql(
             params.extend(inner_params)  # the inner placeholders come after the outer ones rendered so far
         exists = sql.SQL("EXISTS (SELECT 1 FROM {} AS {} WHERE {})").format(
             table, sql.Identifier(alias), sql.SQL(" AND ").join(inner))
-        if node.op == "IN":
-            return exists
-        return sql.SQL("({} IS NULL OR NOT {})").format(col, exists)
+        # NOT EXISTS alone keeps a null on the left too (it equals nothing). Not `col IS NULL OR NOT EXISTS`:
+        # under OR, Postgres cannot plan an anti join, and scans the other table once per row when its ids do not
+        # fit work_mem (a million contacts against 250,000 cases).
+        return exists if node.op == "IN" else sql.SQL("NOT {}").format(exists)
 
     def bind(value: Any) -> sql.Composable:
         params.append(value)
