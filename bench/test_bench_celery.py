@@ -6,9 +6,11 @@ Reports each run's wall time (trigger to end), its tasks' times and hosts, and t
 The machine's 2 cores are shared by the sandbox, Postgres, the scheduler and both workers, so the ratio is
 reported, not asserted: what is asserted is that both runs leave the same outcome (ledger counts, retained rows,
 records deleted) and that the two-worker run used both workers. Sizes: ``BENCH_CELERY_CONTACTS`` contacts past
-the cutoff per run (default 2,000), with 20 held and 200 recent ones beside them.
+the cutoff per run (default 2,000), with 20 held and 200 recent ones beside them; ``BENCH_CELERY_CHUNK`` records
+per chunk of the mapped act and read-back (default 250,000, the product's default).
 
-    PYTHONPATH=$PWD/plugins:$PWD .venv/bin/python -m pytest bench/test_bench_celery.py --benchmark-only -s
+    BENCH_CELERY_CONTACTS=100000 BENCH_CELERY_CHUNK=25000 PYTHONPATH=$PWD/plugins:$PWD \
+        .venv/bin/python -m pytest bench/test_bench_celery.py --benchmark-only -s
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from tests.celery_cluster import delete_policy, make_contacts, outcome, start_ce
 from tests.conftest import shared_tmp
 
 OLD = int(os.environ.get("BENCH_CELERY_CONTACTS", "2000"))
+# The act and the read-back are mapped over chunks of this many records: the steps two workers can share.
+CHUNK = int(os.environ.get("BENCH_CELERY_CHUNK", "250000"))
 POLICIES = {workers: delete_policy(f"bench_celery_{workers}w", f"Celery bench {workers}w") for workers in (1, 2)}
 for _policy in POLICIES.values():
-    _policy["guards"] = {"max_records_per_run": max(50_000, OLD)}
+    _policy["guards"] = {"max_records_per_run": max(50_000, OLD), "chunk_records": CHUNK}
 # Run first, on a few records with both workers: the first run after start pays for what every later one finds
 # warm (imports in the workers' pool processes, the API server's first requests), which is no worker's share.
 WARM_UP = delete_policy("bench_celery_warm_up", "Celery bench warm-up")
