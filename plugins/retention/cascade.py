@@ -162,6 +162,7 @@ def stage_from_salesforce(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Ru
         for page in sf.query_pages(child.object, _child_soql(child.object, child.relationship, fields, parents)):
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
+            del page  # before the next page is downloaded
         candidates = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging(run, n))).fetchone()[0]
         conn.execute(sql.SQL("DELETE FROM {t} c WHERE c.{rel} IS NULL OR c.{rel} NOT IN (SELECT sfid FROM {p})")
                      .format(t=staging(run, n), rel=_column(child.relationship), p=run.staging))

@@ -291,3 +291,18 @@ def test_get_deleted_needs_more_than_a_minute(sf):
         sf.Contact.deleted(end - dt.timedelta(seconds=30), end)
     assert _code(err) == "INVALID_REPLICATION_DATE"
     assert "deletedRecords" in sf.Contact.deleted(end - dt.timedelta(hours=1), end)
+
+
+def test_lookup_and_master_detail_fields_are_indexed(sandbox):
+    """"The platform maintains indexes on the following fields for most objects: ... Foreign key relationships
+    (lookups and master-detail)" (Large Data Volumes best practices, "Indexes":
+    https://developer.salesforce.com/docs/platform/salesforce-large-data-volumes-bp/guide/ldv-deployments-infrastructure-indexes.html).
+    The org's own work on a delete reads them (a record's children), as Salesforce's does."""
+    from sandbox.objects import OBJECTS
+
+    references = {(obj.table, f.column) for obj in OBJECTS.values() for f in obj.fields if f.type == "reference"}
+    indexed = {(r["table"], r["col"]) for r in org_rows(sandbox, """
+        SELECT t.relname AS table, a.attname AS col FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace JOIN pg_attribute a ON a.attrelid = t.oid
+        AND a.attnum = i.indkey[0] WHERE n.nspname = 'org'""")}
+    assert ("case", "contactid") in references and references <= indexed, references - indexed

@@ -31,9 +31,10 @@ DEFAULT_API_VERSION = "66.0"
 # password and security token connection at such a version can only fail, so the hook says why before calling.
 SOAP_LOGIN_UNAVAILABLE_FROM = 65.0
 
-# Salesforce keeps a Bulk 2.0 query's pages for days. Each page is an API call: 200,000 rows a page (tens of MB of
-# CSV, streamed into COPY one page at a time) keeps a million-record extract to five.
-QUERY_PAGE_SIZE = 200_000
+# Salesforce keeps a Bulk 2.0 query's pages for days. Each page is an API call: 100,000 rows a page (tens of MB of
+# CSV, streamed into COPY one page at a time) keeps a million-record extract to ten, and bounds the extracting
+# worker's memory whatever the run's size (docs/benchmarks.md).
+QUERY_PAGE_SIZE = 100_000
 # Each page downloaded is an API call; an Id is 21 bytes of CSV, so 500,000 Ids make a ~10 MB page and a million
 # Ids cost two calls. maxRecords has no documented maximum ("still subject to the size limits": Get Results for a
 # Query Job).
@@ -253,8 +254,10 @@ class SalesforceBulk2Hook(SalesforceHook):
         locator = ""
         while True:
             page = client.get_query_results(job["id"], locator, page_size or QUERY_PAGE_SIZE)
-            yield page["records"]
-            locator = page["locator"]
+            locator, records = page["locator"], page.pop("records")
+            del page
+            yield records
+            del records  # before the next download: one page in memory at a time (the caller drops its own)
             if not locator:
                 break
 
@@ -327,17 +330,17 @@ class SalesforceBulk2Hook(SalesforceHook):
                 raise TimeoutError(f"Bulk job {job_id} still {job['state']} after {timeout:.0f}s")
         raise AssertionError("poll_delays never ends")
 
-    def outcomes(self, object_name: str, job_id: str) -> list[RecordOutcome]:
-        """Every record's outcome in a finished ingest job (successes, failures, never-processed)."""
+    def outcomes(self, object_name: str, job_id: str) -> Iterator[RecordOutcome]:
+        """Every record's outcome in a finished ingest job (successes, failures, never-processed), one at a time:
+        the caller writes them on as they come, so a job's outcomes are never all held at once."""
         client = self._client(object_name)
         # Successes are most of a job and need only their Id: read them row by row, never as dicts.
-        out = [RecordOutcome(record_id, True) for record_id in _first_column(
-            client.get_ingest_results(job_id, "successfulResults"), "sf__Id")]
-        out += [RecordOutcome(row["sf__Id"] or row.get("Id", ""), False, row["sf__Error"])
-                for row in _rows(client.get_ingest_results(job_id, "failedResults"))]
-        out += [RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
-                for row in _rows(client.get_ingest_results(job_id, "unprocessedrecords"))]
-        return out
+        for record_id in _first_column(client.get_ingest_results(job_id, "successfulResults"), "sf__Id"):
+            yield RecordOutcome(record_id, True)
+        for row in _rows(client.get_ingest_results(job_id, "failedResults")):
+            yield RecordOutcome(row["sf__Id"] or row.get("Id", ""), False, row["sf__Error"])
+        for row in _rows(client.get_ingest_results(job_id, "unprocessedrecords")):
+            yield RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
 
 
 def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Iterator[float]:
@@ -373,9 +376,19 @@ def _version_number(version: str) -> float:
         return 0.0  # not a version number: Salesforce itself refuses it
 
 
+def _lines(text: str) -> Iterator[str]:
+    """The lines of ``text`` one at a time (``io.StringIO`` would copy it whole first, at four bytes a character)."""
+    start, size = 0, len(text)
+    while start < size:
+        end = text.find("\n", start)
+        end = size if end < 0 else end + 1
+        yield text[start:end]
+        start = end
+
+
 def _first_column(text: str, name: str) -> Iterator[str]:
     """The values of the CSV's first column (which must be ``name``), row by row."""
-    rows = csv.reader(io.StringIO(text))
+    rows = csv.reader(_lines(text))
     header = next(rows, None)
     if header is None:
         return
@@ -385,8 +398,8 @@ def _first_column(text: str, name: str) -> Iterator[str]:
         yield row[0]
 
 
-def _rows(text: str) -> list[dict]:
-    return list(csv.DictReader(io.StringIO(text))) if text.strip() else []
+def _rows(text: str) -> Iterator[dict]:
+    return csv.DictReader(_lines(text)) if text.strip() else iter(())
 
 
 def to_csv(header: list[str], rows) -> str:

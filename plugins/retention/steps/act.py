@@ -206,9 +206,14 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
         for row in rows:
             masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
             sent.append((row[0], json.dumps({f: masked.get(f) for f in fields}, default=str)))
+            if len(sent) >= SENT_BATCH:  # into the writer's transaction, committed with the upload's last ones
+                _copy_sent(writer, run, sent)
             yield row[0], _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)])
 
     with store.connect() as reader, store.connect() as writer:
+        # A run's chunks act at once, and two CREATE TABLE IF NOT EXISTS at once can both try to create the table
+        # (a unique violation in Postgres's catalog): the first to take the lock creates it, the others find it.
+        writer.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (run.sent.as_string(writer),))
         writer.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (sfid varchar(18) PRIMARY KEY, sent jsonb NOT NULL)")
                        .format(run.sent))
         # Records sent again (their earlier job never got them) replace what was kept for them.
@@ -221,16 +226,21 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
         rows.execute(sql.SQL("SELECT {} FROM {} s JOIN unnest(%s::text[]) AS i(sfid) ON i.sfid = s.sfid "
                              "ORDER BY s.sfid").format(cols, run.staging), (ids,))
         for upload in _uploads(_csv_line(["Id", *fields]), lines(rows), limit):
-            _save_sent(writer, run, sent)  # the upload's records (and perhaps the next one's first: harmless)
-            sent.clear()
+            _copy_sent(writer, run, sent)  # the upload's records (and perhaps the next one's first: harmless)
+            writer.commit()
             yield upload
 
 
-def _save_sent(conn, run: Run, sent: list[tuple[str, str]]) -> None:
+# Masked values kept per COPY into the run's sent table: bounds the worker's memory whatever the upload's size.
+SENT_BATCH = 10_000
+
+
+def _copy_sent(conn, run: Run, sent: list[tuple[str, str]]) -> None:
+    """Copy ``sent`` into the run's sent table in ``conn``'s transaction, and empty it."""
     with conn.cursor().copy(sql.SQL("COPY {} (sfid, sent) FROM STDIN").format(run.sent)) as copy:
         for item in sent:
             copy.write_row(item)
-    conn.commit()
+    sent.clear()
 
 
 def _csv_line(values: list) -> bytes:
@@ -316,25 +326,23 @@ def record_outcomes(store: RetentionStoreHook, policy: Policy, run: Run, job_id:
                     processed_only: bool = False) -> dict[str, int]:
     """Write each record's outcome beside its retained row; refused and failed records stay retained and are
     reported with Salesforce's code. ``processed_only``: leave out the rows the job never reached (a job that
-    stopped part way), which go out again instead."""
-    done: list[str] = []
-    others: list[tuple[str, str, str]] = []
-    for o in outcomes:
-        if processed_only and (o.error or "").startswith("UNPROCESSED:"):
-            continue
-        status = outcome_status(policy, o)
-        if status == "done":
-            done.append(o.record_id)
-        else:
-            others.append((status, o.error, o.record_id))
-    target = table(policy.retain.table)
+    stopped part way), which go out again instead. The outcomes are copied into the store as they are read (a
+    quarter of a million per job), then written in one statement, in one transaction."""
+    counts = {"done": 0, "refused": 0, "failed": 0}
+    landed = sql.Identifier("retention_outcomes")
     with store.connect() as conn:
-        conn.execute(sql.SQL("UPDATE {} SET _action_status = 'done', _action_error = NULL, _action_at = now(), "
-                             "_bulk_job_id = %s WHERE sfid = ANY(%s)").format(target), (job_id, done))
-        with conn.cursor() as cur:
-            cur.executemany(
-                sql.SQL("UPDATE {} SET _action_status = %s, _action_error = %s, _action_at = now(), "
-                        "_bulk_job_id = %s WHERE sfid = %s").format(target),
-                [(status, error, job_id, record_id) for status, error, record_id in others])
-    return {"done": len(done), "refused": sum(1 for s, _, _ in others if s == "refused"),
-            "failed": sum(1 for s, _, _ in others if s == "failed")}
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS pg_temp.{}").format(landed))
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} (sfid varchar(18) NOT NULL, status text NOT NULL, error text) "
+                             "ON COMMIT DROP").format(landed))
+        with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(landed)) as copy:
+            for o in outcomes:
+                if processed_only and (o.error or "").startswith("UNPROCESSED:"):
+                    continue
+                status = outcome_status(policy, o)
+                counts[status] += 1
+                copy.write_row((o.record_id, status, None if status == "done" else o.error))
+        conn.execute(sql.SQL("ANALYZE {}").format(landed))  # planned on its real size, not a guess
+        conn.execute(sql.SQL("UPDATE {} c SET _action_status = o.status, _action_error = o.error, _action_at = now(), "
+                             "_bulk_job_id = %s FROM {} o WHERE c.sfid = o.sfid").format(
+            table(policy.retain.table), landed), (job_id,))
+    return counts

@@ -174,6 +174,7 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
             _refuse_nul(policy, page)
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
+            del page  # before the next page is downloaded
         already = conn.execute(sql.SQL("DELETE FROM {} s WHERE {}").format(
             run.staging, already_done(policy, "s"))).rowcount
         held_rows = conn.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s) RETURNING sfid").format(run.staging),

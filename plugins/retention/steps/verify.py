@@ -69,6 +69,7 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
         for page in sf.query_pages(policy.object, soql, page_size=ID_QUERY_PAGE_SIZE):
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
+            del page  # before the next page is downloaded
         for name in (DONE, LIVE):  # fresh temporary tables have no statistics
             conn.execute(sql.SQL("ANALYZE {}").format(name))
         if policy.action != "mask":
