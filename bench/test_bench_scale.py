@@ -51,6 +51,8 @@ def _fresh(sandbox, action: str, source: str, size: int) -> dict:
     return {"eligible": eligible}
 
 
+# Seeding a million records and the usual way's run over them take longer than the suite's per-test limit.
+@pytest.mark.timeout(3600)
 @pytest.mark.benchmark(group="scale")
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("action", list(ACTIONS))

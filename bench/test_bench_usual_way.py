@@ -51,6 +51,8 @@ def controlled(cost: RunCost) -> float:
     return cost.task_seconds - cost.org_seconds
 
 
+# Seeding a million records and the usual way's run over them take longer than the suite's per-test limit.
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("way", list(WAYS))
 @pytest.mark.parametrize("size", SIZES)
 def test_the_usual_way_and_ours_side_by_side(benchmark, ready, sampler, sandbox, size, way):
