@@ -64,13 +64,14 @@ def gate_table(store: RetentionStoreHook, name: str, retained: sql.Composable,
     """The rows the gate checks, taken once from the cache into a working table ``<name>__gate`` (one join of the
     cache with staging, where Great Expectations would run it again for each of its queries); yields its (schema,
     table) for GX, the staged count and the retained count, and drops it after."""
-    gate = sql.Identifier(STAGING_SCHEMA, gate_name(name))
+    batch = (STAGING_SCHEMA, gate_name(name))
+    gate = sql.Identifier(*batch)
     with store.connect() as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(gate))
         retained_rows = conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(gate, retained)).rowcount
         staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
     try:
-        yield (STAGING_SCHEMA, gate_name(name)), staged, retained_rows
+        yield batch, staged, retained_rows
     finally:
         with store.connect() as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(gate))
