@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from retention.encryption import Keyring
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from retention.policy import CascadeChild, Policy
+    from retention.steps.act import Pending
     from retention.steps.run import Run
 
 # Child objects that are a record's own bookkeeping: gone with it, nothing a team retains.
@@ -302,23 +303,23 @@ def org_count_soql(policy: Policy, run: Run, n: int, date_type: str) -> str:
 # --------------------------------------------------------------------------------------------------- act
 
 
-def held_via_children(conn, policy: Policy, run: Run, parents: list[str], holds: set[str]) -> list[str]:
+def held_via_children(conn, policy: Policy, run: Run, parents: Pending, holds: set[str]) -> list[str]:
     """Parents among ``parents`` one of whose retained children is under a privacy hold now."""
     out: set[str] = set()
     for child in policy.cascade:
         rows = conn.execute(sql.SQL("SELECT _parent_sfid FROM {} WHERE _retention_run = %s AND sfid = ANY(%s) "
-                                    "AND _parent_sfid = ANY(%s)").format(cache_table(child)),
-                            (run.run_key, sorted(holds), parents)).fetchall()
+                                    "AND _parent_sfid IN ({})").format(cache_table(child), parents.query),
+                            (run.run_key, sorted(holds), *parents.params)).fetchall()
         out |= {r[0] for r in rows}
     return sorted(out)
 
 
 def children_changed(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, undeclared_relations: list[dict],
-                     date_type: str, parents: list[str]) -> dict[str, str]:
+                     date_type: str, parents: Pending) -> dict[str, str]:
     """Parents about to be deleted whose children in the org are not exactly the ones this run retained (a
     child added since extract, or one in a relationship the policy does not retain): {parent: reason}. Asked
     of the org just before the delete; those parents wait for the next run."""
-    if not parents or policy.action == "mask":
+    if policy.action == "mask":
         return {}
     source = parent_soql(policy, run, date_type)
     relations = [(n, Relationship(c.object, c.relationship, c.object)) for n, c in enumerate(policy.cascade)]
@@ -332,8 +333,9 @@ def children_changed(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, un
             unretained = sql.SQL("NOT EXISTS (SELECT 1 FROM {c} r WHERE r.sfid = k.sfid AND r._retention_run = {run}"
                                  " AND r._parent_sfid = k.parent)").format(
                 c=cache_table(policy.cascade[n]), run=sql.Literal(run.run_key))
-        rows = conn.execute(sql.SQL("SELECT k.parent, min(k.sfid) FROM _cascade_children k WHERE k.parent = ANY(%s) "
-                                    "AND {} GROUP BY k.parent").format(unretained), (parents,)).fetchall()
+        rows = conn.execute(sql.SQL("SELECT k.parent, min(k.sfid) FROM _cascade_children k WHERE k.parent IN ({}) "
+                                    "AND {} GROUP BY k.parent").format(parents.query, unretained),
+                            parents.params).fetchall()
         for parent, child_id in rows:
             out.setdefault(parent, f"{CHANGED_CODE}: {rel.child} {child_id} would be deleted with it but was not "
                                    "retained by this run; the next run retains it first")

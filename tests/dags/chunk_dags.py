@@ -44,6 +44,7 @@ POLICIES = [
     parse_policy(POLICY.format(id=f"chunks_{action}_{kind}", action=action, mask=MASK if action == "mask" else "",
                                chunk=SMALL_CHUNK if kind == "many" else 1000).encode())
     for action in ("delete", "mask") for kind in ("one", "many")
-] + [parse_policy(POLICY.format(id="chunks_delete_uploads", action="delete", mask="", chunk=1000).encode())]
+] + [parse_policy(POLICY.format(id=f"chunks_delete_{name}", action="delete", mask="", chunk=1000).encode())
+     for name in ("uploads", "changed")]
 
 globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in POLICIES})

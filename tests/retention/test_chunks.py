@@ -46,8 +46,9 @@ def _run(sandbox, sf, policy_id: str):
     org = {index[r["id"]]: r for r in org_rows(
         sandbox, "SELECT id, isdeleted, firstname, lastname, phone FROM org.contact WHERE id = ANY(%s)",
         (list(ids.values()),))}
-    (ledger,) = store_rows(sandbox, "SELECT * FROM retention.runs WHERE policy_id = %s", (policy_id,))
-    return run, cache, org, ledger, spent
+    ledger = store_rows(sandbox, "SELECT * FROM retention.runs WHERE policy_id = %s", (policy_id,))
+    assert len(ledger) <= 1, ledger
+    return run, cache, org, next(iter(ledger), None), spent
 
 
 @pytest.mark.parametrize("action", ["delete", "mask"])
@@ -115,3 +116,36 @@ def test_a_chunk_over_the_upload_limit_goes_out_in_several_jobs_each_within_it(s
         sizes = [r[0] for r in conn.execute("SELECT octet_length(data) FROM bulk.uploads WHERE rtrim(job_id) = "
                                             "ANY(%s)", (ledger["bulk_job_ids"],)).fetchall()]
     assert len(sizes) == 3 and all(size <= 200 for size in sizes), sizes
+
+
+def test_an_upload_is_never_sent_if_its_records_changed_after_it_was_read(sandbox, airflow_db, sf, monkeypatch):
+    """The act marks an upload's records ``submitting`` by their sfid range, committed before the upload is sent, and
+    counts them: the range must hold exactly the upload's records. Here another process marks one of them ``held``
+    between the read and the mark (through the store, as a second worker would): nothing is marked, the job is
+    aborted with nothing uploaded, the step fails, and no record is deleted."""
+    from retention.steps import act
+
+    real_uploads, changed = act._uploads, []
+
+    def uploads_then_one_record_changes(header, lines, limit):
+        for upload in real_uploads(header, lines, limit):
+            with sandbox.store_conn() as conn:
+                changed.append(conn.execute("UPDATE cache.chunks_delete_changed SET _action_status = 'held' "
+                                            "WHERE sfid = %s RETURNING sfid", (upload.last,)).fetchone()[0])
+            yield upload
+
+    monkeypatch.setattr(act, "_uploads", uploads_then_one_record_changes)
+    with sandbox.org_conn() as conn:
+        (started,) = conn.execute("SELECT clock_timestamp()").fetchone()
+    run, cache, org, ledger, _ = _run(sandbox, sf, "chunks_delete_changed")
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["delete_or_mask"] == "failed", states
+    assert changed and not any(r["isdeleted"] for r in org.values()) and len(org) == RECORDS
+    assert not any(r["_bulk_job_id"] for r in cache.values())
+    assert {r["_action_status"] for r in cache.values()} == {"pending", "held"}
+    with sandbox.org_conn() as conn:  # every job the act created was aborted, and none was given an upload
+        jobs = conn.execute("SELECT j.state, count(u.job_id) FROM bulk.jobs j LEFT JOIN bulk.uploads u ON "
+                            "u.job_id = j.id WHERE j.kind = 'ingest' AND j.created_at > %s GROUP BY j.id, j.state",
+                            (started,)).fetchall()
+    assert jobs and all(state == "Aborted" and uploads == 0 for state, uploads in jobs), jobs
+    assert ledger is None  # no run is reported before its confirm

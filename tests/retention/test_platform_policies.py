@@ -151,7 +151,7 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
     def a_colleague_adds_a_contact():
         added.append(sf.Contact.create({"LastName": f"Late arrival {len(added)}", "AccountId": target})["id"])
 
-    real_load, real_pending = cascade.load, act.pending_ids
+    real_load, real_pending = cascade.load, act.pending_count
 
     def load_then_add(conn, policy, run, **kwargs):
         counts = real_load(conn, policy, run, **kwargs)
@@ -175,7 +175,7 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
         return real_pending(store, policy, run, chunk)
 
     monkeypatch.setattr(cascade, "load", real_load)
-    monkeypatch.setattr(act, "pending_ids", add_then_pending)
+    monkeypatch.setattr(act, "pending_count", add_then_pending)
     run, states = run_policy("growing_accounts", logical_date + dt.timedelta(days=1))
     assert run.state == "failed" and states["confirm_and_report"] == "failed", states
     parents = cache_rows(sandbox, "growing_account")
@@ -187,7 +187,7 @@ def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(worl
               if k != target and v["_retention_run"] == parents[target]["_retention_run"]}
     assert all(status == "done" for status, _ in others.values()), others
 
-    monkeypatch.setattr(act, "pending_ids", real_pending)
+    monkeypatch.setattr(act, "pending_count", real_pending)
     run, states = run_policy("growing_accounts", logical_date + dt.timedelta(days=2))
     assert run.state == "success", states
     contacts = cache_rows(sandbox, "growing_contact")

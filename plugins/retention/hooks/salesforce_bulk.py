@@ -10,13 +10,14 @@ instead of submitting the records a second time.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from airflow.providers.common.compat.sdk import AirflowFailException
 from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
@@ -50,6 +51,8 @@ MAX_POLL_INTERVAL = 30.0
 # ... upload data that does not exceed 100 MB" (Upload Job Data). 100 MB read as 10^8 bytes, the stricter way.
 INGEST_UPLOAD_MAX_BYTES = 100_000_000
 FINAL_STATES = ("JobComplete", "Failed", "Aborted")
+# A job's result CSVs are read this many bytes at a time (a quarter of a million results are tens of MB).
+RESULTS_READ_BYTES = 1 << 20
 
 
 class SoapLoginUnavailable(AirflowFailException):
@@ -279,22 +282,28 @@ class SalesforceBulk2Hook(SalesforceHook):
             raise
         return job["id"]
 
-    def upload_and_close(self, object_name: str, job_id: str, csv_data: str | bytes) -> None:
-        """Upload the job's CSV (UTF-8 text or bytes) in the one upload a job takes, and close it (Salesforce
-        starts processing); abort the job if that fails.
+    def upload_and_close(self, object_name: str, job_id: str, csv_data: str | bytes | BinaryIO) -> None:
+        """Upload the job's CSV (UTF-8 text, bytes, or a binary file read from its start, which is streamed) in the
+        one upload a job takes, and close it (Salesforce starts processing); abort the job if that fails.
 
         :raises UploadTooLarge: the CSV is over the upload limit; the job was aborted, nothing was sent.
         """
         from simple_salesforce.util import call_salesforce
 
         body = csv_data.encode() if isinstance(csv_data, str) else csv_data
+        if isinstance(body, bytes):
+            size = len(body)
+        else:
+            size = body.seek(0, io.SEEK_END)
+            body.seek(0)
         client = self._client(object_name)
         limit = self.upload_max_bytes or INGEST_UPLOAD_MAX_BYTES
         try:
-            if len(body) > limit:
-                raise UploadTooLarge(f"Bulk job {job_id}: {len(body):,} bytes of CSV is over the {limit:,} bytes "
+            if size > limit:
+                raise UploadTooLarge(f"Bulk job {job_id}: {size:,} bytes of CSV is over the {limit:,} bytes "
                                      "one upload may carry; split the records over several jobs")
-            # simple-salesforce's upload_job_data takes text only and encodes a copy: send the bytes as they are.
+            # simple-salesforce's upload_job_data takes text only and encodes a copy: send the bytes (or the file,
+            # streamed with its length) as they are.
             call_salesforce(url=client._construct_request_url(job_id, False) + "/batches", method="PUT",
                             session=client.session, data=body,
                             headers=client._get_headers(client.CSV_CONTENT_TYPE, client.JSON_CONTENT_TYPE))
@@ -331,16 +340,29 @@ class SalesforceBulk2Hook(SalesforceHook):
         raise AssertionError("poll_delays never ends")
 
     def outcomes(self, object_name: str, job_id: str) -> Iterator[RecordOutcome]:
-        """Every record's outcome in a finished ingest job (successes, failures, never-processed), one at a time:
-        the caller writes them on as they come, so a job's outcomes are never all held at once."""
+        """Every record's outcome in a finished ingest job (successes, failures, never-processed), one at a time as
+        they are downloaded: the caller writes them on as they come, so a job's outcomes are never all held at
+        once, not even as the results' text."""
         client = self._client(object_name)
         # Successes are most of a job and need only their Id: read them row by row, never as dicts.
-        for record_id in _first_column(client.get_ingest_results(job_id, "successfulResults"), "sf__Id"):
+        for record_id in _first_column(self._results(client, job_id, "successfulResults"), "sf__Id"):
             yield RecordOutcome(record_id, True)
-        for row in _rows(client.get_ingest_results(job_id, "failedResults")):
+        for row in csv.DictReader(self._results(client, job_id, "failedResults")):
             yield RecordOutcome(row["sf__Id"] or row.get("Id", ""), False, row["sf__Error"])
-        for row in _rows(client.get_ingest_results(job_id, "unprocessedrecords")):
+        for row in csv.DictReader(self._results(client, job_id, "unprocessedrecords")):
             yield RecordOutcome(row.get("Id", ""), False, "UNPROCESSED:record was not processed by the job")
+
+    @staticmethod
+    def _results(client, job_id: str, kind: str) -> Iterator[str]:
+        """The lines of one of an ingest job's result CSVs, streamed (simple-salesforce's ``get_ingest_results``
+        returns the whole text)."""
+        from simple_salesforce.util import call_salesforce
+
+        response = call_salesforce(url=f"{client._construct_request_url(job_id, False)}/{kind}", method="GET",
+                                   session=client.session, stream=True,
+                                   headers=client._get_headers(client.JSON_CONTENT_TYPE, client.CSV_CONTENT_TYPE))
+        with response:
+            yield from _lines(response.iter_content(RESULTS_READ_BYTES))
 
 
 def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Iterator[float]:
@@ -376,19 +398,27 @@ def _version_number(version: str) -> float:
         return 0.0  # not a version number: Salesforce itself refuses it
 
 
-def _lines(text: str) -> Iterator[str]:
-    """The lines of ``text`` one at a time (``io.StringIO`` would copy it whole first, at four bytes a character)."""
-    start, size = 0, len(text)
-    while start < size:
-        end = text.find("\n", start)
-        end = size if end < 0 else end + 1
-        yield text[start:end]
-        start = end
+def _lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines (each with its ending) of UTF-8 text arriving in ``chunks`` of any size, one at a time: a
+    character or a line may be split between chunks. Only LF ends a line, so csv reads a CR inside a quoted value
+    as it is."""
+    decode = codecs.getincrementaldecoder("utf-8")().decode
+    rest = ""
+    for chunk in chunks:
+        text = rest + decode(chunk)
+        start = 0
+        while (end := text.find("\n", start)) >= 0:
+            yield text[start:end + 1]
+            start = end + 1
+        rest = text[start:]
+    rest += decode(b"", final=True)
+    if rest:
+        yield rest
 
 
-def _first_column(text: str, name: str) -> Iterator[str]:
+def _first_column(lines: Iterable[str], name: str) -> Iterator[str]:
     """The values of the CSV's first column (which must be ``name``), row by row."""
-    rows = csv.reader(_lines(text))
+    rows = csv.reader(lines)
     header = next(rows, None)
     if header is None:
         return
@@ -396,10 +426,6 @@ def _first_column(text: str, name: str) -> Iterator[str]:
         raise ValueError(f"expected {name} first in the Bulk results, got {header[:3]}")
     for row in rows:
         yield row[0]
-
-
-def _rows(text: str) -> Iterator[dict]:
-    return csv.DictReader(_lines(text)) if text.strip() else iter(())
 
 
 def to_csv(header: list[str], rows) -> str:

@@ -9,11 +9,14 @@ sending the records a second time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
-from typing import TYPE_CHECKING
+import tempfile
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO
 
 import structlog
 from psycopg import sql
@@ -58,32 +61,37 @@ def act(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run:
     chunk = chunk or Chunk(index=0)
     out = Acted()
     operations = _collect_earlier_jobs(store, sf, policy, run, chunk, out)
-    ids = pending_ids(store, policy, run, chunk)
-    if policy.select.exclude_privacy_holds and ids:
+    # The chunk's pending records stay in the store (a query, never a list): a chunk of a quarter of a million
+    # records costs the worker no more memory than one of a hundred.
+    pending = pending_records(policy, run, chunk)
+    waiting = pending_count(store, policy, run, chunk)
+    if policy.select.exclude_privacy_holds and waiting:
         held = active_holds(sf)
-        out.held_at_action = sorted(set(ids) & held)
-        if policy.cascade:
-            with store.connect() as conn:
+        with store.connect() as conn:
+            out.held_at_action = sorted(r[0] for r in conn.execute(
+                sql.SQL("SELECT p.sfid FROM ({}) p WHERE p.sfid = ANY(%s)").format(pending.query),
+                (*pending.params, sorted(held))))
+            if policy.cascade:
                 out.held_at_action = sorted({*out.held_at_action,
-                                             *cascade.held_via_children(conn, policy, run, ids, held)})
+                                             *cascade.held_via_children(conn, policy, run, pending, held)})
     if out.held_at_action:
         log.warning("%d records came under a privacy hold since extract (themselves or a child); they are kept and "
                     "not touched", len(out.held_at_action))
         mark(store, policy, run, out.held_at_action, "held")
-        ids = [i for i in ids if i not in set(out.held_at_action)]
-    if ids and (policy.cascade or extracted.cascade_relations):
+        waiting -= len(out.held_at_action)
+    if waiting and (policy.cascade or extracted.cascade_relations):
         # Children can be added between extract and now; a delete would take them unretained.
         with store.connect() as conn:
             changed = cascade.children_changed(conn, sf, policy, run, extracted.cascade_relations,
-                                               extracted.date_type, ids)
+                                               extracted.date_type, pending)
         for parent, reason in changed.items():
             mark(store, policy, run, [parent], "failed", error=reason)
         if changed:
             log.warning("%d records keep their children this time (e.g. %s); the next run retains the children "
                         "first", len(changed), next(iter(changed.values())))
-        ids = [i for i in ids if i not in changed]
-    if ids:
-        operations += _submit(store, sf, policy, run, extracted, ids, mask_key, out)
+        waiting -= len(changed)
+    if waiting:
+        operations += _submit(store, sf, policy, run, extracted, chunk, mask_key, out)
     if policy.cascade:
         with store.connect() as conn:
             cascade.follow_parents(conn, policy, run)
@@ -132,64 +140,96 @@ def _collect_earlier_jobs(store: RetentionStoreHook, sf: SalesforceBulk2Hook, po
 
 
 def _submit(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
-            ids: list[str], mask_key: bytes | None, out: Acted) -> list[str]:
-    """Ingest jobs for ``ids``, each within Salesforce's upload limit; returns the operations they performed."""
+            chunk: Chunk, mask_key: bytes | None, out: Acted) -> list[str]:
+    """Ingest jobs for the chunk's pending records, each within Salesforce's upload limit; returns the operations
+    they performed."""
     from retention.hooks import salesforce_bulk
-    from retention.hooks.salesforce_bulk import HardDeleteNotPermitted
 
     operation = ACTION_OPERATION[policy.action]
     operations = []
     limit = sf.upload_max_bytes or salesforce_bulk.INGEST_UPLOAD_MAX_BYTES
-    uploads = (_masked_uploads(store, policy, run, extracted, ids, mask_key, limit) if policy.action == "mask"
-               else _id_uploads(ids, limit))
-    for job_ids, data in uploads:
-        try:
-            job_id = sf.create_ingest(policy.object, operation)
-        except HardDeleteNotPermitted:
-            log.warning("hard delete not permitted for this user; falling back to delete (records go to the recycle "
-                        "bin)")
-            operation = "delete"
-            job_id = sf.create_ingest(policy.object, operation)
-        # The job id is committed beside the records before they are sent, so a retry after a crash at any point
-        # below finds the job instead of sending the records again.
-        mark(store, policy, run, job_ids, "submitting", job_id=job_id)
-        sf.upload_and_close(policy.object, job_id, data)
-        mark(store, policy, run, job_ids, "submitted", job_id=job_id)
-        log.info("%s: Bulk 2.0 %s job %s submitted for %d records (%d bytes)", run.run_key, operation, job_id,
-                 len(job_ids), len(data))
-        sf.wait(policy.object, job_id)
-        _add(out, record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
-        out.bulk_job_ids.append(job_id)
-        operations.append(operation)
+    uploads = (_masked_uploads(store, policy, run, extracted, chunk, mask_key, limit) if policy.action == "mask"
+               else _id_uploads(store, policy, run, chunk, limit))
+    # Closed on the way out, error or not: the uploads hold a store connection open while they are read.
+    with contextlib.closing(uploads):
+        for upload in uploads:
+            operations.append(_send(store, sf, policy, run, upload, operation, out))
+            operation = operations[-1]
     return operations
 
 
-def _id_uploads(ids: list[str], limit: int) -> Iterator[tuple[list[str], bytes]]:
-    """``Id`` CSV uploads of ``ids``, each of at most ``limit`` bytes."""
-    return _uploads(b"Id\n", ((i, f"{i}\n".encode()) for i in ids), limit)
+def _send(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, upload: Upload,
+          operation: str, out: Acted) -> str:
+    """One ingest job for ``upload``, its outcome recorded; returns the operation it performed."""
+    from retention.hooks.salesforce_bulk import HardDeleteNotPermitted
+
+    try:
+        job_id = sf.create_ingest(policy.object, operation)
+    except HardDeleteNotPermitted:
+        log.warning("hard delete not permitted for this user; falling back to delete (records go to the recycle "
+                    "bin)")
+        operation = "delete"
+        job_id = sf.create_ingest(policy.object, operation)
+    # The job id is committed beside the records before they are sent, so a retry after a crash at any point
+    # below finds the job instead of sending the records again.
+    mark_upload(store, sf, policy, run, upload, job_id)
+    sf.upload_and_close(policy.object, job_id, upload.body)
+    mark_submitted(store, policy, run, upload, job_id)
+    log.info("%s: Bulk 2.0 %s job %s submitted for %d records (%d bytes)", run.run_key, operation, job_id,
+             upload.records, upload.size)
+    sf.wait(policy.object, job_id)
+    _add(out, record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
+    out.bulk_job_ids.append(job_id)
+    return operation
 
 
-def _uploads(header: bytes, lines: Iterable[tuple[str, bytes]], limit: int) -> Iterator[tuple[list[str], bytes]]:
-    """(ids, CSV) uploads of at most ``limit`` bytes each, from (id, CSV line) pairs in order."""
-    batch_ids: list[str] = []
-    body = io.BytesIO()
-    body.write(header)
-    for record_id, line in lines:
-        if batch_ids and body.tell() + len(line) > limit:
-            yield batch_ids, body.getvalue()
-            batch_ids, body = [], io.BytesIO()
+@dataclass
+class Upload:
+    """One ingest job's CSV, spooled to a temporary file: the pending records of the chunk from ``first`` to
+    ``last`` (their sfids, in order), ``records`` of them, ``size`` bytes."""
+
+    first: str
+    last: str
+    records: int
+    size: int
+    body: BinaryIO
+
+
+def _id_uploads(store: RetentionStoreHook, policy: Policy, run: Run, chunk: Chunk, limit: int) -> Iterator[Upload]:
+    """``Id`` CSV uploads of the chunk's pending records, each of at most ``limit`` bytes."""
+    pending = pending_records(policy, run, chunk)
+    with store.connect() as reader:
+        rows = reader.cursor(name="retention_pending_ids")
+        rows.itersize = 10_000
+        rows.execute(sql.SQL("{} ORDER BY 1").format(pending.query), pending.params)
+        yield from _uploads(b"Id\n", ((r[0], f"{r[0]}\n".encode()) for r in rows), limit)
+
+
+def _uploads(header: bytes, lines: Iterable[tuple[str, bytes]], limit: int) -> Iterator[Upload]:
+    """Uploads of at most ``limit`` bytes each, from (id, CSV line) pairs in Id order, each spooled to a temporary
+    file that is closed once the next is asked for (a job's CSV is never held in memory)."""
+    lines = iter(lines)
+    ahead = next(lines, None)
+    while ahead is not None:
+        with tempfile.TemporaryFile() as body:
             body.write(header)
-        body.write(line)
-        batch_ids.append(record_id)
-    if batch_ids:
-        yield batch_ids, body.getvalue()
+            first, size, records = ahead[0], len(header), 0
+            while ahead is not None:
+                record_id, line = ahead
+                if records and size + len(line) > limit:
+                    break
+                body.write(line)
+                size, records, last = size + len(line), records + 1, record_id
+                ahead = next(lines, None)
+            body.seek(0)
+            yield Upload(first, last, records, size, body)
 
 
-def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, ids: list[str],
-                    key: bytes | None, limit: int) -> Iterator[tuple[list[str], bytes]]:
-    """The masked values of ``ids`` as CSV uploads within the limit, streamed from the staged rows (a server-side
-    cursor: never all in memory). What an upload sends is committed beside the run first (its ``sent`` table), so
-    confirm can check the org holds exactly that."""
+def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extracted: Extracted, chunk: Chunk,
+                    key: bytes | None, limit: int) -> Iterator[Upload]:
+    """The masked values of the chunk's pending records as CSV uploads within the limit, streamed from the staged
+    rows (a server-side cursor: never all in memory). What an upload sends is committed beside the run first (its
+    ``sent`` table), so confirm can check the org holds exactly that."""
     from retention.masking import Masker, to_bulk_csv_value
 
     if key is None:
@@ -199,6 +239,7 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
     fields = list(policy.mask)
     masker = Masker({f: (s.strategy, s.options) for f, s in policy.mask.items()}, extracted.field_types, key,
                     field_lengths=extracted.field_lengths)
+    pending = pending_records(policy, run, chunk)
     cols = sql.SQL(", ").join([sql.SQL("s.sfid"), *(sql.SQL("s.{}").format(column(f)) for f in fields)])
     sent: list[tuple[str, str]] = []  # masked so far and not yet kept
 
@@ -217,14 +258,13 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
         writer.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (sfid varchar(18) PRIMARY KEY, sent jsonb NOT NULL)")
                        .format(run.sent))
         # Records sent again (their earlier job never got them) replace what was kept for them.
-        writer.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s)").format(run.sent), (ids,))
+        writer.execute(sql.SQL("DELETE FROM {} t USING ({}) p WHERE t.sfid = p.sfid").format(run.sent, pending.query),
+                       pending.params)
         writer.commit()
         rows = reader.cursor(name="retention_masked_rows")
         rows.itersize = 10_000
-        # A join with the ids, not ``sfid = ANY(%s)``: a cursor's array parameter is searched row by row, which for a
-        # chunk of 100,000 records is 10^10 comparisons.
-        rows.execute(sql.SQL("SELECT {} FROM {} s JOIN unnest(%s::text[]) AS i(sfid) ON i.sfid = s.sfid "
-                             "ORDER BY s.sfid").format(cols, run.staging), (ids,))
+        rows.execute(sql.SQL("SELECT {} FROM {} s JOIN ({}) p ON p.sfid = s.sfid ORDER BY s.sfid").format(
+            cols, run.staging, pending.query), pending.params)
         for upload in _uploads(_csv_line(["Id", *fields]), lines(rows), limit):
             _copy_sent(writer, run, sent)  # the upload's records (and perhaps the next one's first: harmless)
             writer.commit()
@@ -271,14 +311,30 @@ def in_chunk(chunk: Chunk, name: sql.Composable = sql.Identifier("sfid")) -> tup
     return sql.SQL(" AND ").join(clauses), params
 
 
-def pending_ids(store: RetentionStoreHook, policy: Policy, run: Run, chunk: Chunk) -> list[str]:
+@dataclass
+class Pending:
+    """SQL selecting the sfids of a chunk's records still to act on (``pending``), and its parameters."""
+
+    query: sql.Composable
+    params: list
+
+
+def pending_records(policy: Policy, run: Run, chunk: Chunk, *, between: tuple[str, str] | None = None) -> Pending:
+    """The chunk's records staged by this run and not yet acted on (``between``: only those from the first sfid to
+    the second)."""
     within, params = in_chunk(chunk, sql.Identifier("c", "sfid"))
+    if between:
+        within = sql.SQL("{} AND c.sfid BETWEEN %s AND %s").format(within)
+        params += list(between)
+    return Pending(sql.SQL("SELECT c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s "
+                           "AND c._action_status = 'pending' AND {}").format(
+                               table(policy.retain.table), run.staging, within), [run.run_key, *params])
+
+
+def pending_count(store: RetentionStoreHook, policy: Policy, run: Run, chunk: Chunk) -> int:
+    pending = pending_records(policy, run, chunk)
     with store.connect() as conn:
-        rows = conn.execute(
-            sql.SQL("SELECT c.sfid FROM {} c JOIN {} s USING (sfid) WHERE c._retention_run = %s "
-                    "AND c._action_status = 'pending' AND {} ORDER BY 1").format(
-                table(policy.retain.table), run.staging, within), (run.run_key, *params)).fetchall()
-    return [r[0] for r in rows]
+        return conn.execute(sql.SQL("SELECT count(*) FROM ({}) p").format(pending.query), pending.params).fetchone()[0]
 
 
 def unfinished_jobs(store: RetentionStoreHook, policy: Policy, run: Run, chunk: Chunk) -> list[tuple[str, str]]:
@@ -312,6 +368,32 @@ def mark(store: RetentionStoreHook, policy: Policy, run: Run, ids: list[str], st
             sql.SQL("UPDATE {} SET _action_status = %s, _bulk_job_id = coalesce(%s, _bulk_job_id), "
                     "_action_error = %s, _action_at = now() WHERE sfid = ANY(%s) AND _retention_run = %s").format(
                 table(policy.retain.table)), (status, job_id, error, ids, run.run_key))
+
+
+def mark_upload(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, upload: Upload,
+                job_id: str) -> None:
+    """The upload's records are ``submitting`` in ``job_id``, committed before a byte is sent: the chunk's pending
+    records from its first to its last sfid, which must be exactly the ones it holds. If they are not (something
+    else changed the chunk's records meanwhile), nothing is marked, the empty job is aborted and the step fails."""
+    pending = pending_records(policy, run, Chunk(index=0), between=(upload.first, upload.last))
+    with store.connect() as conn:
+        marked = conn.execute(
+            sql.SQL("UPDATE {} SET _action_status = 'submitting', _bulk_job_id = %s, _action_error = NULL, "
+                    "_action_at = now() WHERE _retention_run = %s AND sfid IN ({})").format(
+                table(policy.retain.table), pending.query), (job_id, run.run_key, *pending.params)).rowcount
+        if marked != upload.records:
+            conn.rollback()
+            sf.abort(policy.object, job_id)
+            raise RuntimeError(f"{run.run_key}: {marked} pending records from {upload.first} to {upload.last}, but "
+                               f"the upload for job {job_id} holds {upload.records}; the job was aborted and nothing "
+                               "was sent (did another process change this run's records?)")
+
+
+def mark_submitted(store: RetentionStoreHook, policy: Policy, run: Run, upload: Upload, job_id: str) -> None:
+    with store.connect() as conn:
+        conn.execute(sql.SQL("UPDATE {} SET _action_status = 'submitted', _action_at = now() WHERE _retention_run = %s "
+                             "AND _bulk_job_id = %s AND _action_status = 'submitting' AND sfid BETWEEN %s AND %s")
+                     .format(table(policy.retain.table)), (run.run_key, job_id, upload.first, upload.last))
 
 
 def outcome_status(policy: Policy, outcome) -> str:
