@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 # "Bulk API 2.0 ... batches are created automatically ... each batch can hold up to 10,000 records" and count
 # against the batches allocation (Bulk API and Bulk API 2.0 Limits and Allocations).
 INGEST_BATCH_RECORDS = 10_000
-# Status checks of one Bulk job: the hook polls with backoff (0.5 s, doubling, at most 30 s apart), so a job of up
-# to about four minutes is checked at most this often.
+# Status checks of one Bulk job: the hook polls with backoff (0.5 s, doubling, at most 30 s apart), so a job done
+# within JOB_SECONDS is checked at most POLLS_PER_JOB times (tests/retention/test_budget.py holds the two to the
+# hook's backoff); each half minute a job runs longer costs one more call than estimated.
+JOB_SECONDS = 90
 POLLS_PER_JOB = 8
 # Per ingest job besides its polls: create, upload, close, and the three result downloads.
 CALLS_PER_INGEST_JOB = 6
