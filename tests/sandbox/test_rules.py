@@ -6,6 +6,7 @@ and the API user's permissions are what UserPermissionAccess reports. Through th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 
@@ -50,12 +51,19 @@ def _live(sandbox, table: str, ids: list[str]) -> set[str]:
 
 @pytest.fixture
 def family(sf):
-    """An account with two contacts and an open opportunity, made through the REST API."""
+    """An account with two contacts and an open opportunity, made through the REST API. Afterwards the family and
+    the cases a test gave it are deleted (where the test left them deletable), so that the org other test modules
+    share holds no account a case pins down."""
     account = sf.Account.create({"Name": "Cascade Ltd"})["id"]
     contacts = [sf.Contact.create({"LastName": f"Child {i}", "AccountId": account})["id"] for i in range(2)]
     opportunity = sf.Opportunity.create({"Name": "Renewal", "StageName": "Prospecting", "CloseDate": "2030-01-31",
                                          "AccountId": account})["id"]
-    return {"account": account, "contacts": contacts, "opportunity": opportunity}
+    yield {"account": account, "contacts": contacts, "opportunity": opportunity}
+    ids = ", ".join(f"'{i}'" for i in [account, *contacts])
+    for case in sf.query_all(f"SELECT Id FROM Case WHERE AccountId = '{account}' OR ContactId IN ({ids})")["records"]:
+        sf.Case.delete(case["Id"])
+    with contextlib.suppress(SalesforceMalformedRequest, SalesforceResourceNotFound):
+        sf.Account.delete(account)  # a test may have deleted it, or left it undeletable on purpose (won deal)
 
 
 def test_a_converted_lead_is_read_only(sandbox, sf):
