@@ -146,3 +146,19 @@ def test_docs_dir_writes_data_docs(store_url, tmp_path):
     assert index.name == "index.html" and index.is_file() and index.is_relative_to(docs)
     assert RUN in index.read_text()  # each retention run is listed by its run key
     assert not [p for p in docs.rglob("*") if p.is_file() and b"not-a-real-secret" in p.read_bytes()]
+
+
+def test_a_failed_gate_names_the_offending_values_in_its_data_docs_and_a_passed_one_is_checked_once(store_url,
+                                                                                                   tmp_path):
+    """GX's first pass gives the verdict with its counts and lists no values (on a million rows a list costs as
+    much again as the verdict); only a failure runs the suite again for up to 20 offending values, so the owner
+    sees which sfid is duplicated."""
+    failed = tmp_path / "failed"
+    result = _validate(store_url, RowCounts(eligible=3, staged=3, retained=3, salesforce=3), run_value=DUP_RUN,
+                       docs_dir=failed)
+    assert not result.success
+    pages = [p.read_text() for p in failed.rglob("data_docs/local_site/validations/**/*.html")]
+    assert len(pages) == 2 and sum("003C00000000001" in page for page in pages) == 1
+    passed = tmp_path / "passed"
+    assert _validate(store_url, RowCounts(eligible=3, staged=3, retained=3, salesforce=3), docs_dir=passed).success
+    assert len(list(passed.rglob("data_docs/local_site/validations/**/*.html"))) == 1
