@@ -42,8 +42,8 @@ SMALL_CHUNK = 7
 
 POLICIES = [
     parse_policy(POLICY.format(id=f"chunks_{action}_{kind}", action=action, mask=MASK if action == "mask" else "",
-                               chunk=SMALL_CHUNK if kind == "many" else 1000).encode())
-    for action in ("delete", "mask") for kind in ("one", "many")
+                               chunk=1000 if kind == "one" else SMALL_CHUNK).encode())
+    for action in ("delete", "mask") for kind in ("one", "many", "unapplied")
 ] + [parse_policy(POLICY.format(id=f"chunks_delete_{name}", action="delete", mask="", chunk=1000).encode())
      for name in ("uploads", "changed")]
 

@@ -149,3 +149,41 @@ def test_an_upload_is_never_sent_if_its_records_changed_after_it_was_read(sandbo
                             (started,)).fetchall()
     assert jobs and all(state == "Aborted" and uploads == 0 for state, uploads in jobs), jobs
     assert ledger is None  # no run is reported before its confirm
+
+
+def test_a_mask_the_org_does_not_show_fails_the_run_whatever_the_field(sandbox, airflow_db, sf, monkeypatch, capfd):
+    """The read-back compares what each chunk's records show in the org with what was sent. Two records reported
+    done are changed back in the org as their job is recorded (one's FirstName to its original, one's nullified
+    Phone given a number): confirm fails naming both, their copies kept; the 28 others read back as sent."""
+    from retention.steps import act
+    from tests.policy_support import store_rows
+
+    real, policy_id, changed = act.record_outcomes, "chunks_mask_unapplied", {}
+
+    def outcomes_then_changed_in_the_org(store, policy, run, job_id, outcomes, **kwargs):
+        counts = real(store, policy, run, job_id, outcomes, **kwargs)
+        rows = store_rows(sandbox, f"SELECT sfid, firstname FROM cache.{policy_id} WHERE _bulk_job_id = %s "
+                                   "ORDER BY sfid", (job_id,))
+        with sandbox.org_conn() as conn:
+            for row in rows:
+                if row["firstname"] == "Chunk03":
+                    conn.execute("UPDATE org.contact SET firstname = 'Chunk03' WHERE id = %s", (row["sfid"],))
+                    changed["first_name"] = row["sfid"]
+                elif row["firstname"] == "Chunk17":
+                    conn.execute("UPDATE org.contact SET phone = '+1 555 0117' WHERE id = %s", (row["sfid"],))
+                    changed["phone"] = row["sfid"]
+        return counts
+
+    monkeypatch.setattr(act, "record_outcomes", outcomes_then_changed_in_the_org)
+    run, cache, org, ledger, _ = _run(sandbox, sf, policy_id)
+    states = {}
+    for ti in run.get_task_instances():
+        states.setdefault(ti.task_id, set()).add(ti.state)
+    assert run.state == "failed" and states["confirm_and_report"] == {"failed"}, states
+    assert states["verify_in_salesforce"] == {"success"} and ledger is None
+    assert len(changed) == 2 and {r["_action_status"] for r in cache.values()} == {"done"}  # copies kept
+    out = capfd.readouterr()
+    messages = [line for line in (out.out + out.err).splitlines() if "records reported done are not masked" in line]
+    message = messages[-1]  # each attempt of confirm_and_report says it
+    assert "2 records reported done are not masked in Salesforce" in message
+    assert changed["first_name"] in message and changed["phone"] in message

@@ -68,7 +68,9 @@ def gate_table(store: RetentionStoreHook, name: str, retained: sql.Composable,
     gate = sql.Identifier(*batch)
     with store.connect() as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(gate))
-        retained_rows = conn.execute(sql.SQL("CREATE TABLE {} AS {}").format(gate, retained)).rowcount
+        # Unlogged: a working copy dropped within the step needs no write-ahead log (a crash empties it, and the
+        # step's retry takes it again).
+        retained_rows = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(gate, retained)).rowcount
         staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
     try:
         yield batch, staged, retained_rows

@@ -86,12 +86,21 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
 def _masks_not_applied(conn, run: Run, fields: list[str]) -> tuple[list[str], int]:
     """Records whose live values differ from what was sent, streamed with a server-side cursor."""
     cols = sql.SQL(", ").join(sql.Identifier("l", f"f{n + 1}") for n in range(len(fields)))
+    # Most records read back exactly as sent: Postgres passes those (text equal, or both empty) without a row reaching
+    # Python. Exact equality there implies same_csv_value's; only the rest (numbers, dates, true/false as the org
+    # writes them, and real differences) are compared here.
+    exact = sql.SQL(" AND ").join(
+        # IS NOT DISTINCT FROM, never =: a null must make the test false, not unknown (which NOT would keep unknown,
+        # and WHERE would drop: a nullified field the org still shows would pass unseen).
+        sql.SQL("(NOT s.sent ? {f} OR s.sent->>{f} IS NOT DISTINCT FROM {have} OR (coalesce(s.sent->>{f}, '') = '' "
+                "AND coalesce({have}, '') = ''))").format(f=sql.Literal(f), have=sql.Identifier("l", f"f{n + 1}"))
+        for n, f in enumerate(fields))
     # A server-side cursor is planned for its first rows (nested loops); every row is read, so plan for all of them.
     conn.execute("SET LOCAL cursor_tuple_fraction = 1.0")
     rows = conn.cursor(name="retention_verify")
     rows.itersize = 10_000
     rows.execute(sql.SQL("SELECT d.sfid, s.sent, {} FROM {} l JOIN {} d ON d.sfid = l.f0 JOIN {} s ON s.sfid = "
-                         "d.sfid").format(cols, LIVE, DONE, run.sent))
+                         "d.sfid WHERE NOT ({})").format(cols, LIVE, DONE, run.sent, exact))
     sample: list[str] = []
     not_applied = 0
     for sfid, sent, *values in rows:
