@@ -69,8 +69,12 @@ def gate_table(store: RetentionStoreHook, name: str, retained: sql.Composable,
     with store.connect() as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(gate))
         # Unlogged: a working copy dropped within the step needs no write-ahead log (a crash empties it, and the
-        # step's retry takes it again).
-        retained_rows = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} AS {}").format(gate, retained)).rowcount
+        # step's retry takes it again). Never analysed: GX's uniqueness check is `sfid NOT IN (SELECT sfid ... GROUP
+        # BY sfid HAVING count(*) > 1)`, which Postgres runs in about a second over 800,000 rows as planned without
+        # statistics, but, once autovacuum has analysed the table (within a minute of its creation), plans to spill
+        # and re-run the grouping for every row: two minutes there, hours at ten million.
+        retained_rows = conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} WITH (autovacuum_enabled = false) AS {}")
+                                     .format(gate, retained)).rowcount
         staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging)).fetchone()[0]
     try:
         yield batch, staged, retained_rows
