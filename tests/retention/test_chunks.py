@@ -23,6 +23,15 @@ def _api_usage(sandbox) -> int:
     return requests.get(f"{sandbox.instance_url}/__sandbox/health", verify=sandbox.ca, timeout=10).json()["api_usage"]
 
 
+def _drop_working_tables(sandbox, policy_id: str) -> None:
+    """A failed run keeps its working tables for inspection; the tests whose runs fail on purpose drop them, so
+    that other modules find the staging schema as they left it."""
+    with sandbox.store_conn() as conn:
+        for (name,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' AND "
+                                    "tablename LIKE %s", (f"{policy_id}\\_\\_%",)).fetchall():
+            conn.execute(f'DROP TABLE retention_staging."{name}"')
+
+
 def _run(sandbox, sf, policy_id: str):
     """Create the policy's own contacts (identical values in every set but the e-mail domain), back-date them and run
     the policy's DAG; returns (run, {index: cache row}, {index: org row}, ledger row, API calls spent)."""
@@ -118,7 +127,8 @@ def test_a_chunk_over_the_upload_limit_goes_out_in_several_jobs_each_within_it(s
     assert len(sizes) == 3 and all(size <= 200 for size in sizes), sizes
 
 
-def test_an_upload_is_never_sent_if_its_records_changed_after_it_was_read(sandbox, airflow_db, sf, monkeypatch):
+def test_an_upload_is_never_sent_if_its_records_changed_after_it_was_read(sandbox, airflow_db, sf, monkeypatch,
+                                                                         request):
     """The act marks an upload's records ``submitting`` by their sfid range, committed before the upload is sent, and
     counts them: the range must hold exactly the upload's records. Here another process marks one of them ``held``
     between the read and the mark (through the store, as a second worker would): nothing is marked, the job is
@@ -126,6 +136,7 @@ def test_an_upload_is_never_sent_if_its_records_changed_after_it_was_read(sandbo
     from retention.steps import act
 
     real_uploads, changed = act._uploads, []
+    request.addfinalizer(lambda: _drop_working_tables(sandbox, "chunks_delete_changed"))
 
     def uploads_then_one_record_changes(header, lines, limit):
         for upload in real_uploads(header, lines, limit):
@@ -151,7 +162,8 @@ def test_an_upload_is_never_sent_if_its_records_changed_after_it_was_read(sandbo
     assert ledger is None  # no run is reported before its confirm
 
 
-def test_a_mask_the_org_does_not_show_fails_the_run_whatever_the_field(sandbox, airflow_db, sf, monkeypatch, capfd):
+def test_a_mask_the_org_does_not_show_fails_the_run_whatever_the_field(sandbox, airflow_db, sf, monkeypatch, capfd,
+                                                                      request):
     """The read-back compares what each chunk's records show in the org with what was sent. Two records reported
     done are changed back in the org as their job is recorded (one's FirstName to its original, one's nullified
     Phone given a number): confirm fails naming both, their copies kept; the 28 others read back as sent."""
@@ -159,6 +171,7 @@ def test_a_mask_the_org_does_not_show_fails_the_run_whatever_the_field(sandbox, 
     from tests.policy_support import store_rows
 
     real, policy_id, changed = act.record_outcomes, "chunks_mask_unapplied", {}
+    request.addfinalizer(lambda: _drop_working_tables(sandbox, policy_id))
 
     def outcomes_then_changed_in_the_org(store, policy, run, job_id, outcomes, **kwargs):
         counts = real(store, policy, run, job_id, outcomes, **kwargs)
