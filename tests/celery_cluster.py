@@ -197,9 +197,10 @@ class CeleryAirflow:
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-def start_celery_airflow(sandbox, policies: list[dict], *, workers: int, home: Path) -> CeleryAirflow:
+def start_celery_airflow(sandbox, policies: list[dict], *, workers: int, home: Path, **settings: str) -> CeleryAirflow:
     """Redis, a fresh metadata database, the scheduler, API server, dag processor and ``workers`` Celery workers
-    (``worker-1`` ...), on ``policies`` (written as YAML into ``home``). Returns once the API answers."""
+    (``worker-1`` ...), on ``policies`` (written as YAML into ``home``), with ``settings`` (``AIRFLOW__...``) over the
+    cluster's own. Returns once the API answers."""
     import yaml
 
     from tests.conftest import free_port
@@ -222,6 +223,7 @@ def start_celery_airflow(sandbox, policies: list[dict], *, workers: int, home: P
         AIRFLOW__CORE__FERNET_KEY=os.environ.get("AIRFLOW__CORE__FERNET_KEY", ""),
         AIRFLOW__API_AUTH__JWT_SECRET=os.urandom(16).hex(),  # one secret for the API server and every worker
         AIRFLOW__API__SECRET_KEY=os.urandom(16).hex(),
+        **settings,
     )
     cluster = CeleryAirflow(home=home, env=env, url=f"http://localhost:{port}")
     # Debian's redis-server in the foreground, in memory only, on its own port: nothing outlives the fixture.

@@ -18,11 +18,10 @@ if TYPE_CHECKING:
 # "Bulk API 2.0 ... batches are created automatically ... each batch can hold up to 10,000 records" and count
 # against the batches allocation (Bulk API and Bulk API 2.0 Limits and Allocations).
 INGEST_BATCH_RECORDS = 10_000
-# Status checks of one Bulk job: the hook polls with backoff (0.5 s, doubling, at most 30 s apart), so a job done
-# within JOB_SECONDS is checked at most POLLS_PER_JOB times (tests/retention/test_budget.py holds the two to the
-# hook's backoff); each half minute a job runs longer costs one more call than estimated.
+# Status checks of one Bulk job: the hook polls with backoff (from [retention] bulk_poll_interval, doubling, at most
+# 30 s apart); a job done within JOB_SECONDS is checked at most polls_per_job() times, and each half minute a job
+# runs longer costs one more call than estimated.
 JOB_SECONDS = 90
-POLLS_PER_JOB = 8
 # Per ingest job besides its polls: create, upload, close, and the three result downloads.
 CALLS_PER_INGEST_JOB = 6
 # Per verify query job besides its polls and pages: create.
@@ -47,10 +46,24 @@ class Spend:
                 "DailyBulkV2QueryJobs": self.query_jobs}
 
 
-def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int, upload_bytes: int) -> Spend:
+def polls_per_job(first: float, most: float, seconds: float = JOB_SECONDS) -> int:
+    """The status checks of a job done within ``seconds``: those the hook's backoff makes before then, and one more."""
+    from retention.hooks.salesforce_bulk import poll_delays
+
+    checks, waited = 1, 0.0
+    for delay in poll_delays(first, most):
+        waited += delay
+        if waited >= seconds:
+            return checks
+        checks += 1
+    raise AssertionError("poll_delays never ends")
+
+
+def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int, upload_bytes: int,
+             polls: int) -> Spend:
     """At most what a run acting on ``records`` records spends, as the pipeline makes its calls: one ingest job per
     chunk (more when a chunk's upload would pass ``upload_bytes``), one verify query job per chunk, an extract
-    query job for the ``salesforce_api`` source; each job polled with backoff."""
+    query job for the ``salesforce_api`` source; each job checked ``polls`` times (:func:`polls_per_job`)."""
     chunk = policy.guards.chunk_records
     chunks = max(1, math.ceil(records / chunk))
     row = ID_BYTES + MASKED_VALUE_BYTES * len(policy.mask or {})
@@ -58,11 +71,11 @@ def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int,
     pages_per_chunk = max(1, math.ceil(min(records, chunk) / verify_page))
     calls = FIXED_CALLS + len(policy.related_fields())
     calls += chunks * (1  # the holds again, just before acting
-                       + jobs_per_chunk * (CALLS_PER_INGEST_JOB + POLLS_PER_JOB)
-                       + CALLS_PER_QUERY_JOB + POLLS_PER_JOB + pages_per_chunk)
+                       + jobs_per_chunk * (CALLS_PER_INGEST_JOB + polls)
+                       + CALLS_PER_QUERY_JOB + polls + pages_per_chunk)
     query_jobs = chunks
     if policy.source == "salesforce_api":
-        calls += CALLS_PER_QUERY_JOB + POLLS_PER_JOB + max(1, math.ceil(records / query_page))
+        calls += CALLS_PER_QUERY_JOB + polls + max(1, math.ceil(records / query_page))
         query_jobs += 1
     batches = chunks * jobs_per_chunk + math.ceil(records / INGEST_BATCH_RECORDS)
     return Spend(api_requests=calls, bulk_batches=batches, query_jobs=query_jobs)
@@ -90,7 +103,7 @@ def check(sf, policy: Policy, records: int) -> Spend:
     from retention.steps.run import RetentionError
 
     spend = estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=ID_QUERY_PAGE_SIZE,
-                     upload_bytes=INGEST_UPLOAD_MAX_BYTES)
+                     upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=polls_per_job(sf.poll_interval, sf.max_poll_interval))
     if policy.guards.max_api_share is not None:
         share, where = policy.guards.max_api_share, "guards.max_api_share"
     else:

@@ -46,6 +46,13 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
         "0.05",
         "0.1",
     ),
+    "bulk_poll_interval": (
+        "Seconds before the first status check of a Salesforce Bulk job; later checks wait twice as long as the one "
+        "before, at most 30 s. Every check is an API call: a shorter first wait answers a small job sooner and "
+        "spends more calls on a long one (the API budget counts them from this value).",
+        "1.0",
+        "0.5",
+    ),
     "data_docs_dir": (
         "Folder of the Great Expectations Data Docs that each validation writes, one subfolder per policy. "
         "Empty: data_docs under AIRFLOW_HOME.",

@@ -3,7 +3,10 @@ take more than its share of. The check against a real org's /limits is in test_r
 
 from __future__ import annotations
 
-from retention.budget import Spend, estimate, over_share
+import pytest
+
+from retention.budget import Spend, estimate, over_share, polls_per_job
+from retention.config import OPTIONS
 from retention.policy import parse_policy
 
 POLICY = """\
@@ -26,33 +29,59 @@ def policy(action="delete", source="heroku_connect"):
     return parse_policy(POLICY.format(action=action, mask=mask, source=source).encode())
 
 
+def default_polls() -> int:
+    """Status checks per job at the shipped [retention] bulk_poll_interval (the suite sets a shorter one)."""
+    from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL
+
+    return polls_per_job(float(OPTIONS["bulk_poll_interval"][2]), MAX_POLL_INTERVAL)
+
+
 def spend(p, records):
-    """The estimate with the page sizes and upload limit the pipeline uses."""
+    """The estimate with the page sizes, upload limit and polling a deployment uses by default."""
     from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
 
     return estimate(p, records, query_page=QUERY_PAGE_SIZE, verify_page=ID_QUERY_PAGE_SIZE,
-                    upload_bytes=INGEST_UPLOAD_MAX_BYTES)
+                    upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=default_polls())
 
 
-def test_the_polls_estimated_per_job_are_the_hooks_backoff_over_a_job_of_the_stated_length():
-    from itertools import accumulate, takewhile
+@pytest.mark.parametrize(("first", "checks"), [
+    # Checks at 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 and 61.5 s, then at 91.5 s: past the 90 s of a job, the eighth.
+    (0.5, 8),
+    # 0.05, 0.15, 0.35, 0.75, 1.55, 3.15, 6.35, 12.75, 25.55, 51.15 and 81.15 s, then 111.15 s.
+    (0.05, 12),
+    # 2, 6, 14, 30, 60 s, then 90 s: a check at the job's 90th second is its last.
+    (2.0, 6),
+])
+def test_the_polls_estimated_per_job_follow_the_hooks_backoff_from_its_first_wait(first, checks):
+    from retention.budget import JOB_SECONDS
+    from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL
 
-    from retention.budget import JOB_SECONDS, POLLS_PER_JOB
-    from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL, SalesforceBulk2Hook, poll_delays
+    assert JOB_SECONDS == 90
+    assert polls_per_job(first, MAX_POLL_INTERVAL) == checks
 
-    first = SalesforceBulk2Hook().poll_interval
-    waited = accumulate(poll_delays(first, MAX_POLL_INTERVAL))
-    assert len(list(takewhile(lambda seconds: seconds < JOB_SECONDS, waited))) + 1 == POLLS_PER_JOB
+
+def test_the_hook_waits_as_configured_and_refuses_a_wait_that_is_not_a_number_of_seconds(monkeypatch):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+
+    monkeypatch.setenv("AIRFLOW__RETENTION__BULK_POLL_INTERVAL", "1.5")
+    assert SalesforceBulk2Hook().poll_interval == 1.5
+    assert SalesforceBulk2Hook(poll_interval=0.2).poll_interval == 0.2  # a caller's own wait wins
+    for bad in ("soon", "0", "-1", "45"):
+        monkeypatch.setenv("AIRFLOW__RETENTION__BULK_POLL_INTERVAL", bad)
+        with pytest.raises(AirflowFailException, match=rf"\[retention\] bulk_poll_interval is '{bad}': expected a "
+                                                       r"number of seconds above 0 and at most 30"):
+            SalesforceBulk2Hook()
 
 
 def test_a_million_records_cost_a_few_dozen_calls_and_grow_with_chunks_not_records():
-    from retention.budget import POLLS_PER_JOB
     from retention.hooks.salesforce_bulk import QUERY_PAGE_SIZE
 
     mirror, bulk = spend(policy(), 1_000_000), spend(policy(source="salesforce_api"), 1_000_000)
     assert mirror.api_requests <= 125  # the issue's 100 a million + about 25, with every job's polls at their most
     # The Bulk source adds its extract: one query job, its polls and a call a page.
-    assert bulk.api_requests - mirror.api_requests == 1 + POLLS_PER_JOB + 1_000_000 // QUERY_PAGE_SIZE
+    assert bulk.api_requests - mirror.api_requests == 1 + default_polls() + 1_000_000 // QUERY_PAGE_SIZE
     assert bulk.query_jobs == mirror.query_jobs + 1 == 5
     # Within one chunk the calls do not grow with the records; every 250,000 more add one chunk's worth.
     assert spend(policy(), 1_000).api_requests == spend(policy(), 250_000).api_requests
@@ -62,8 +91,9 @@ def test_a_million_records_cost_a_few_dozen_calls_and_grow_with_chunks_not_recor
 
 
 def test_masks_that_pass_the_upload_limit_need_more_jobs():
-    masked = estimate(policy("mask"), 250_000, query_page=200_000, verify_page=500_000, upload_bytes=1_000_000)
-    deleted = estimate(policy(), 250_000, query_page=200_000, verify_page=500_000, upload_bytes=1_000_000)
+    masked = estimate(policy("mask"), 250_000, query_page=200_000, verify_page=500_000, upload_bytes=1_000_000,
+                      polls=8)
+    deleted = estimate(policy(), 250_000, query_page=200_000, verify_page=500_000, upload_bytes=1_000_000, polls=8)
     assert masked.api_requests > deleted.api_requests and masked.bulk_batches > deleted.bulk_batches
 
 

@@ -15,7 +15,8 @@ from retention import config
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-OPTIONS = ("policies_dir", "alert_emails", "alert_slack_conn_id", "max_api_share", "data_docs_dir")
+OPTIONS = ("policies_dir", "alert_emails", "alert_slack_conn_id", "max_api_share", "bulk_poll_interval",
+           "data_docs_dir")
 
 
 def airflow_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:

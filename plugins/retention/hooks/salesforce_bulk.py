@@ -13,6 +13,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -121,15 +122,15 @@ class SalesforceBulk2Hook(SalesforceHook):
     """Bulk API 2.0 through the ``salesforce`` Airflow connection.
 
     :param salesforce_conn_id: Airflow connection of the org.
-    :param poll_interval: seconds before the first job status check.
+    :param poll_interval: seconds before the first job status check (None: ``[retention] bulk_poll_interval``).
     :param max_poll_interval: the longest wait between status checks (they grow by ``POLL_BACKOFF``).
     :param upload_max_bytes: the largest CSV one upload may carry (None: ``INGEST_UPLOAD_MAX_BYTES``).
     """
 
-    def __init__(self, salesforce_conn_id: str = "salesforce_default", *, poll_interval: float = 0.5,
+    def __init__(self, salesforce_conn_id: str = "salesforce_default", *, poll_interval: float | None = None,
                  max_poll_interval: float = MAX_POLL_INTERVAL, upload_max_bytes: int | None = None, **kwargs):
         super().__init__(salesforce_conn_id=salesforce_conn_id, **kwargs)
-        self.poll_interval = poll_interval
+        self.poll_interval = configured_poll_interval() if poll_interval is None else poll_interval
         self.max_poll_interval = max_poll_interval
         self.upload_max_bytes = upload_max_bytes
 
@@ -363,6 +364,21 @@ class SalesforceBulk2Hook(SalesforceHook):
                                    headers=client._get_headers(client.JSON_CONTENT_TYPE, client.CSV_CONTENT_TYPE))
         with response:
             yield from _lines(response.iter_content(RESULTS_READ_BYTES))
+
+
+def configured_poll_interval() -> float:
+    """``[retention] bulk_poll_interval`` in seconds; anything but a positive number stops the task, naming it."""
+    from retention import config
+
+    text = config.get("bulk_poll_interval")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_POLL_INTERVAL:
+        raise AirflowFailException(f"{config.source('bulk_poll_interval')} is {text!r}: expected a number of seconds "
+                                   f"above 0 and at most {MAX_POLL_INTERVAL:g}")
+    return seconds
 
 
 def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Iterator[float]:
