@@ -99,10 +99,11 @@ def check(sf, policy: Policy, records: int) -> Spend:
     """Read the org's ``/limits`` and refuse (RetentionError, before anything is touched) a run over its share:
     ``guards.max_api_share``, else ``[retention] max_api_share``."""
     from retention import config
-    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
+    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
+    from retention.steps import verify
     from retention.steps.run import RetentionError
 
-    spend = estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=ID_QUERY_PAGE_SIZE,
+    spend = estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(policy),
                      upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=polls_per_job(sf.poll_interval, sf.max_poll_interval))
     if policy.guards.max_api_share is not None:
         share, where = policy.guards.max_api_share, "guards.max_api_share"

@@ -38,9 +38,10 @@ def default_polls() -> int:
 
 def spend(p, records):
     """The estimate with the page sizes, upload limit and polling a deployment uses by default."""
-    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
+    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
+    from retention.steps import verify
 
-    return estimate(p, records, query_page=QUERY_PAGE_SIZE, verify_page=ID_QUERY_PAGE_SIZE,
+    return estimate(p, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(p),
                     upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=default_polls())
 
 
@@ -88,6 +89,10 @@ def test_a_million_records_cost_a_few_dozen_calls_and_grow_with_chunks_not_recor
     assert spend(policy(), 250_001).api_requests > spend(policy(), 250_000).api_requests
     # Batches: one per 10,000 records processed, and one per job.
     assert mirror.bulk_batches == 100 + 4
+    # A mask's read-back brings every record back with its masked values, in pages of the extract's size: three a
+    # chunk of 250,000 rather than one, still within the target.
+    masked = spend(policy("mask"), 1_000_000)
+    assert masked.api_requests - mirror.api_requests == 4 * (3 - 1) and masked.api_requests <= 125
 
 
 def test_masks_that_pass_the_upload_limit_need_more_jobs():

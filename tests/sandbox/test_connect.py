@@ -84,7 +84,9 @@ def server(sync, tmp_path_factory):
         time.sleep(0.05)
     yield f"https://localhost:{port}", str(certs.ca)
     server.should_exit = True
+    server.force_exit = True  # the clients' kept-alive connections would hold a graceful shutdown until join gives up
     thread.join(10)
+    assert not thread.is_alive()
 
 
 @pytest.fixture(scope="module")

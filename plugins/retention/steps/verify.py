@@ -32,11 +32,18 @@ LIVE = sql.Identifier("retention_live")  # the org's live records of the chunk's
 DONE = sql.Identifier("retention_done")  # the chunk's records reported done
 
 
+def page_size(policy: Policy) -> int:
+    """Records per page of the read-back. A delete's range reads back little but Ids (what is left live), so its pages
+    are large and few; a mask's reads back every record with its masked fields, so its pages are the extract's, and
+    the worker holds no more of them at a time whatever the chunk's size."""
+    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, QUERY_PAGE_SIZE
+
+    return QUERY_PAGE_SIZE if policy.action == "mask" else ID_QUERY_PAGE_SIZE
+
+
 def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, chunk: Chunk,
            acted: Acted | None) -> Verified:
     """The step for one chunk: how many of its records reported done the org does not show as acted on."""
-    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE
-
     done, params = this_execution(policy, run, acted.bulk_job_ids if acted else [], "c")
     within, chunk_params = in_chunk(chunk, sql.Identifier("c", "sfid"))
     where = sql.SQL("{} AND c._action_status = 'done' AND {}").format(done, within)
@@ -66,7 +73,7 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
             LIVE, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{n}"))
                                      for n in range(len(fields) + 1))))
         copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(LIVE)
-        for page in sf.query_pages(policy.object, soql, page_size=ID_QUERY_PAGE_SIZE):
+        for page in sf.query_pages(policy.object, soql, page_size=page_size(policy)):
             with conn.cursor().copy(copy) as cp:
                 cp.write(page)
             del page  # before the next page is downloaded
