@@ -230,7 +230,7 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
     """The masked values of the chunk's pending records as CSV uploads within the limit, streamed from the staged
     rows (a server-side cursor: never all in memory). What an upload sends is committed beside the run first (its
     ``sent`` table), so confirm can check the org holds exactly that."""
-    from retention.masking import Masker, to_bulk_csv_value
+    from retention.masking import Masker
 
     if key is None:
         log.warning("no masking key configured (connection 'retention_hash_key'); using a one-off key, so "
@@ -245,11 +245,11 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
 
     def lines(rows) -> Iterator[tuple[str, bytes]]:
         for row in rows:
-            masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
-            sent.append((row[0], json.dumps({f: masked.get(f) for f in fields}, default=str)))
+            kept, line = masked_line(masker, fields, row)
+            sent.append((row[0], kept))
             if len(sent) >= SENT_BATCH:  # into the writer's transaction, committed with the upload's last ones
                 _copy_sent(writer, run, sent)
-            yield row[0], _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)])
+            yield row[0], line
 
     with store.connect() as reader, store.connect() as writer:
         # A run's chunks act at once, and two CREATE TABLE IF NOT EXISTS at once can both try to create the table
@@ -273,6 +273,16 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
 
 # Masked values kept per COPY into the run's sent table: bounds the worker's memory whatever the upload's size.
 SENT_BATCH = 10_000
+
+
+def masked_line(masker, fields: list[str], row: tuple) -> tuple[str, bytes]:
+    """One staged row ``(sfid, *values of fields)`` masked: what is kept as sent (JSON) and its Bulk CSV line. The
+    act's own work per record of a mask (bench/test_bench_masking.py measures it)."""
+    from retention.masking import to_bulk_csv_value
+
+    masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
+    return (json.dumps({f: masked.get(f) for f in fields}, default=str),
+            _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)]))
 
 
 def _copy_sent(conn, run: Run, sent: list[tuple[str, str]]) -> None:
