@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
-from tests.conftest import REPO, SUITE_POLL_INTERVAL, free_port, shared_tmp
+from tests.conftest import REPO, SUITE_DEPLOYMENT, free_port, shared_tmp
 from tests.policy_support import cache_rows, org_rows, place_hold, store_rows
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -144,11 +144,7 @@ def standalone(sandbox):
     env = deployment_env(sandbox, home=home, database_url=fresh_metadata_database(sandbox, "airflow_ui"),
                          dags_folder=REPO / "dags", policies_dir=policies, port=port,
                          # The Connect sensor then waits in the triggerer, as a deployment with this setting runs it.
-                         AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="True",
-                         # A task's successor starts within a fifth of a second of it, not up to a second later: the
-                         # module runs about twenty DAG runs of seven tasks one after another.
-                         AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="0.2",
-                         AIRFLOW__RETENTION__BULK_POLL_INTERVAL=SUITE_POLL_INTERVAL)
+                         AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE="True", **SUITE_DEPLOYMENT)
     # A store password, as a deployment's credential has one (the sandbox's Postgres trusts local connections):
     # the last test looks for it in everything the deployment wrote.
     store = json.loads(env["AIRFLOW_CONN_RETENTION_STORE"])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from tests.celery_cluster import delete_policy, make_contacts, outcome, start_celery_airflow, stop_celery_airflow
-from tests.conftest import SUITE_POLL_INTERVAL, shared_tmp
+from tests.conftest import SUITE_DEPLOYMENT, shared_tmp
 
 # Chunks of 60: the 240 eligible records make four delete_or_mask and four verify_in_salesforce task instances.
 POLICY = {**delete_policy("celery_contacts", "Celery test"), "guards": {"chunk_records": 60}}
@@ -28,9 +28,7 @@ WORKERS = {"worker-1", "worker-2"}
 @pytest.fixture(scope="module")
 def cluster(sandbox):
     cluster = start_celery_airflow(sandbox, [POLICY], workers=len(WORKERS), home=shared_tmp("retention-celery-"),
-                                   # As the rest of the suite: the scheduler and the Bulk status checks wait less.
-                                   AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME="0.2",
-                                   AIRFLOW__RETENTION__BULK_POLL_INTERVAL=SUITE_POLL_INTERVAL)
+                                   **SUITE_DEPLOYMENT)
     yield cluster
     stop_celery_airflow(cluster)
 
