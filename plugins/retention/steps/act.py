@@ -22,6 +22,7 @@ import structlog
 from psycopg import sql
 
 from retention.cache import column, table
+from retention.masking import Masker, to_bulk_csv_value
 from retention.steps.results import Acted, Chunk
 
 if TYPE_CHECKING:
@@ -230,8 +231,6 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
     """The masked values of the chunk's pending records as CSV uploads within the limit, streamed from the staged
     rows (a server-side cursor: never all in memory). What an upload sends is committed beside the run first (its
     ``sent`` table), so confirm can check the org holds exactly that."""
-    from retention.masking import Masker
-
     if key is None:
         log.warning("no masking key configured (connection 'retention_hash_key'); using a one-off key, so "
                     "pseudonyms and hashes will differ between runs")
@@ -275,11 +274,9 @@ def _masked_uploads(store: RetentionStoreHook, policy: Policy, run: Run, extract
 SENT_BATCH = 10_000
 
 
-def masked_line(masker, fields: list[str], row: tuple) -> tuple[str, bytes]:
+def masked_line(masker: Masker, fields: list[str], row: tuple) -> tuple[str, bytes]:
     """One staged row ``(sfid, *values of fields)`` masked: what is kept as sent (JSON) and its Bulk CSV line. The
     act's own work per record of a mask (bench/test_bench_masking.py measures it)."""
-    from retention.masking import to_bulk_csv_value
-
     masked = masker.mask_record({"Id": row[0], **dict(zip(fields, row[1:], strict=True))})
     return (json.dumps({f: masked.get(f) for f in fields}, default=str),
             _csv_line([row[0], *(to_bulk_csv_value(masked.get(f)) for f in fields)]))
