@@ -81,6 +81,15 @@ def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int,
     return Spend(api_requests=calls, bulk_batches=batches, query_jobs=query_jobs)
 
 
+def for_run(policy: Policy, records: int, *, poll_interval: float, max_poll_interval: float) -> Spend:
+    """:func:`estimate` with the page sizes and upload limit the pipeline uses, and the hook's polling."""
+    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
+    from retention.steps import verify
+
+    return estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(policy),
+                    upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=polls_per_job(poll_interval, max_poll_interval))
+
+
 def over_share(spend: Spend, limits: dict, share: float) -> list[str]:
     """The allowances ``spend`` would take more than ``share`` of what the org has left, each as a phrase."""
     out = []
@@ -99,12 +108,9 @@ def check(sf, policy: Policy, records: int) -> Spend:
     """Read the org's ``/limits`` and refuse (RetentionError, before anything is touched) a run over its share:
     ``guards.max_api_share``, else ``[retention] max_api_share``."""
     from retention import config
-    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
-    from retention.steps import verify
     from retention.steps.run import RetentionError
 
-    spend = estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(policy),
-                     upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=polls_per_job(sf.poll_interval, sf.max_poll_interval))
+    spend = for_run(policy, records, poll_interval=sf.poll_interval, max_poll_interval=sf.max_poll_interval)
     if policy.guards.max_api_share is not None:
         share, where = policy.guards.max_api_share, "guards.max_api_share"
     else:

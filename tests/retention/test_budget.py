@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from retention.budget import Spend, estimate, over_share, polls_per_job
+from retention.budget import Spend, estimate, for_run, over_share, polls_per_job
 from retention.config import OPTIONS
 from retention.policy import parse_policy
 
@@ -29,20 +29,22 @@ def policy(action="delete", source="heroku_connect"):
     return parse_policy(POLICY.format(action=action, mask=mask, source=source).encode())
 
 
+# The shipped [retention] bulk_poll_interval (the suite sets a shorter one).
+SHIPPED_POLL_INTERVAL = float(OPTIONS["bulk_poll_interval"][2])
+
+
 def default_polls() -> int:
-    """Status checks per job at the shipped [retention] bulk_poll_interval (the suite sets a shorter one)."""
+    """Status checks per job at the shipped first wait."""
     from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL
 
-    return polls_per_job(float(OPTIONS["bulk_poll_interval"][2]), MAX_POLL_INTERVAL)
+    return polls_per_job(SHIPPED_POLL_INTERVAL, MAX_POLL_INTERVAL)
 
 
 def spend(p, records):
-    """The estimate with the page sizes, upload limit and polling a deployment uses by default."""
-    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
-    from retention.steps import verify
+    """The estimate a deployment's run makes, at the shipped first wait."""
+    from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL
 
-    return estimate(p, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(p),
-                    upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=default_polls())
+    return for_run(p, records, poll_interval=SHIPPED_POLL_INTERVAL, max_poll_interval=MAX_POLL_INTERVAL)
 
 
 @pytest.mark.parametrize(("first", "checks"), [

@@ -63,13 +63,7 @@ def _run(sandbox, sf, policy_id: str):
 @pytest.mark.parametrize("action", ["delete", "mask"])
 def test_a_chunked_run_gives_the_same_cache_org_and_ledger_as_one_chunk(sandbox, airflow_db, sf, action):
     from retention import budget
-    from retention.hooks.salesforce_bulk import (
-        INGEST_UPLOAD_MAX_BYTES,
-        MAX_POLL_INTERVAL,
-        QUERY_PAGE_SIZE,
-        SalesforceBulk2Hook,
-    )
-    from retention.steps import verify
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
     from tests.dags import chunk_dags
     from tests.policy_support import policy_world
 
@@ -109,9 +103,9 @@ def test_a_chunked_run_gives_the_same_cache_org_and_ledger_as_one_chunk(sandbox,
     # Each run spends no more API calls than the budget check estimated for it.
     for policy_id, spent in ((f"chunks_{action}_one", spent_one), (f"chunks_{action}_many", spent_many)):
         policy = next(p for p in chunk_dags.POLICIES if p.id == policy_id)
-        estimate = budget.estimate(policy, RECORDS, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(policy),
-                                   upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=budget.polls_per_job(
-                                       SalesforceBulk2Hook().poll_interval, MAX_POLL_INTERVAL))
+        hook = SalesforceBulk2Hook()  # the polling the runs' hook had ([retention] bulk_poll_interval)
+        estimate = budget.for_run(policy, RECORDS, poll_interval=hook.poll_interval,
+                                  max_poll_interval=hook.max_poll_interval)
         assert spent <= estimate.api_requests, (policy_id, spent, estimate)
 
 
