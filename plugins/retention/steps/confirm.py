@@ -56,8 +56,8 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         # below (this execution's records, the mirror's values against those sent) ran by nested loops for minutes.
         analyze(conn, table(policy.retain.table), run.sent)
     # Jobs an earlier, unreported execution of the run settled (a chunk done before a crash, then the run cleared)
-    # are this execution's evidence too.
-    acted.bulk_job_ids = list(dict.fromkeys([*acted.bulk_job_ids, *unreported_jobs(store, policy, run)]))
+    # are this execution's evidence too, and stay so once its ledger row lists them (a retry waits for them).
+    acted.bulk_job_ids = list(dict.fromkeys([*acted.bulk_job_ids, *unclaimed_jobs(store, policy, run)]))
     if policy.cascade:
         from retention import cascade
 
@@ -168,15 +168,17 @@ def this_execution(policy: Policy, run: Run, job_ids: list[str], alias: str) -> 
             .format(c=c, s=run.staging), [run.run_key, list(job_ids), run.run_key])
 
 
-def unreported_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
-    """The run's Bulk jobs with settled records that no ledger row of the run lists (see ``this_execution``): this
-    execution's row lists them."""
+def unclaimed_jobs(store: RetentionStoreHook, policy: Policy, run: Run) -> list[str]:
+    """The run's Bulk jobs with settled records that no other execution's ledger row lists (see
+    ``this_execution``): this execution's row lists them, and a retry after that row was written still counts them
+    as its own."""
     with store.connect() as conn:
         rows = conn.execute(sql.SQL(
             "SELECT DISTINCT c._bulk_job_id FROM {} c WHERE c._retention_run = %s AND c._bulk_job_id IS NOT NULL "
             "AND c._action_status IN ('done', 'refused', 'failed') AND NOT EXISTS (SELECT 1 FROM retention.runs r "
-            "WHERE r.run_key = %s AND r.bulk_job_ids ? c._bulk_job_id) ORDER BY 1").format(
-            table(policy.retain.table)), (run.run_key, run.run_key)).fetchall()
+            "WHERE r.run_key = %s AND r.bulk_job_ids ? c._bulk_job_id AND (r.dag_run_id, r.started_at) "
+            "IS DISTINCT FROM (%s, %s)) ORDER BY 1").format(table(policy.retain.table)),
+            (run.run_key, run.run_key, run.dag_run_id, run.started_at)).fetchall()
     return [r[0] for r in rows]
 
 
