@@ -214,7 +214,7 @@ def cmd_faults(s: Settings, args) -> int:
     verify = str(s.tls_dir / "ca.pem")
     if args.action == "set":
         body = {"kind": args.kind}
-        for key in ("count", "rate", "status", "seconds", "code", "seed"):
+        for key in ("count", "rate", "status", "seconds", "code", "seed", "text"):
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
         r = requests.post(url, json=body, verify=verify, timeout=10)
@@ -326,13 +326,14 @@ def parser() -> argparse.ArgumentParser:
     faults = sub.add_parser("faults", help="list, set or clear injected faults")
     faults.add_argument("action", choices=("list", "set", "clear"))
     faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry | "
-                        "hard_delete_denied | job_failure | slow_job")
+                        "hard_delete_denied | job_failure | slow_job | nul_in_results")
     faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
     faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
     faults.add_argument("--status", type=int, help="500 or 503 for server_error")
     faults.add_argument("--seconds", type=float, help="delay for slow, how long slow_job keeps a job InProgress")
     faults.add_argument("--code", help="per-row error code for record_failures")
     faults.add_argument("--seed", type=int, help="random seed for rate-based faults")
+    faults.add_argument("--text", help="what nul_in_results sends as a NUL character")
     sub.add_parser("env", help="print shell exports for the running sandbox")
     serve = sub.add_parser("serve", help=argparse.SUPPRESS)
     serve.add_argument("--base-url", required=True)

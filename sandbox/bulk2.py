@@ -190,15 +190,16 @@ class _CrlfWriter:
         return b'"'.join(parts)
 
 
-def stream_copy(svc: OrgService, statement: sql.Composable, head: bytes, line_ending: str):
-    """Yield ``head`` then the output of a COPY TO STDOUT, chunk by chunk, never as Python rows."""
+def stream_copy(svc: OrgService, statement: sql.Composable, head: bytes, line_ending: str, *, nul: bytes = b""):
+    """Yield ``head`` then the output of a COPY TO STDOUT, chunk by chunk, never as Python rows; ``nul`` is sent as
+    a NUL character wherever it occurs in a row (the ``nul_in_results`` fault)."""
     crlf = _CrlfWriter() if line_ending == "\r\n" else None
     yield head
     buffer: list[bytes] = []
     size = 0
     with svc.pool.connection() as conn, conn.cursor() as cur, cur.copy(statement) as copy:
         for chunk in copy:  # psycopg yields about a row per chunk: batch them into ~256 KB sends
-            buffer.append(bytes(chunk))
+            buffer.append(bytes(chunk).replace(nul, b"\x00") if nul else bytes(chunk))
             size += len(chunk)
             if size >= STREAM_CHUNK:
                 data = b"".join(buffer)
@@ -395,8 +396,9 @@ def query_results(request: Request, svc: OrgService) -> Response:
         columns, sql.Identifier(results.SCHEMA, cur["table"]), sql.Literal(offset), sql.Literal(count),
         copy_options(delimiter))
     head = csv_header(cur["columns"], delimiter, line_ending)
+    fault = svc.faults.take("nul_in_results")
     return CopyStream(
-        stream_copy(svc, statement, head, line_ending),
+        stream_copy(svc, statement, head, line_ending, nul=fault.text.encode() if fault else b""),
         media_type="text/csv",
         headers={"Sforce-NumberOfRecords": str(count),
                  "Sforce-Locator": encode_locator(end) if end < cur["total"] else "null"},

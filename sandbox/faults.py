@@ -18,6 +18,12 @@ Each kind imitates what Salesforce sends, so client retry and failure paths can 
   ``hardDelete`` job (Bulk 2.0 or 1.0) is refused with ``FEATURENOTENABLED`` / ``FeatureNotEnabled``
   (``hardDelete operation requires special user profile permission, ...``); other operations work.
 
+- ``nul_in_results``: Bulk API 2.0 query result pages carry a NUL character (U+0000) wherever the text of option
+  ``text`` occurs in a row. Salesforce's documentation is silent on NULs, but a text field can hold one (pasted
+  in) and the Bulk API sends it as it is: clients break on it (airbytehq/airbyte#8300, heroku/salesforce-bulk#35)
+  or strip it (singer-io/tap-salesforce#21; simple-salesforce's ``filter_null_bytes``). This org lives in
+  Postgres, whose text cannot hold a NUL, so it can only send one this way.
+
 ``count`` limits a fault to the next N requests (or N rows for ``record_failures``, or N refused
 ``hardDelete`` job creations for ``hard_delete_denied``, N jobs for ``slow_job``).
 """
@@ -29,7 +35,7 @@ import threading
 from dataclasses import dataclass, field
 
 KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry", "hard_delete_denied",
-         "job_failure", "slow_job")
+         "job_failure", "slow_job", "nul_in_results")
 
 TRANSIENT_RECORD_CODES = ("UNABLE_TO_LOCK_ROW", "API_TEMPORARILY_UNAVAILABLE")
 
@@ -43,10 +49,11 @@ class Fault:
     seconds: float = 0.0
     code: str = "UNABLE_TO_LOCK_ROW"
     seed: int = 0
+    text: str = ""
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("kind", "count", "rate", "status", "seconds", "code", "seed")}
+        return {k: getattr(self, k) for k in ("kind", "count", "rate", "status", "seconds", "code", "seed", "text")}
 
 
 class FaultError(ValueError):
@@ -63,7 +70,7 @@ class Faults:
     def set(self, kind: str, **options) -> Fault:
         if kind not in KINDS:
             raise FaultError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
-        allowed = {"count", "rate", "status", "seconds", "code", "seed"}
+        allowed = {"count", "rate", "status", "seconds", "code", "seed", "text"}
         unknown = set(options) - allowed
         if unknown:
             raise FaultError(f"unknown option(s) for {kind}: {', '.join(sorted(unknown))}")
@@ -73,6 +80,8 @@ class Faults:
             raise FaultError("rate must be between 0 and 1")
         if kind == "server_error" and fault.status not in (500, 503):
             raise FaultError("server_error status must be 500 or 503")
+        if kind == "nul_in_results" and not fault.text:
+            raise FaultError("nul_in_results needs the text to send as a NUL")
         fault.rng.seed(fault.seed)
         with self._lock:
             self._active[kind] = fault

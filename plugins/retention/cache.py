@@ -15,8 +15,9 @@ from retention.hooks.store import CACHE_SCHEMA, LEDGER_SCHEMA
 from retention.steps.run import RetentionError
 
 if TYPE_CHECKING:
-    from collections.abc import Collection
+    from collections.abc import Callable, Collection, Iterable
 
+    from retention.hooks.salesforce_bulk import QueryPage
     from retention.policy import Policy
     from retention.steps.run import Run
 
@@ -165,3 +166,45 @@ def upsert_retained(conn, name: str, fields: list[str], subset: sql.Identifier, 
             for block in out:
                 into.write(block)
         return updated + into_cur.rowcount
+
+
+def copy_pages(conn, copy: sql.Composable | str, pages: Iterable[QueryPage], nul: Callable[[str, list[str]], Exception],
+               ) -> None:
+    """``copy`` each page of a Bulk query's results as it downloads, never holding a page whole. A Salesforce text
+    value can hold a NUL, Postgres text cannot: on the first NUL the page is downloaded again, whole, and
+    ``nul(record Id, fields)`` is raised for the first record holding one (``None, []`` if it is outside any
+    value), rather than let COPY fail on an anonymous byte."""
+    for page in pages:
+        with conn.cursor().copy(copy) as cp:
+            for chunk in page:
+                if b"\x00" in chunk:
+                    with page.again() as whole:
+                        raise nul(*first_nul(whole.text()))
+                cp.write(chunk)
+
+
+def first_nul(text: str) -> tuple[str | None, list[str]]:
+    """The first record of a query page's CSV with a NUL in its values (its Id), and those values' fields."""
+    import csv
+    import io
+
+    for row in csv.DictReader(io.StringIO(text)):
+        if bad := [name for name, value in row.items() if value and "\x00" in value]:
+            return row.get("Id"), bad
+    return None, []
+
+
+def nul_refused(policy: Policy, object_name: str) -> Callable[[str | None, list[str]], RetentionError]:
+    """The error for a staged record with a NUL in a value (see ``cache.copy_pages``): it cannot be retained as
+    the org holds it, so the run stops, naming record and field, before anything is acted on."""
+
+    def error(record: str | None, fields: list[str]) -> RetentionError:
+        if record is None:
+            return RetentionError(f"policy {policy.id}: the Bulk query result for {object_name} holds a NUL "
+                                  "character outside any value; nothing is acted on")
+        return RetentionError(
+            f"policy {policy.id}: {object_name} record {record} has a NUL character in {', '.join(fields)}; Postgres "
+            "text cannot hold one, so the record cannot be retained exactly and nothing is acted on. Remove the "
+            "character in Salesforce, then run again")
+
+    return error

@@ -144,7 +144,7 @@ def stage_from_salesforce(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Ru
                           types: dict[str, dict[str, str]]) -> list[dict]:
     """Stage each child of the run's parents from a Bulk 2.0 query (the children of every parent past the cutoff,
     streamed into COPY), then keep those of the staged parents."""
-    from retention.cache import STAGING_TYPES
+    from retention.cache import STAGING_TYPES, copy_pages, nul_refused
 
     out = []
     parents = parent_soql(policy, run, types[policy.object][policy.select.date_field])
@@ -160,10 +160,8 @@ def stage_from_salesforce(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Ru
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(staging(run, n), sql.SQL(", ").join(columns)))
         copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true, FORCE_NULL ({}))").format(
             staging(run, n), names, sql.SQL(", ").join([_column(child.relationship), *map(_column, fields)]))
-        for page in sf.query_pages(child.object, _child_soql(child.object, child.relationship, fields, parents)):
-            with conn.cursor().copy(copy) as cp:
-                cp.write(page)
-            del page  # before the next page is downloaded
+        copy_pages(conn, copy, sf.query_pages(child.object, _child_soql(child.object, child.relationship, fields,
+                                                                        parents)), nul_refused(policy, child.object))
         candidates = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(staging(run, n))).fetchone()[0]
         conn.execute(sql.SQL("DELETE FROM {t} c WHERE c.{rel} IS NULL OR c.{rel} NOT IN (SELECT sfid FROM {p})")
                      .format(t=staging(run, n), rel=_column(child.relationship), p=run.staging))
@@ -215,11 +213,12 @@ def blocked_parents(conn, sf: SalesforceBulk2Hook, policy: Policy, run: Run, des
 def _copy_children(conn, sf: SalesforceBulk2Hook, policy: Policy, rel: Relationship, parents: str) -> None:
     """The org's children (sfid, parent) of one relationship under ``parents``, streamed into the temp table
     ``_cascade_children`` (replaced on each call, dropped at commit)."""
+    from retention.cache import copy_pages, nul_refused
+
     conn.execute("DROP TABLE IF EXISTS pg_temp._cascade_children")
     conn.execute("CREATE TEMP TABLE _cascade_children (sfid varchar(18), parent varchar(18)) ON COMMIT DROP")
-    for page in _children_pages(sf, policy, rel, parents):
-        with conn.cursor().copy("COPY _cascade_children FROM STDIN WITH (FORMAT csv, HEADER true)") as cp:
-            cp.write(page)
+    copy_pages(conn, "COPY _cascade_children FROM STDIN WITH (FORMAT csv, HEADER true)",
+               _children_pages(sf, policy, rel, parents), nul_refused(policy, rel.child))
 
 
 def _children_pages(sf: SalesforceBulk2Hook, policy: Policy, rel: Relationship, parents: str):

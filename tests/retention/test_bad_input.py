@@ -236,19 +236,14 @@ def test_unknown_fields_in_retain_where_and_mask_stop_the_run_naming_file_and_ke
 
 
 def test_a_nul_in_a_bulk_result_stops_the_run_naming_record_and_field(sandbox, airflow_db, sf, tmp_path):
-    """The sandbox org lives in Postgres, so it cannot hold a NUL to send; Salesforce can. The Bulk result the real
-    query returns is given one (in place of a marker) on its way to the loader, which must refuse it, not strip it
-    nor let COPY fail on an anonymous byte; the staging and cache tables it began are rolled back."""
-    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
-
-    class NulInResults(SalesforceBulk2Hook):
-        def query_pages(self, object_name, soql, **kwargs):
-            for page in super().query_pages(object_name, soql, **kwargs):
-                yield page.replace("NUL-HERE", "\x00")
-
+    """The sandbox org lives in Postgres, so it cannot hold a NUL; Salesforce can, and sends it in a Bulk result (the
+    ``nul_in_results`` fault sends one in place of a marker). The loader must refuse it through the real client
+    path, not strip it (as simple-salesforce's own page reader does) nor let COPY fail on an anonymous byte; the
+    staging and cache tables it began are rolled back."""
     record = sf.Contact.create({"LastName": "NUL-HERE", "Email": "nul@bad-input.example"})["id"]
     policy = edge_policy(tmp_path, id="nul_in_results")
-    err, run = extract_now(policy, NulInResults())
+    with sandbox.fault("nul_in_results", text="NUL-HERE"):
+        err, run = extract_now(policy)
     assert str(err).startswith(f"policy nul_in_results: Contact record {record} has a NUL character in LastName; "
                                "Postgres text cannot hold one"), str(err)
     assert nothing_written(sandbox, policy, run)

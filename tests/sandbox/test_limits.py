@@ -108,7 +108,7 @@ def test_query_jobs_consume_daily_bulk_v2_query_jobs_and_no_batches(sandbox, hoo
     """"In Bulk API 2.0, only ingest jobs consume batches. Query jobs don't" (Bulk API and Bulk API 2.0 Limits and
     Allocations); each query job counts in DailyBulkV2QueryJobs (Bulk API 2.0 Limits and Allocations)."""
     before = hook.limits()
-    pages = list(hook.query_pages("Contact", "SELECT Id FROM Contact LIMIT 1"))
+    pages = [page.text() for page in hook.query_pages("Contact", "SELECT Id FROM Contact LIMIT 1")]
     after = hook.limits()
     assert len(pages) == 1
     assert after["DailyBulkV2QueryJobs"]["Remaining"] == before["DailyBulkV2QueryJobs"]["Remaining"] - 1
@@ -206,12 +206,30 @@ def test_query_pages_honours_page_size_and_big_pages_cost_one_download_each(sand
 
     made = make_contacts(sandbox, 5, "PagedIds")
     soql_text = "SELECT Id FROM Contact WHERE LastName = 'PagedIds'"
-    small = list(hook.query_pages("Contact", soql_text, page_size=2))
+    small = [page.text() for page in hook.query_pages("Contact", soql_text, page_size=2)]
     assert [page.count("\n") - 1 for page in small] == [2, 2, 1]
     before = api_usage(sandbox)
-    (big,) = hook.query_pages("Contact", soql_text, page_size=ID_QUERY_PAGE_SIZE)
+    (big,) = [page.text() for page in hook.query_pages("Contact", soql_text, page_size=ID_QUERY_PAGE_SIZE)]
     assert api_usage(sandbox) - before == 3  # create, one status check, one download
     assert sorted(big.split("\n")[1:-1]) == sorted(f'"{i}"' for i in made)
+
+
+def test_query_pages_are_the_bytes_the_org_sent_nul_included_and_can_be_read_again(sandbox, hook, sf):
+    """A text value can hold a NUL, which Salesforce sends as it is (the ``nul_in_results`` fault, see
+    sandbox.faults). simple-salesforce's own page reader strips it (``filter_null_bytes``), so a copy would differ
+    from the org's value unseen; the hook's pages keep it, and a page downloaded again is the same page."""
+    made = make_contacts(sandbox, 3, "NulValue")
+    soql_text = "SELECT Id, LastName FROM Contact WHERE LastName = 'NulValue'"
+    with sandbox.fault("nul_in_results", text="Value"):
+        pages = []
+        for page in hook.query_pages("Contact", soql_text, page_size=2):
+            with page.again() as again:
+                pages.append((page.text(), again.text()))
+        stripped = "".join(sf.bulk2.Contact.query(soql_text, wait=0))
+    assert [first == second for first, second in pages] == [True, True]
+    rows = [line for first, _ in pages for line in first.split("\n")[1:-1]]
+    assert sorted(rows) == sorted(f'"{i}","Nul\x00"' for i in made)
+    assert "\x00" not in stripped and stripped.count('"Nul"') == 3
 
 
 def test_bulk_query_selects_an_id_range_through_the_primary_key(sandbox, hook):
@@ -224,8 +242,8 @@ def test_bulk_query_selects_an_id_range_through_the_primary_key(sandbox, hook):
     for lo, hi in ((low, high), (low[:15], high[:15])):
         text = (f"SELECT Id, Email FROM Contact WHERE Id >= '{lo}' AND Id <= '{hi}' "
                 "AND LastName = 'IdRange'")
-        (page,) = hook.query_pages("Contact", text)
-        assert sorted(line.split(",")[0].strip('"') for line in page.split("\n")[1:-1]) == made[1:5]
+        (rows,) = [page.text() for page in hook.query_pages("Contact", text)]
+        assert sorted(line.split(",")[0].strip('"') for line in rows.split("\n")[1:-1]) == made[1:5]
     compiled = soql.compile_query(f"SELECT Id, Email FROM Contact WHERE Id >= '{low}' AND Id <= '{high}'")
     with sandbox.org_conn() as conn:
         conn.execute("SET enable_seqscan = off")  # a small table would be scanned anyway: ask whether it can use it

@@ -1,5 +1,5 @@
 """Salesforce for retention: every query the product sends (privacy holds, records by id, high-water marks,
-deletions, the user's permissions), Bulk API 2.0 query results streamed page by page, ingest jobs whose id is
+deletions, the user's permissions), Bulk API 2.0 query results streamed as they download, ingest jobs whose id is
 known before they are waited on, and per-record outcomes.
 
 Built on the provider's ``SalesforceHook`` (same Airflow connection, same login flows). Ingest uses
@@ -15,7 +15,7 @@ import csv
 import io
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, BinaryIO
@@ -34,8 +34,9 @@ DEFAULT_API_VERSION = "66.0"
 SOAP_LOGIN_UNAVAILABLE_FROM = 65.0
 
 # Salesforce keeps a Bulk 2.0 query's pages for days. Each page is an API call: 100,000 rows a page (tens of MB of
-# CSV, streamed into COPY one page at a time) keeps a million-record extract to ten, and bounds the extracting
-# worker's memory whatever the run's size (docs/benchmarks.md).
+# CSV) keeps a million-record extract to ten. A page streams into COPY as it downloads, so its size does not bound
+# the worker's memory; larger pages risk the timeout that maxRecords exists to prevent ("you may experience a
+# timeout before receiving all the data": Get Results for a Query Job).
 QUERY_PAGE_SIZE = 100_000
 # Each page downloaded is an API call; an Id is 21 bytes of CSV, so 500,000 Ids make a ~10 MB page and a million
 # Ids cost two calls. maxRecords has no documented maximum ("still subject to the size limits": Get Results for a
@@ -59,6 +60,31 @@ RESULTS_READ_BYTES = 1 << 20
 class SoapLoginUnavailable(AirflowFailException):
     """The connection logs in with SOAP ``login()`` at an API version that no longer offers it. Retrying cannot
     help: the connection has to change."""
+
+
+class QueryPage:
+    """One page of a Bulk 2.0 query job's results as it downloads: its CSV's bytes, exactly as the org sent them,
+    in chunks (iterate once). ``again()`` downloads the same page anew (another API call), for a reader that must
+    look back at what it has already passed on."""
+
+    def __init__(self, response, again: Callable[[], QueryPage]):
+        self._response = response
+        self.again = again
+        locator = response.headers.get("Sforce-Locator") or ""
+        self.next_locator = "" if locator == "null" else locator  # "null" on the last page (Get Results)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._response.iter_content(RESULTS_READ_BYTES)
+
+    def text(self) -> str:
+        """The rest of the page, whole."""
+        return b"".join(self).decode("utf-8")
+
+    def __enter__(self) -> QueryPage:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._response.close()
 
 
 # Salesforce refuses a URI over 16,384 bytes (HTTP 414); an ``Id IN (...)`` query is sized to stay under this
@@ -246,10 +272,11 @@ class SalesforceBulk2Hook(SalesforceHook):
         return self.conn.query(soql)["totalSize"]
 
     def query_pages(self, object_name: str, soql: str, *, include_deleted: bool = False,
-                    page_size: int | None = None) -> Iterator[str]:
-        """CSV pages (each with its header line) of a Bulk 2.0 query job, one at a time, of at most ``page_size``
-        records (None: ``QUERY_PAGE_SIZE``, read at call time; each page is an API call, and ``ID_QUERY_PAGE_SIZE``
-        suits a query of Ids alone)."""
+                    page_size: int | None = None) -> Iterator[QueryPage]:
+        """The pages of a Bulk 2.0 query job's results (CSV, each with its header line), one at a time, of at most
+        ``page_size`` records (None: ``QUERY_PAGE_SIZE``, read at call time; each page is an API call, and
+        ``ID_QUERY_PAGE_SIZE`` suits a query of Ids alone). A page downloads as it is read and is closed when the
+        next is asked for."""
         from simple_salesforce.bulk2 import Operation
 
         client = self._client(object_name)
@@ -257,13 +284,22 @@ class SalesforceBulk2Hook(SalesforceHook):
         self.wait(object_name, job["id"], is_query=True)
         locator = ""
         while True:
-            page = client.get_query_results(job["id"], locator, page_size or QUERY_PAGE_SIZE)
-            locator, records = page["locator"], page.pop("records")
-            del page
-            yield records
-            del records  # before the next download: one page in memory at a time (the caller drops its own)
+            with self._query_page(client, job["id"], page_size or QUERY_PAGE_SIZE, locator) as page:
+                yield page
+            locator = page.next_locator
             if not locator:
                 break
+
+    def _query_page(self, client, job_id: str, size: int, locator: str) -> QueryPage:
+        """One page, its body streamed. simple-salesforce's ``get_query_results`` holds the page whole, and strips
+        any NUL from it (``filter_null_bytes``): a value would be retained other than the org holds it."""
+        from simple_salesforce.util import call_salesforce
+
+        response = call_salesforce(
+            url=client._construct_request_url(job_id, True) + "/results", method="GET", session=client.session,
+            headers=client._get_headers(client.JSON_CONTENT_TYPE, client.CSV_CONTENT_TYPE), stream=True,
+            params={"maxRecords": size, **({"locator": locator} if locator else {})})
+        return QueryPage(response, lambda: self._query_page(client, job_id, size, locator))
 
     def create_ingest(self, object_name: str, operation: str) -> str:
         """Create an (Open) ingest job and return its id, so the caller can record it before uploading.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import structlog
 from psycopg import ClientCursor, sql
 
-from retention.cache import STAGING_TYPES, already_done, column, field_types, staged_fields
+from retention.cache import STAGING_TYPES, already_done, column, copy_pages, field_types, nul_refused, staged_fields
 from retention.hooks.store import MIRROR_SCHEMA
 from retention.steps.results import ChildStaged, Extracted
 from retention.steps.run import RetentionError, active_holds, claim, guard, release
@@ -170,11 +170,7 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(run.staging, columns))
         copy = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true, FORCE_NULL ({}))").format(
             run.staging, names, sql.SQL(", ").join(column(f) for f in fields))
-        for page in sf.query_pages(policy.object, soql):
-            _refuse_nul(policy, page)
-            with conn.cursor().copy(copy) as cp:
-                cp.write(page)
-            del page  # before the next page is downloaded
+        copy_pages(conn, copy, sf.query_pages(policy.object, soql), nul_refused(policy, policy.object))
         already = conn.execute(sql.SQL("DELETE FROM {} s WHERE {}").format(
             run.staging, already_done(policy, "s"))).rowcount
         held_rows = conn.execute(sql.SQL("DELETE FROM {} WHERE sfid = ANY(%s) RETURNING sfid").format(run.staging),
@@ -201,24 +197,6 @@ def _within_budget(sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, rec
     log.info("%s: acting on up to %d records spends about %d API requests, %d Bulk batches, %d Bulk query jobs: "
              "within the run's share of what the org has left today", run.run_key, records, spend.api_requests,
              spend.bulk_batches, spend.query_jobs)
-
-
-def _refuse_nul(policy: Policy, page: str) -> None:
-    """A Salesforce text value can hold a NUL; Postgres text cannot. Stop the run naming the record and field, before
-    anything is acted on, rather than let COPY fail on an anonymous byte or retain a value the org does not hold."""
-    if "\x00" not in page:
-        return
-    import csv
-    import io
-
-    for row in csv.DictReader(io.StringIO(page)):
-        if bad := [name for name, value in row.items() if value and "\x00" in value]:
-            raise RetentionError(
-                f"policy {policy.id}: {policy.object} record {row.get('Id')} has a NUL character in {', '.join(bad)}; "
-                "Postgres text cannot hold one, so the record cannot be retained exactly and nothing is acted on. "
-                "Remove the character in Salesforce, then run again")
-    raise RetentionError(f"policy {policy.id}: the Bulk query result for {policy.object} holds a NUL character "
-                         "outside any value; nothing is acted on")
 
 
 def soql_for(policy: Policy, run: Run, fields: list[str], types: dict[str, str],

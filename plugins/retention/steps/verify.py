@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import structlog
 from psycopg import ClientCursor, sql
 
-from retention.cache import table, table_exists
+from retention.cache import copy_pages, table, table_exists
 from retention.steps.act import in_chunk
 from retention.steps.confirm import this_execution
 from retention.steps.results import Verified
+from retention.steps.run import RetentionError
 
 if TYPE_CHECKING:
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
@@ -34,8 +35,8 @@ DONE = sql.Identifier("retention_done")  # the chunk's records reported done
 
 def page_size(policy: Policy) -> int:
     """Records per page of the read-back. A delete's range reads back little but Ids (what is left live), so its pages
-    are large and few; a mask's reads back every record with its masked fields, so its pages are the extract's, and
-    the worker holds no more of them at a time whatever the chunk's size."""
+    are large and few; a mask's reads back every record with its masked fields, so its pages are the extract's
+    (see ``QUERY_PAGE_SIZE``)."""
     from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, QUERY_PAGE_SIZE
 
     return QUERY_PAGE_SIZE if policy.action == "mask" else ID_QUERY_PAGE_SIZE
@@ -73,10 +74,10 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
             LIVE, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{n}"))
                                      for n in range(len(fields) + 1))))
         copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(LIVE)
-        for page in sf.query_pages(policy.object, soql, page_size=page_size(policy)):
-            with conn.cursor().copy(copy) as cp:
-                cp.write(page)
-            del page  # before the next page is downloaded
+        copy_pages(conn, copy, sf.query_pages(policy.object, soql, page_size=page_size(policy)),
+                   lambda record, fields: RetentionError(
+                       f"{policy.object} record {record} was read back from Salesforce with a NUL character in "
+                       f"{', '.join(fields) or 'the query result'}: not the value sent; its retained row is kept"))
         for name in (DONE, LIVE):  # fresh temporary tables have no statistics
             conn.execute(sql.SQL("ANALYZE {}").format(name))
         if policy.action != "mask":
