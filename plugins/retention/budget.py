@@ -115,10 +115,9 @@ def check(sf, policy: Policy, records: int) -> Spend:
         share, where = policy.guards.max_api_share, "guards.max_api_share"
     else:
         try:
-            share, where = float(config.get("max_api_share")), config.source("max_api_share")
-        except ValueError:
-            raise RetentionError(f"{config.source('max_api_share')} is {config.get('max_api_share')!r}, not a "
-                                 "number between 0 and 1; nothing was touched") from None
+            share, where = config.number("max_api_share", above=0, at_most=1), config.source("max_api_share")
+        except ValueError as err:
+            raise RetentionError(f"{err}; nothing was touched") from None
     over = over_share(spend, sf.limits(), share)
     if over:
         raise RetentionError(

@@ -11,6 +11,7 @@ loaded in every Airflow process.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from typing import Any
@@ -86,6 +87,20 @@ def source(option: str) -> str:
     if alias in os.environ and get_configured(option) is None:
         return alias
     return f"[{SECTION}] {option}"
+
+
+def number(option: str, *, above: float, at_most: float, unit: str = "") -> float:
+    """A numeric option in (``above``, ``at_most``]; anything else is a ValueError naming the option, where it is
+    set and what it takes."""
+    text = get(option)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not above < value <= at_most:  # also refuses nan and inf
+        raise ValueError(f"{source(option)} is {text!r}: expected a number{unit} above {above:g} and at most "
+                         f"{at_most:g}")
+    return value
 
 
 def get_configured(option: str) -> str | None:

@@ -78,6 +78,21 @@ def test_the_hook_waits_as_configured_and_refuses_a_wait_that_is_not_a_number_of
             SalesforceBulk2Hook()
 
 
+def test_a_share_that_is_not_a_number_in_zero_to_one_is_refused_before_the_org_is_asked(monkeypatch):
+    """``[retention] max_api_share`` is read as the budget is checked: a bad value stops the run naming the
+    option, before ``/limits`` is read (the hook here has no connection to read it with)."""
+    from retention.budget import check
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+    from retention.steps.run import RetentionError
+
+    hook = SalesforceBulk2Hook("no_such_connection", poll_interval=SHIPPED_POLL_INTERVAL)
+    for bad in ("most", "0", "1.5", "nan"):
+        monkeypatch.setenv("AIRFLOW__RETENTION__MAX_API_SHARE", bad)
+        with pytest.raises(RetentionError, match=rf"^\[retention\] max_api_share is '{bad}': expected a number "
+                                                 r"above 0 and at most 1; nothing was touched$"):
+            check(hook, policy(), 1_000)
+
+
 def test_a_million_records_cost_a_few_dozen_calls_and_grow_with_chunks_not_records():
     from retention.hooks.salesforce_bulk import QUERY_PAGE_SIZE
 

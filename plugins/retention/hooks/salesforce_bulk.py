@@ -13,7 +13,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -406,15 +405,10 @@ def configured_poll_interval() -> float:
     """``[retention] bulk_poll_interval`` in seconds; anything but a positive number stops the task, naming it."""
     from retention import config
 
-    text = config.get("bulk_poll_interval")
     try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= MAX_POLL_INTERVAL:
-        raise AirflowFailException(f"{config.source('bulk_poll_interval')} is {text!r}: expected a number of seconds "
-                                   f"above 0 and at most {MAX_POLL_INTERVAL:g}")
-    return seconds
+        return config.number("bulk_poll_interval", above=0, at_most=MAX_POLL_INTERVAL, unit=" of seconds")
+    except ValueError as err:
+        raise AirflowFailException(str(err)) from None
 
 
 def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Iterator[float]:
