@@ -59,11 +59,16 @@ def polls_per_job(first: float, most: float, seconds: float = JOB_SECONDS) -> in
     raise AssertionError("poll_delays never ends")
 
 
-def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int, upload_bytes: int,
+def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int, id_page: int, upload_bytes: int,
              polls: int) -> Spend:
     """At most what a run acting on ``records`` records spends, as the pipeline makes its calls: one ingest job per
     chunk (more when a chunk's upload would pass ``upload_bytes``), one verify query job per chunk, an extract
-    query job for the ``salesforce_api`` source; each job checked ``polls`` times (:func:`polls_per_job`)."""
+    query job for the ``salesforce_api`` source; each job checked ``polls`` times (:func:`polls_per_job`).
+
+    Each cascade child adds a query job that reads its children back in confirm, and one that stages them for the
+    ``salesforce_api`` source, counted as if there were as many children as parents. Not counted: the queries for
+    cascading relationships the policy does not retain (found in the org's describe as the run starts), one job
+    each at extract and one per chunk before acting."""
     chunk = policy.guards.chunk_records
     chunks = max(1, math.ceil(records / chunk))
     row = ID_BYTES + MASKED_VALUE_BYTES * len(policy.mask or {})
@@ -74,20 +79,22 @@ def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int,
                        + jobs_per_chunk * (CALLS_PER_INGEST_JOB + polls)
                        + CALLS_PER_QUERY_JOB + polls + pages_per_chunk)
     query_jobs = chunks
-    if policy.source == "salesforce_api":
-        calls += CALLS_PER_QUERY_JOB + polls + max(1, math.ceil(records / query_page))
-        query_jobs += 1
+    extract_jobs = 1 + len(policy.cascade) if policy.source == "salesforce_api" else 0
+    calls += extract_jobs * (CALLS_PER_QUERY_JOB + polls + max(1, math.ceil(records / query_page)))
+    calls += len(policy.cascade) * (CALLS_PER_QUERY_JOB + polls + max(1, math.ceil(records / id_page)))
+    query_jobs += extract_jobs + len(policy.cascade)
     batches = chunks * jobs_per_chunk + math.ceil(records / INGEST_BATCH_RECORDS)
     return Spend(api_requests=calls, bulk_batches=batches, query_jobs=query_jobs)
 
 
 def for_run(policy: Policy, records: int, *, poll_interval: float, max_poll_interval: float) -> Spend:
     """:func:`estimate` with the page sizes and upload limit the pipeline uses, and the hook's polling."""
-    from retention.hooks.salesforce_bulk import INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
+    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
     from retention.steps import verify
 
     return estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(policy),
-                    upload_bytes=INGEST_UPLOAD_MAX_BYTES, polls=polls_per_job(poll_interval, max_poll_interval))
+                    id_page=ID_QUERY_PAGE_SIZE, upload_bytes=INGEST_UPLOAD_MAX_BYTES,
+                    polls=polls_per_job(poll_interval, max_poll_interval))
 
 
 def over_share(spend: Spend, limits: dict, share: float) -> list[str]:

@@ -359,9 +359,12 @@ def summary(conn, policy: Policy, run: Run) -> dict[str, dict]:
     """Per child object: its cache table and how many of this run's children ended in each status."""
     out = {}
     for n, child in enumerate(policy.cascade):
-        rows = conn.execute(sql.SQL("SELECT r._action_status, array_agg(r.sfid ORDER BY r.sfid) FROM ({}) r "
-                                    "GROUP BY 1").format(retained_query(policy, run, n))).fetchall()
-        statuses = {status: ids for status, ids in rows}
-        out[child.object] = {"table": child.retain.table, "relationship": child.relationship,
-                             "ids": statuses, **{status: len(ids) for status, ids in statuses.items()}}
+        rows = conn.execute(sql.SQL("SELECT r._action_status, count(*) FROM ({}) r GROUP BY 1").format(
+            retained_query(policy, run, n))).fetchall()
+        out[child.object] = {"table": child.retain.table, "relationship": child.relationship, **dict(rows)}
     return out
+
+
+def done_query(policy: Policy, run: Run, n: int) -> sql.Composed:
+    """This run's children of ``policy.cascade[n]`` that went with their parents (their ``sfid``)."""
+    return sql.SQL("{} AND c._action_status = 'done'").format(retained_query(policy, run, n, "c.sfid"))

@@ -112,11 +112,32 @@ def test_a_million_records_cost_a_few_dozen_calls_and_grow_with_chunks_not_recor
     assert masked.api_requests - mirror.api_requests == 4 * (3 - 1) and masked.api_requests <= 125
 
 
+PAGES = {"query_page": 200_000, "verify_page": 500_000, "id_page": 500_000}
+
+
 def test_masks_that_pass_the_upload_limit_need_more_jobs():
-    masked = estimate(policy("mask"), 250_000, query_page=200_000, verify_page=500_000, upload_bytes=1_000_000,
-                      polls=8)
-    deleted = estimate(policy(), 250_000, query_page=200_000, verify_page=500_000, upload_bytes=1_000_000, polls=8)
+    masked = estimate(policy("mask"), 250_000, **PAGES, upload_bytes=1_000_000, polls=8)
+    deleted = estimate(policy(), 250_000, **PAGES, upload_bytes=1_000_000, polls=8)
     assert masked.api_requests > deleted.api_requests and masked.bulk_batches > deleted.bulk_batches
+
+
+def test_each_cascade_child_adds_its_read_back_and_from_salesforce_its_staging_query():
+    """Children that go with their parents are read back by one Bulk query job per child object (pages of Ids),
+    and staged by another when the source is the org; the estimate counts them as many as the parents."""
+    def with_children(source: str):
+        return parse_policy(POLICY.format(action="delete", mask="", source=source).replace(
+            "object: Contact", "object: Account").encode() + b"""cascade:
+  - object: Contact
+    relationship: AccountId
+    retain: {table: budget_contact, fields: {Email: keep}}
+""")
+
+    for source, jobs, pages in (("heroku_connect", 1, 2), ("salesforce_api", 2, 2 + 1_000_000 // 200_000)):
+        alone = estimate(policy(source=source), 1_000_000, **PAGES, upload_bytes=10**8, polls=8)
+        cascading = estimate(with_children(source), 1_000_000, **PAGES, upload_bytes=10**8, polls=8)
+        assert cascading.query_jobs - alone.query_jobs == jobs
+        # one more describe (Contact), then a create and eight status checks a job, and its pages
+        assert cascading.api_requests - alone.api_requests == 1 + jobs * (1 + 8) + pages
 
 
 def test_a_spend_over_the_share_of_any_allowance_is_named():

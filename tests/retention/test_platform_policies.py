@@ -226,3 +226,39 @@ def test_a_cascade_childs_retained_copy_is_purged_with_its_parents(world):
     assert recorded == set(parents) | set(children)
     (row,) = store_rows(sandbox, "SELECT message FROM retention.runs WHERE id = %s", (result.ledger_id,))
     assert f"with them {len(children)} rows of their cascade children" in row["message"]
+
+
+def test_a_child_reported_gone_with_its_parent_but_live_in_the_org_fails_the_run(world, monkeypatch, sf, capfd):
+    """Children that went with their parents are read back from the org as the parents are, by one Bulk 2.0 query
+    job over their Id range (not a REST query per few hundred Ids). One is live again after the act (undeleted in
+    the org): confirm fails naming it, and every copy is kept."""
+    from retention import cascade
+
+    sandbox = world
+    logical_date = LOGICAL_DATE + dt.timedelta(days=1825 + 50)  # every account is old enough
+    parent = sf.Account.create({"Name": "Revived"})["id"]
+    children = [sf.Contact.create({"LastName": f"Revived {n}", "AccountId": parent})["id"] for n in range(3)]
+    real = cascade.follow_parents
+
+    def follow_then_undelete(conn, policy, run):
+        real(conn, policy, run)
+        with sandbox.org_conn() as org:
+            org.execute("UPDATE org.contact SET isdeleted = false WHERE id = %s", (children[1],))
+
+    monkeypatch.setattr(cascade, "follow_parents", follow_then_undelete)
+    (started,) = org_rows(sandbox, "SELECT clock_timestamp() AS at")
+    run, states = run_policy("revived_accounts", logical_date)
+    with sandbox.store_conn() as conn:  # a failed confirm keeps the working tables: this test drops them
+        for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' "
+                                     "AND tablename LIKE 'revived_accounts__%'").fetchall():
+            conn.execute(f'DROP TABLE retention_staging."{table}"')
+    assert run.state == "failed" and states["confirm_and_report"] == "failed", states
+    assert f"records reported done are not deleted in Salesforce, e.g. {children[1]}" in capfd.readouterr().out
+    kept = cache_rows(sandbox, "revived_contact")
+    assert {kept[c]["_action_status"] for c in children} == {"done"}  # copies kept
+    assert cache_rows(sandbox, "revived_account")[parent]["_action_status"] == "done"
+    read_backs = org_rows(sandbox, "SELECT query FROM bulk.jobs WHERE kind = 'query' AND object = 'Contact' AND "
+                                   "created_at > %s AND query LIKE 'SELECT Id FROM Contact WHERE Id >= %%'",
+                          (started["at"],))
+    tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}["confirm_and_report"]
+    assert len(read_backs) == tries, read_backs  # one job each attempt

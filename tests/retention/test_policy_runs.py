@@ -374,18 +374,3 @@ def test_the_cutoff_is_an_aware_utc_time_whatever_the_logical_dates_zone():
                    run_after=pendulum.now("UTC"), dag_run_id="manual__x", params={})
     assert run.cutoff == dt.datetime(2024, 6, 1, 1, tzinfo=dt.UTC) and run.cutoff.utcoffset() == dt.timedelta(0)
     assert run.run_key == "inactive_contacts__20260601T010000"
-
-
-def test_the_org_is_re_queried_in_as_few_id_lists_as_fit_salesforces_uri_limit():
-    from urllib.parse import urlencode
-
-    from retention.hooks.salesforce_bulk import SOQL_URI_BUDGET, id_in_queries
-
-    ids = [f"003Dn{n:010d}AAA" for n in range(50_312)]
-    head = "SELECT Id, Email, FirstName FROM Contact WHERE Id IN ("
-    queries = id_in_queries(head, ids)
-    assert all(q.startswith(head) and q.endswith(")") for q in queries)
-    assert [i.strip("'") for q in queries for i in q[len(head):-1].split(", ")] == ids  # each once, in order
-    assert max(len(urlencode({"q": q})) for q in queries) <= SOQL_URI_BUDGET < 16_384
-    assert len(queries) <= 100  # about 500 IDs a query, not 200
-    assert id_in_queries(head, []) == []

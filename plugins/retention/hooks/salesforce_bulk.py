@@ -86,9 +86,6 @@ class QueryPage:
         self._response.close()
 
 
-# Salesforce refuses a URI over 16,384 bytes (HTTP 414); an ``Id IN (...)`` query is sized to stay under this
-# many bytes of URL-encoded SOQL, which leaves room for the instance URL and the path.
-SOQL_URI_BUDGET = 15_000
 # Privacy holds in force now: active, and not past their end date.
 ACTIVE_HOLDS_SOQL = ("SELECT ReferenceRecordId FROM PrivacyHold WHERE IsActive = true AND "
                      "(EndDate = null OR EndDate >= TODAY)")
@@ -225,15 +222,6 @@ class SalesforceBulk2Hook(SalesforceHook):
         """
         return self._query_all(
             "PrivacyHold", "SELECT Id, ReferenceRecordId, IsActive, RegisteredDate, EndDate FROM PrivacyHold")
-
-    def live_records(self, object_name: str, ids: list[str], fields: list[str] = ()) -> list[dict]:
-        """The records among ``ids`` that are still live (Id and ``fields``), in as few queries as fit the URI
-        limit: each query counts against the org's daily API limit."""
-        head = f"SELECT {', '.join(['Id', *fields])} FROM {object_name} WHERE Id IN ("
-        out: list[dict] = []
-        for soql in id_in_queries(head, [i for i in ids if i.isalnum()]):
-            out += self._query_all(object_name, soql)
-        return out
 
     def newest_modstamp(self, object_name: str) -> str | None:
         """The object's newest SystemModstamp as the org reports it (a high-water mark), or None when empty.
@@ -417,24 +405,6 @@ def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Ite
     while True:
         yield delay
         delay = min(delay * backoff, most)
-
-
-def id_in_queries(head: str, ids: list[str], budget: int = SOQL_URI_BUDGET) -> list[str]:
-    """``head`` + a quoted, comma-separated share of ``ids`` + ``)``, as few queries as fit the URI budget
-    once URL-encoded (about 500 IDs each)."""
-    from urllib.parse import quote_plus
-
-    fixed = len(quote_plus(head + ")"))
-    chunks: list[list[str]] = []
-    size = budget  # the first ID starts a chunk
-    for record_id in ids:
-        item = len(quote_plus(f"'{record_id}', "))
-        if size + item > budget:
-            chunks.append([])
-            size = fixed
-        chunks[-1].append(record_id)
-        size += item
-    return [head + ", ".join(f"'{i}'" for i in chunk) + ")" for chunk in chunks]
 
 
 def _version_number(version: str) -> float:

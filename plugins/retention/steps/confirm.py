@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import structlog
 from psycopg import sql
 
+from retention import cascade
 from retention.cache import analyze, column, table, table_exists
 from retention.hooks.store import MIRROR_SCHEMA
 from retention.steps.results import Reported, Task
@@ -59,8 +60,6 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     # are this execution's evidence too, and stay so once its ledger row lists them (a retry waits for them).
     acted.bulk_job_ids = list(dict.fromkeys([*acted.bulk_job_ids, *unclaimed_jobs(store, policy, run)]))
     if policy.cascade:
-        from retention import cascade
-
         with store.connect() as conn:
             cascade.follow_parents(conn, policy, run)  # again: a crash may have come between
             children = cascade.summary(conn, policy, run)
@@ -78,7 +77,8 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
     # row and only waits again.
     deadline = time.monotonic() + mirror_timeout
     while done and not (mirror_reflects(store, policy, run, acted.bulk_job_ids) and all(
-            mirror_shows_gone(store, name, child["ids"].get("done", [])) for name, child in children.items())):
+            mirror_shows_gone(store, child.object, cascade.done_query(policy, run, n))
+            for n, child in enumerate(policy.cascade))):
         if time.monotonic() > deadline:
             raise MirrorBehind(
                 f"Heroku Connect's mirror did not reflect the {done} {DONE_VERB[policy.action]} records within "
@@ -100,8 +100,10 @@ def confirm(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
 def _report(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, run: Run, extracted: Extracted,
             validated: Validated | None, acted: Acted, summary: dict[str, int], verified: list[Verified],
             children: dict) -> Reported:
-    """Check the org showed every record reported done as acted on (each chunk's verify), then append the run's
-    ledger row."""
+    """Check the org showed every record reported done as acted on (each chunk's verify, and the children that
+    went with their parents), then append the run's ledger row."""
+    from retention.steps import verify
+
     done, failed, refused = summary.get("done", 0), summary.get("failed", 0), summary.get("refused", 0)
     checked = sum(v.checked for v in verified)
     if checked != done:
@@ -109,10 +111,11 @@ def _report(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
                              f"{Task.VERIFY}; their retained rows are kept: clear {Task.VERIFY} and this task")
     not_applied = sum(v.not_applied for v in verified)
     sample = [i for v in verified for i in v.sample]
-    for name, child in children.items():
-        missed = sf.live_records(name, child["ids"].get("done", []))
+    for n, child in enumerate(policy.cascade):  # each child object read back by one Bulk query, as verify does
+        with store.connect() as conn:
+            missed = verify.still_live(conn, sf, child.object, cascade.done_query(policy, run, n))
         not_applied += len(missed)
-        sample += [r["Id"] for r in missed]
+        sample += missed
     if not_applied:
         raise RetentionError(
             f"{not_applied} records reported done are not {DONE_VERB[policy.action]} in Salesforce, e.g. "
@@ -138,7 +141,7 @@ def _report(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, 
         holds_applied=sorted(set(extracted.held_ids) | set(acted.held_at_action)),
         validation=validated.to_xcom() if validated else None, status=status, message=message, timings={},
         blocked_records=extracted.blocked,
-        cascade={name: {k: v for k, v in child.items() if k != "ids"} for name, child in children.items()},
+        cascade=children,
     )
     log.info("ledger row %d: %s", ledger_id, message)
     return Reported(ledger_id=ledger_id, status=status, counts=counts, message=message)
@@ -231,14 +234,15 @@ def mirror_reflects(store: RetentionStoreHook, policy: Policy, run: Run, job_ids
     return True
 
 
-def mirror_shows_gone(store: RetentionStoreHook, object_name: str, ids: list[str]) -> bool:
-    """True once none of ``ids`` is left in Connect's mirror of the object (or the object is not mapped)."""
+def mirror_shows_gone(store: RetentionStoreHook, object_name: str, done: sql.Composable) -> bool:
+    """True once none of the records ``done`` selects (an ``sfid`` column) is left in Connect's mirror of the object
+    (or the object is not mapped)."""
     mirror = sql.Identifier(MIRROR_SCHEMA, object_name.lower())
     with store.connect() as conn:
-        if not ids or not table_exists(conn, mirror):
+        if not table_exists(conn, mirror):
             return True
-        return conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE sfid = ANY(%s)").format(mirror),
-                            (ids,)).fetchone()[0] == 0
+        return not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM ({}) d JOIN {} m ON m.sfid = d.sfid)")
+                                .format(done, mirror)).fetchone()[0]
 
 
 def same_value(sent, have) -> bool:

@@ -59,36 +59,60 @@ def verify(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, r
         with ClientCursor(conn) as cur:  # CREATE TABLE AS takes no bind parameters: bound safely client-side
             cur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT c.sfid::text AS sfid FROM {} c "
                                 "WHERE {}").format(DONE, target, where), params)
-        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(DONE))
-        # The org orders Ids by their characters' codes (0-9 < A-Z < a-z, the base-62 digits' order): the range is
-        # taken in the same, binary order, never the store's collation, so it covers every record of the chunk.
-        first, last, count = conn.execute(sql.SQL(
-            'SELECT min(sfid COLLATE "C"), max(sfid COLLATE "C"), count(*) FROM {}').format(DONE)).fetchone()
+        count = read_back(conn, sf, policy.object, fields, page_size(policy))
         if not count:
             return Verified()
-        if not (first.isalnum() and last.isalnum()):
-            raise ValueError(f"not a Salesforce Id: {first!r} or {last!r}")
-        soql = (f"SELECT {', '.join(['Id', *fields])} FROM {policy.object} "
-                f"WHERE Id >= '{first}' AND Id <= '{last}'")
-        conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
-            LIVE, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{n}"))
-                                     for n in range(len(fields) + 1))))
-        copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(LIVE)
-        copy_pages(conn, copy, sf.query_pages(policy.object, soql, page_size=page_size(policy)),
-                   lambda record, fields: RetentionError(
-                       f"{policy.object} record {record} was read back from Salesforce with a NUL character in "
-                       f"{', '.join(fields) or 'the query result'}: not the value sent; its retained row is kept"))
-        for name in (DONE, LIVE):  # fresh temporary tables have no statistics
-            conn.execute(sql.SQL("ANALYZE {}").format(name))
         if policy.action != "mask":
-            missed = [r[0] for r in conn.execute(
-                sql.SQL("SELECT d.sfid FROM {} l JOIN {} d ON d.sfid = l.f0 ORDER BY 1").format(LIVE, DONE)).fetchall()]
+            missed = _live_done(conn)
             sample, not_applied = missed[:5], len(missed)
         else:
             sample, not_applied = _masks_not_applied(conn, run, fields)
     log.info("%s chunk %d: %d records reported done read back from Salesforce, %d not %s there", run.run_key,
              chunk.index, count, not_applied, "masked" if policy.action == "mask" else "deleted")
     return Verified(checked=count, not_applied=not_applied, sample=sample)
+
+
+def read_back(conn, sf: SalesforceBulk2Hook, object_name: str, fields: list[str], size: int) -> int:
+    """Key the records in the temporary table ``DONE`` (``sfid``), then copy every live record of their Id range
+    (``Id`` and ``fields``) into the temporary table ``LIVE`` (``f0``, ``f1``, ...) through one Bulk 2.0 query job:
+    the caller compares the two in SQL. How many records ``DONE`` holds (none: nothing is read)."""
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (sfid)").format(DONE))
+    # The org orders Ids by their characters' codes (0-9 < A-Z < a-z, the base-62 digits' order): the range is
+    # taken in the same, binary order, never the store's collation, so it covers every record of the set.
+    first, last, count = conn.execute(sql.SQL(
+        'SELECT min(sfid COLLATE "C"), max(sfid COLLATE "C"), count(*) FROM {}').format(DONE)).fetchone()
+    if not count:
+        return 0
+    if not (first.isalnum() and last.isalnum()):
+        raise ValueError(f"not a Salesforce Id: {first!r} or {last!r}")
+    soql = f"SELECT {', '.join(['Id', *fields])} FROM {object_name} WHERE Id >= '{first}' AND Id <= '{last}'"
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+        LIVE, sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(f"f{n}")) for n in range(len(fields) + 1))))
+    copy = sql.SQL("COPY {} FROM STDIN WITH (FORMAT csv, HEADER true)").format(LIVE)
+    copy_pages(conn, copy, sf.query_pages(object_name, soql, page_size=size),
+               lambda record, where: RetentionError(
+                   f"{object_name} record {record} was read back from Salesforce with a NUL character in "
+                   f"{', '.join(where) or 'the query result'}: not the value sent; its retained row is kept"))
+    for name in (DONE, LIVE):  # fresh temporary tables have no statistics
+        conn.execute(sql.SQL("ANALYZE {}").format(name))
+    return count
+
+
+def still_live(conn, sf: SalesforceBulk2Hook, object_name: str, done: sql.Composable) -> list[str]:
+    """Of the Ids ``done`` selects (one ``sfid`` column), those the org still holds live, in Id order: one Bulk 2.0
+    query job over their Id range, not a REST query per few hundred Ids. Call it in a transaction of its own (its
+    temporary tables are dropped at commit)."""
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT sfid::text AS sfid FROM ({}) d")
+                 .format(DONE, done))
+    from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE
+
+    return _live_done(conn) if read_back(conn, sf, object_name, [], ID_QUERY_PAGE_SIZE) else []
+
+
+def _live_done(conn) -> list[str]:
+    """The records of ``DONE`` that ``LIVE`` holds, in Id order."""
+    return [r[0] for r in conn.execute(sql.SQL(
+        'SELECT d.sfid FROM {} l JOIN {} d ON d.sfid = l.f0 ORDER BY d.sfid COLLATE "C"').format(LIVE, DONE))]
 
 
 def _masks_not_applied(conn, run: Run, fields: list[str]) -> tuple[list[str], int]:
