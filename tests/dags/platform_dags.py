@@ -43,10 +43,10 @@ POLICIES = {
         "accounts_bulk_api.yaml", ("id: accounts_bulk_api", "id: growing_accounts"),
         ("table: account\n", "table: growing_account\n"), ("table: account_contact", "table: growing_contact"),
         ("table: account_opportunity", "table: growing_opportunity")),
-    "revived_accounts": variant(
-        "accounts_bulk_api.yaml", ("id: accounts_bulk_api", "id: revived_accounts"),
-        ("table: account\n", "table: revived_account\n"), ("table: account_contact", "table: revived_contact"),
-        ("table: account_opportunity", "table: revived_opportunity")),
+    "moved_accounts": variant(
+        "accounts_bulk_api.yaml", ("id: accounts_bulk_api", "id: moved_accounts"),
+        ("table: account\n", "table: moved_account\n"), ("table: account_contact", "table: moved_contact"),
+        ("table: account_opportunity", "table: moved_opportunity")),
 }
 
 globals().update({policy.dag_id: as_deployed(build_dag(policy)) for policy in POLICIES.values()})

@@ -230,33 +230,36 @@ def test_a_cascade_childs_retained_copy_is_purged_with_its_parents(world):
 
 def test_a_child_reported_gone_with_its_parent_but_live_in_the_org_fails_the_run(world, monkeypatch, sf, capfd):
     """Children that went with their parents are read back from the org as the parents are, by one Bulk 2.0 query
-    job over their Id range (not a REST query per few hundred Ids). One is live again after the act (undeleted in
-    the org): confirm fails naming it, and every copy is kept."""
-    from retention import cascade
+    job over their Id range (not a REST query per few hundred Ids). One is moved to another account after the act
+    step's last look at the children and before the delete: the delete leaves it live, yet it is recorded as gone
+    with its parent. Confirm fails naming it, and every copy is kept."""
+    from retention.steps import act
 
     sandbox = world
     logical_date = LOGICAL_DATE + dt.timedelta(days=1825 + 50)  # every account is old enough
-    parent = sf.Account.create({"Name": "Revived"})["id"]
-    children = [sf.Contact.create({"LastName": f"Revived {n}", "AccountId": parent})["id"] for n in range(3)]
-    real = cascade.follow_parents
+    parent = sf.Account.create({"Name": "Moving out"})["id"]
+    children = [sf.Contact.create({"LastName": f"Moving {n}", "AccountId": parent})["id"] for n in range(3)]
+    real = act._submit
 
-    def follow_then_undelete(conn, policy, run):
-        real(conn, policy, run)
-        with sandbox.org_conn() as org:
-            org.execute("UPDATE org.contact SET isdeleted = false WHERE id = %s", (children[1],))
+    def move_one_then_submit(*args, **kwargs):
+        elsewhere = sf.Account.create({"Name": "New home"})["id"]  # made after extract: not in this run
+        sf.Contact.update(children[1], {"AccountId": elsewhere})
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(cascade, "follow_parents", follow_then_undelete)
+    monkeypatch.setattr(act, "_submit", move_one_then_submit)
     (started,) = org_rows(sandbox, "SELECT clock_timestamp() AS at")
-    run, states = run_policy("revived_accounts", logical_date)
+    run, states = run_policy("moved_accounts", logical_date)
     with sandbox.store_conn() as conn:  # a failed confirm keeps the working tables: this test drops them
         for (table,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'retention_staging' "
-                                     "AND tablename LIKE 'revived_accounts__%'").fetchall():
+                                     "AND tablename LIKE 'moved_accounts__%'").fetchall():
             conn.execute(f'DROP TABLE retention_staging."{table}"')
     assert run.state == "failed" and states["confirm_and_report"] == "failed", states
     assert f"records reported done are not deleted in Salesforce, e.g. {children[1]}" in capfd.readouterr().out
-    kept = cache_rows(sandbox, "revived_contact")
+    kept = cache_rows(sandbox, "moved_contact")
     assert {kept[c]["_action_status"] for c in children} == {"done"}  # copies kept
-    assert cache_rows(sandbox, "revived_account")[parent]["_action_status"] == "done"
+    assert cache_rows(sandbox, "moved_account")[parent]["_action_status"] == "done"
+    assert org_rows(sandbox, "SELECT id FROM org.contact WHERE id = ANY(%s) AND NOT isdeleted", (children,)) == [
+        {"id": children[1]}]
     read_backs = org_rows(sandbox, "SELECT query FROM bulk.jobs WHERE kind = 'query' AND object = 'Contact' AND "
                                    "created_at > %s AND query LIKE 'SELECT Id FROM Contact WHERE Id >= %%'",
                           (started["at"],))
