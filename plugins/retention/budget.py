@@ -65,10 +65,10 @@ def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int,
     chunk (more when a chunk's upload would pass ``upload_bytes``), one verify query job per chunk, an extract
     query job for the ``salesforce_api`` source; each job checked ``polls`` times (:func:`polls_per_job`).
 
-    Each cascade child adds a query job that reads its children back in confirm, and one that stages them for the
-    ``salesforce_api`` source, counted as if there were as many children as parents. Not counted: the queries for
-    cascading relationships the policy does not retain (found in the org's describe as the run starts), one job
-    each at extract and one per chunk before acting."""
+    Each cascade child adds query jobs, its children counted as many as the parents: one that stages them (for the
+    ``salesforce_api`` source), one that asks the org for them again before each chunk's delete, and one that reads
+    them back in confirm (pages of Ids). Not counted: the jobs for cascading relationships the policy does not
+    retain (found in the org's describe as the run starts), one at extract and one before each chunk's delete."""
     chunk = policy.guards.chunk_records
     chunks = max(1, math.ceil(records / chunk))
     row = ID_BYTES + MASKED_VALUE_BYTES * len(policy.mask or {})
@@ -79,10 +79,14 @@ def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int,
                        + jobs_per_chunk * (CALLS_PER_INGEST_JOB + polls)
                        + CALLS_PER_QUERY_JOB + polls + pages_per_chunk)
     query_jobs = chunks
-    extract_jobs = 1 + len(policy.cascade) if policy.source == "salesforce_api" else 0
-    calls += extract_jobs * (CALLS_PER_QUERY_JOB + polls + max(1, math.ceil(records / query_page)))
-    calls += len(policy.cascade) * (CALLS_PER_QUERY_JOB + polls + max(1, math.ceil(records / id_page)))
-    query_jobs += extract_jobs + len(policy.cascade)
+    # Query jobs besides verify's, each its pages: extract's and the cascade children's (see above).
+    from_org = policy.source == "salesforce_api"
+    extract_pages = max(1, math.ceil(records / query_page))
+    pages_per_job = [extract_pages] * from_org
+    for _ in policy.cascade:
+        pages_per_job += [extract_pages] * (from_org + chunks) + [max(1, math.ceil(records / id_page))]
+    calls += sum(CALLS_PER_QUERY_JOB + polls + pages for pages in pages_per_job)
+    query_jobs += len(pages_per_job)
     batches = chunks * jobs_per_chunk + math.ceil(records / INGEST_BATCH_RECORDS)
     return Spend(api_requests=calls, bulk_batches=batches, query_jobs=query_jobs)
 

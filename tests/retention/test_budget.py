@@ -121,9 +121,10 @@ def test_masks_that_pass_the_upload_limit_need_more_jobs():
     assert masked.api_requests > deleted.api_requests and masked.bulk_batches > deleted.bulk_batches
 
 
-def test_each_cascade_child_adds_its_read_back_and_from_salesforce_its_staging_query():
-    """Children that go with their parents are read back by one Bulk query job per child object (pages of Ids),
-    and staged by another when the source is the org; the estimate counts them as many as the parents."""
+def test_each_cascade_child_adds_its_checks_before_each_delete_its_read_back_and_its_staging_query():
+    """A cascade child's records are asked of the org again before each chunk's delete, read back by one Bulk
+    query job in confirm (pages of Ids), and staged by another when the source is the org; the estimate counts
+    them as many as the parents."""
     def with_children(source: str):
         return parse_policy(POLICY.format(action="delete", mask="", source=source).replace(
             "object: Contact", "object: Account").encode() + b"""cascade:
@@ -132,7 +133,9 @@ def test_each_cascade_child_adds_its_read_back_and_from_salesforce_its_staging_q
     retain: {table: budget_contact, fields: {Email: keep}}
 """)
 
-    for source, jobs, pages in (("heroku_connect", 1, 2), ("salesforce_api", 2, 2 + 1_000_000 // 200_000)):
+    chunks, query_pages = 1_000_000 // 250_000, 1_000_000 // 200_000
+    for source, jobs, pages in (("heroku_connect", chunks + 1, chunks * query_pages + 2),
+                                ("salesforce_api", 1 + chunks + 1, (1 + chunks) * query_pages + 2)):
         alone = estimate(policy(source=source), 1_000_000, **PAGES, upload_bytes=10**8, polls=8)
         cascading = estimate(with_children(source), 1_000_000, **PAGES, upload_bytes=10**8, polls=8)
         assert cascading.query_jobs - alone.query_jobs == jobs
