@@ -168,8 +168,8 @@ def upsert_retained(conn, name: str, fields: list[str], subset: sql.Identifier, 
         return updated + into_cur.rowcount
 
 
-def copy_pages(conn, copy: sql.Composable | str, pages: Iterable[QueryPage], nul: Callable[[str, list[str]], Exception],
-               ) -> None:
+def copy_pages(conn, copy: sql.Composable | str, pages: Iterable[QueryPage],
+               nul: Callable[[str | None, list[str]], Exception]) -> None:
     """``copy`` each page of a Bulk query's results as it downloads, never holding a page whole. A Salesforce text
     value can hold a NUL, Postgres text cannot: on the first NUL the page is downloaded again, whole, and
     ``nul(record Id, fields)`` is raised for the first record holding one (``None, []`` if it is outside any

@@ -1,6 +1,6 @@
-"""Salesforce for retention: every query the product sends (privacy holds, records by id, high-water marks,
-deletions, the user's permissions), Bulk API 2.0 query results streamed as they download, ingest jobs whose id is
-known before they are waited on, and per-record outcomes.
+"""Salesforce for retention: every query the product sends (privacy holds, counts, high-water marks, deletions,
+the user's permissions), Bulk API 2.0 query results streamed as they download, ingest jobs whose id is known
+before they are waited on, and per-record outcomes.
 
 Built on the provider's ``SalesforceHook`` (same Airflow connection, same login flows). Ingest uses
 simple-salesforce's Bulk 2.0 client step by step rather than its one-call helpers: the job id must be
