@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sandbox import postgres, tls
 from sandbox.config import API_VERSION, Settings
+from sandbox.faults import KINDS, OPTIONS
 
 # pgserver's import warns about XDG_RUNTIME_DIR on headless machines; it does not use that folder here.
 warnings.filterwarnings("ignore", module="platformdirs")
@@ -214,7 +215,7 @@ def cmd_faults(s: Settings, args) -> int:
     verify = str(s.tls_dir / "ca.pem")
     if args.action == "set":
         body = {"kind": args.kind}
-        for key in ("count", "rate", "status", "seconds", "code", "seed", "text"):
+        for key in OPTIONS:
             if getattr(args, key) is not None:
                 body[key] = getattr(args, key)
         r = requests.post(url, json=body, verify=verify, timeout=10)
@@ -325,8 +326,7 @@ def parser() -> argparse.ArgumentParser:
     seed.add_argument("--reset", action="store_true", help="empty the org first")
     faults = sub.add_parser("faults", help="list, set or clear injected faults")
     faults.add_argument("action", choices=("list", "set", "clear"))
-    faults.add_argument("kind", nargs="?", help="rate_limit | server_error | slow | record_failures | session_expiry | "
-                        "hard_delete_denied | job_failure | slow_job | nul_in_results")
+    faults.add_argument("kind", nargs="?", help=" | ".join(KINDS))
     faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
     faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
     faults.add_argument("--status", type=int, help="500 or 503 for server_error")

@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 KINDS = ("rate_limit", "server_error", "slow", "record_failures", "session_expiry", "hard_delete_denied",
          "job_failure", "slow_job", "nul_in_results")
 
+# What a fault may be given besides its kind (each a field of Fault).
+OPTIONS = ("count", "rate", "status", "seconds", "code", "seed", "text")
+
 TRANSIENT_RECORD_CODES = ("UNABLE_TO_LOCK_ROW", "API_TEMPORARILY_UNAVAILABLE")
 
 
@@ -53,7 +56,7 @@ class Fault:
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("kind", "count", "rate", "status", "seconds", "code", "seed", "text")}
+        return {k: getattr(self, k) for k in ("kind", *OPTIONS)}
 
 
 class FaultError(ValueError):
@@ -70,8 +73,7 @@ class Faults:
     def set(self, kind: str, **options) -> Fault:
         if kind not in KINDS:
             raise FaultError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
-        allowed = {"count", "rate", "status", "seconds", "code", "seed", "text"}
-        unknown = set(options) - allowed
+        unknown = set(options) - set(OPTIONS)
         if unknown:
             raise FaultError(f"unknown option(s) for {kind}: {', '.join(sorted(unknown))}")
         options = {k: v for k, v in options.items() if v is not None}

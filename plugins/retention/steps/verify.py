@@ -102,10 +102,10 @@ def still_live(conn, sf: SalesforceBulk2Hook, object_name: str, done: sql.Compos
     """Of the Ids ``done`` selects (one ``sfid`` column), those the org still holds live, in Id order: one Bulk 2.0
     query job over their Id range, not a REST query per few hundred Ids. Call it in a transaction of its own (its
     temporary tables are dropped at commit)."""
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT sfid::text AS sfid FROM ({}) d")
-                 .format(DONE, done))
     from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE
 
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT sfid::text AS sfid FROM ({}) d")
+                 .format(DONE, done))
     return _live_done(conn) if read_back(conn, sf, object_name, [], ID_QUERY_PAGE_SIZE) else []
 
 
