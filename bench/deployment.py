@@ -11,14 +11,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 
 import requests
 
-from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
+from tests.airflow_deployment import (
+    AIRFLOW,
+    deployment_env,
+    fresh_metadata_database,
+    stop_standalone,
+    wait_until_healthy,
+)
 from tests.conftest import REPO, free_port, shared_tmp
 
 USUAL_WAY_DAG_FILE = '''"""The usual way (bench/usual_way.py) as an Airflow DAG file of this deployment
@@ -61,11 +66,7 @@ class Deployment:
 
     def stop(self) -> None:
         """End the deployment's process group; its home (logs) is kept when BENCH_KEEP_HOME is set."""
-        os.killpg(self.proc.pid, signal.SIGINT)
-        try:
-            self.proc.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_standalone(self.proc)
         self._log.close()
         if not os.environ.get("BENCH_KEEP_HOME"):
             shutil.rmtree(self.home, ignore_errors=True)

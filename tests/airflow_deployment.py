@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -79,3 +81,15 @@ def wait_until_healthy(url: str, home: Path, *, alive, logs, timeout: float = 18
         assert alive(), logs()[-3000:]
         assert time.monotonic() < deadline, f"the deployment did not come up in {timeout}s:\n{logs()[-3000:]}"
         time.sleep(1)
+
+
+def stop_standalone(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop ``airflow standalone`` started in a session of its own: SIGTERM to its whole process group (each
+    component stops on it within seconds; SIGINT left them running past 40 s), SIGKILL whatever is left after
+    ``timeout``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

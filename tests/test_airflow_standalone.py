@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
+from tests.airflow_deployment import (
+    AIRFLOW,
+    deployment_env,
+    fresh_metadata_database,
+    stop_standalone,
+    wait_until_healthy,
+)
 from tests.conftest import REPO, SUITE_DEPLOYMENT, free_port, shared_tmp
 from tests.policy_support import cache_rows, org_rows, place_hold, store_rows
 
@@ -161,13 +166,7 @@ def standalone(sandbox):
                                   logs=lambda: (home / "standalone.log").read_text())
     yield {"url": url, "password": password, "home": home, "env": env,
            "daily_at": (at.hour, at.minute)}
-    # SIGINT (Ctrl-C) left standalone's components running for the full 40 s this waited; each stops on SIGTERM.
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_standalone(proc)
     log.close()
     shutil.rmtree(home, ignore_errors=True)
 

@@ -34,8 +34,8 @@ SOAP_LOGIN_UNAVAILABLE_FROM = 65.0
 
 # Salesforce keeps a Bulk 2.0 query's pages for days. Each page is an API call: 100,000 rows a page (tens of MB of
 # CSV) keeps a million-record extract to ten. A page streams into COPY as it downloads, so its size does not bound
-# the worker's memory; larger pages risk the timeout that maxRecords exists to prevent ("you may experience a
-# timeout before receiving all the data": Get Results for a Query Job).
+# the worker's memory; larger pages risk the download timeout that the maxRecords parameter is documented to prevent
+# (Get Results for a Query Job).
 QUERY_PAGE_SIZE = 100_000
 # Each page downloaded is an API call; an Id is 21 bytes of CSV, so 500,000 Ids make a ~10 MB page and a million
 # Ids cost two calls. maxRecords has no documented maximum ("still subject to the size limits": Get Results for a
@@ -64,7 +64,8 @@ class SoapLoginUnavailable(AirflowFailException):
 class QueryPage:
     """One page of a Bulk 2.0 query job's results as it downloads: its CSV's bytes, exactly as the org sent them,
     in chunks (iterate once). ``again()`` downloads the same page anew (another API call), for a reader that must
-    look back at what it has already passed on."""
+    look back at what it has already passed on: "You can use the locator to retrieve a set of results multiple
+    times" (Get Results for a Query Job)."""
 
     def __init__(self, response, again: Callable[[], QueryPage]):
         self._response = response
