@@ -155,12 +155,13 @@ def not_found() -> ApiError:
     return ApiError(404, "NOT_FOUND", "The requested resource does not exist")
 
 
-def save_rows(conn, job_id: str, batch_id: str, outcome: list[ingest.RowResult], *, keep_values: bool) -> None:
-    """Store per-row results (COPY, so a 100,000-row job stays quick)."""
+def save_rows(conn, job_id: str, batch_id: str, outcome: list[ingest.RowResult], *, keep_values: bool,
+              first: int = 0) -> None:
+    """Store per-row results (COPY, so a 100,000-row job stays quick); ``first`` is the first row's number."""
     with conn.cursor() as cur, cur.copy(
         "COPY bulk.rows (job_id, batch_id, rn, record_id, success, created, error, err, vals) FROM STDIN"
     ) as copy:
-        for rn, r in enumerate(outcome):
+        for rn, r in enumerate(outcome, first):
             err = json.dumps(r.error.as_dict()) if r.error else None
             vals = [None if v is None else str(v) for v in r.values] if keep_values else None
             copy.write_row((job_id, batch_id, rn, r.id, r.success, r.created, r.error_text() or None, err, vals))
@@ -540,10 +541,6 @@ def ingest_job(request: Request, svc: OrgService) -> Response:
     return JSONResponse(info)
 
 
-class _Aborted(Exception):
-    pass
-
-
 def read_uploads(conn, job: dict):
     """(header, rows) of all CSV uploaded to a job; each upload carries its own header, as Salesforce expects."""
     delimiter, line_ending = DELIMITERS[job["column_delimiter"]], LINE_ENDINGS[job["line_ending"]]
@@ -569,7 +566,14 @@ def read_uploads(conn, job: dict):
 
 
 def run_ingest_job(svc: OrgService, job_id: str) -> None:
-    """Process a closed ingest job: InProgress, then JobComplete (or Failed); an abort meanwhile wins."""
+    """Process a closed ingest job in batches of 10,000 records, each committed as it is done: "Salesforce creates
+    a separate batch for every 10,000 records in your job data" (Understanding Bulk API 2.0 Ingest). While the
+    job is ``InProgress`` its info reports the records processed so far (``numberRecordsProcessed``; Get
+    Information About an Ingest Job does not say whether the count moves before the job ends, and the product
+    never relies on it moving). An abort stops it before its next batch, and the batches done
+    stay done: "Changes made by a job that fails or is aborted aren't rolled back" (Bulk API 2.0 Developer Guide).
+    Salesforce may process a job's batches in parallel; the guide does not say in what order, so here they go
+    one after another in the upload's order."""
     started = time.monotonic()
     with svc.pool.connection() as conn:
         claimed = conn.execute(
@@ -581,37 +585,56 @@ def run_ingest_job(svc: OrgService, job_id: str) -> None:
         job = load_job(conn, job_id, api="v2")
         conn.commit()
         queued = svc.faults.take("slow_job")
-        if queued:
-            time.sleep(queued.seconds)
         broken = svc.faults.take("job_failure")
+        svc.limits.consume("DailyBulkApiBatches", limits.ingest_batches(0))  # the parent batch, always there
         try:
+            header, rows = read_uploads(conn, job)
+            ingest.check_header(get_object(job["object"]), job["operation"], header, job["external_id"] or "Id")
+            conn.execute("UPDATE bulk.jobs SET columns = %s WHERE id = %s", (json.dumps(header), job_id))
+            conn.commit()
+            if broken:  # the first half goes through and stays, then the job fails
+                rows = rows[: len(rows) // 2]
+            for first in range(0, len(rows), limits.RECORDS_PER_BATCH):
+                if queued:
+                    time.sleep(queued.seconds)
+                if not _run_batch(svc, conn, job, header, rows[first : first + limits.RECORDS_PER_BATCH], first,
+                                  started):
+                    return  # aborted
             with conn.transaction():
-                header, rows = read_uploads(conn, job)
-                if broken:  # the first half goes through and stays, then the job fails
-                    rows = rows[: len(rows) // 2]
-                outcome = ingest.process(conn, get_object(job["object"]), job["operation"], header, rows,
-                                         faults=svc.faults, external_id=job["external_id"] or "Id",
-                                         edit_converted=svc.may_edit_converted())
                 if load_job(conn, job_id, api="v2", lock=True)["state"] == "Aborted":
-                    raise _Aborted()
-                save_rows(conn, job_id, "", outcome, keep_values=True)
-                svc.limits.consume("DailyBulkApiBatches", limits.ingest_batches(len(rows)))
-                set_state(conn, job_id, "Failed" if broken else "JobComplete", columns=header,
-                          processed=len(outcome), failed=sum(1 for r in outcome if not r.success),
+                    return
+                set_state(conn, job_id, "Failed" if broken else "JobComplete",
                           processing_ms=int((time.monotonic() - started) * 1000),
                           **({"error_message": "InternalServerError : the job failed part way (injected)"}
                              if broken else {}))
-        except _Aborted:
-            return
         except ingest.JobError as err:
+            conn.rollback()
             conn.execute("UPDATE bulk.jobs SET state = 'Failed', error_message = %s, modstamp = clock_timestamp() "
                          "WHERE id = %s AND state = 'InProgress'", (err.message, job_id))
-            svc.limits.consume("DailyBulkApiBatches", limits.ingest_batches(0))  # the parent batch was created
         except Exception as exc:  # a sandbox bug must not leave the job InProgress forever
             log.exception("bulk ingest job %s failed", job_id)
             conn.rollback()
             conn.execute("UPDATE bulk.jobs SET state = 'Failed', error_message = %s, modstamp = clock_timestamp() "
                          "WHERE id = %s AND state = 'InProgress'", (f"InternalServerError : {exc}", job_id))
+
+
+def _run_batch(svc: OrgService, conn, job: dict, header: list[str], rows: list[list[str]], first: int,
+               started: float) -> bool:
+    """Apply one batch and count it in the job's progress, in one transaction; False if the job was aborted
+    first (the row lock makes an abort wait for a batch under way, then take effect before the next)."""
+    with conn.transaction():
+        if load_job(conn, job["id"], api="v2", lock=True)["state"] == "Aborted":
+            return False
+        outcome = ingest.process(conn, get_object(job["object"]), job["operation"], header, rows,
+                                 faults=svc.faults, external_id=job["external_id"] or "Id",
+                                 edit_converted=svc.may_edit_converted())
+        save_rows(conn, job["id"], "", outcome, keep_values=True, first=first)
+        conn.execute("UPDATE bulk.jobs SET processed = processed + %s, failed = failed + %s, processing_ms = %s, "
+                     "modstamp = clock_timestamp() WHERE id = %s",
+                     (len(outcome), sum(1 for r in outcome if not r.success),
+                      int((time.monotonic() - started) * 1000), job["id"]))
+    svc.limits.consume("DailyBulkApiBatches", 1)
+    return True
 
 
 @rest_call

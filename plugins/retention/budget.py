@@ -22,8 +22,9 @@ INGEST_BATCH_RECORDS = 10_000
 # 30 s apart); a job done within JOB_SECONDS is checked at most polls_per_job() times, and each half minute a job
 # runs longer costs one more call than estimated.
 JOB_SECONDS = 90
-# Per ingest job besides its polls: create, upload, close, and the three result downloads.
-CALLS_PER_INGEST_JOB = 6
+# Per ingest job besides its polls: create, upload, close, the three result downloads, and the one status check
+# its progress may add that finds it still running (SalesforceBulk2Hook.wait adds at most one).
+CALLS_PER_INGEST_JOB = 7
 # Per verify query job besides its polls and pages: create.
 CALLS_PER_QUERY_JOB = 1
 # What any run spends whatever its size: the describes, the /limits read, the holds, the org's count at validation.

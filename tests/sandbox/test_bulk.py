@@ -39,6 +39,20 @@ def make_contacts(sandbox, count: int, last_name: str, **values) -> list[str]:
     return [o.id for o in out]
 
 
+def copy_contacts(sandbox, count: int, last_name: str) -> list[str]:
+    """``count`` live contacts written straight into the org's table (one COPY), for jobs of many batches."""
+    with sandbox.org_conn() as conn:
+        new_ids = org.reserve_ids(conn, CONTACT, count)
+        stamp = org.now()
+        with conn.cursor() as cur, cur.copy(
+            "COPY org.contact (id, isdeleted, createddate, lastmodifieddate, systemmodstamp, ownerid, lastname, "
+            "firstname) FROM STDIN"
+        ) as copy:
+            for i, rid in enumerate(new_ids):
+                copy.write_row((rid, False, stamp, stamp, stamp, org.DEFAULT_OWNER, last_name, f"N{i}"))
+    return new_ids
+
+
 def state_of(sandbox, record_ids: list[str]) -> dict[str, bool | None]:
     """id -> isdeleted (None: no such row, i.e. hard-deleted)."""
     with sandbox.org_conn() as conn:
@@ -81,15 +95,7 @@ def test_crlf_translation_keeps_newlines_inside_quoted_values_across_chunks():
 def test_bulk2_query_pages_100k_records_through_locators(sandbox, sf):
     count = 100_000
     started = time.monotonic()
-    with sandbox.org_conn() as conn:
-        new_ids = org.reserve_ids(conn, CONTACT, count)
-        stamp = org.now()
-        with conn.cursor() as cur, cur.copy(
-            "COPY org.contact (id, isdeleted, createddate, lastmodifieddate, systemmodstamp, ownerid, lastname, "
-            "firstname) FROM STDIN"
-        ) as copy:
-            for i, rid in enumerate(new_ids):
-                copy.write_row((rid, False, stamp, stamp, stamp, org.DEFAULT_OWNER, "Bulk100k", f"N{i}"))
+    new_ids = copy_contacts(sandbox, count, "Bulk100k")
     seeded = time.monotonic()
 
     pages = list(sf.bulk2.Contact.query("SELECT Id, FirstName FROM Contact WHERE LastName = 'Bulk100k'",
@@ -289,6 +295,40 @@ def test_bulk2_query_job_resource(sandbox, sf):
     assert job["id"] in {j["id"] for j in listed["records"]}
     assert requests.delete(f"{base}/{job['id']}", headers=bearer(sf), verify=sandbox.ca).status_code == 204
     assert requests.get(f"{base}/{job['id']}", headers=bearer(sf), verify=sandbox.ca).status_code == 404
+
+
+def test_bulk2_ingest_goes_in_batches_of_10000_and_an_abort_keeps_the_batches_done(sandbox, sf):
+    """"Salesforce creates a separate batch for every 10,000 records in your job data" (Understanding Bulk API 2.0
+    Ingest), and "Changes made by a job that fails or is aborted aren't rolled back" (Bulk API 2.0 Developer
+    Guide). The job reports its records processed while InProgress, batch by batch (fault ``slow_job`` holds each
+    batch a second, so the abort lands between two); an abort stops it there, with every record of the batches
+    done deleted and reported, and the rest in ``unprocessedrecords``, untouched."""
+    doomed = copy_contacts(sandbox, 25_000, "Batched")
+    base = f"{sandbox.instance_url}/services/data/v{sf.sf_version}/jobs/ingest"
+    job = requests.post(base, json={"object": "Contact", "operation": "delete", "lineEnding": "LF"},
+                        headers=bearer(sf), verify=sandbox.ca).json()
+    requests.put(f"{base}/{job['id']}/batches", data="Id\n" + "".join(f"{i}\n" for i in doomed),
+                 headers={**bearer(sf), "Content-Type": "text/csv"}, verify=sandbox.ca).raise_for_status()
+    with sandbox.fault("slow_job", seconds=1, count=1):
+        requests.patch(f"{base}/{job['id']}", json={"state": "UploadComplete"}, headers=bearer(sf),
+                       verify=sandbox.ca).raise_for_status()
+        seen = []
+        while not seen or seen[-1]["numberRecordsProcessed"] == 0:
+            time.sleep(0.05)
+            seen.append(requests.get(f"{base}/{job['id']}", headers=bearer(sf), verify=sandbox.ca).json())
+        aborted = requests.patch(f"{base}/{job['id']}", json={"state": "Aborted"}, headers=bearer(sf),
+                                 verify=sandbox.ca)
+    assert (seen[-1]["state"], seen[-1]["numberRecordsProcessed"]) == ("InProgress", 10_000)
+    assert aborted.json()["state"] == "Aborted"
+    time.sleep(1.5)  # past the batch that was held when the abort came: it never runs
+    info = requests.get(f"{base}/{job['id']}", headers=bearer(sf), verify=sandbox.ca).json()
+    assert (info["state"], info["numberRecordsProcessed"], info["numberRecordsFailed"]) == ("Aborted", 10_000, 0)
+    done = parse(requests.get(f"{base}/{job['id']}/successfulResults", headers=bearer(sf), verify=sandbox.ca).text)
+    rest = parse(requests.get(f"{base}/{job['id']}/unprocessedrecords", headers=bearer(sf), verify=sandbox.ca).text)
+    assert [r["sf__Id"] for r in done] == doomed[:10_000]  # the first batch, in the upload's order
+    assert [r["Id"] for r in rest] == doomed[10_000:]
+    states = state_of(sandbox, doomed)
+    assert all(states[i] for i in doomed[:10_000]) and not any(states[i] for i in doomed[10_000:])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,6 +76,45 @@ def test_wait_polls_a_job_the_org_keeps_running_far_less_often_than_fixed_pollin
     assert not live(sandbox, doomed)
 
 
+def test_progress_delay_brings_a_check_to_when_the_jobs_rate_says_it_ends():
+    from retention.hooks.salesforce_bulk import progress_delay
+
+    # Nothing processed yet: the progress says nothing, the schedule stands.
+    assert progress_delay(1.0, 40_000, [(0.5, 0)], floor=0.5) is None
+    # 10,000 in the 1.5 s since the job was closed, at its first check: 30,000 left take 4.5 s, 5.4 s with the
+    # margin, later than the check due in 4 s.
+    assert progress_delay(4.0, 40_000, [(1.5, 10_000)], floor=0.5) is None
+    # Seen at none at 0.5 s, the 10,000 took at most the second since: 3 s left, 3.6 s with the margin.
+    assert progress_delay(4.0, 40_000, [(0.5, 0), (1.5, 10_000)], floor=0.5) == pytest.approx(3.6)
+    # 30,000 at 6 s, still 10,000 at 4 s (and at 2 s): the 20,000 took at most 2 s, so the 10,000 left take 1 s,
+    # 1.2 s with the margin.
+    seen = [(0.5, 0), (2.0, 10_000), (4.0, 10_000), (6.0, 30_000)]
+    assert progress_delay(8.0, 40_000, seen, floor=0.5) == pytest.approx(1.2)
+    # Every record processed and the job not yet ended, or nearly so: never sooner than the floor.
+    assert progress_delay(8.0, 40_000, [(5.0, 40_000)], floor=0.5) == 0.5
+    assert progress_delay(8.0, 40_000, [(5.0, 39_990)], floor=0.5) == 0.5
+
+
+def test_wait_checks_an_ingest_job_when_its_progress_says_it_ends_at_no_extra_call(sandbox, hook):
+    """50,000 records, five batches each held 1 s (``slow_job``): the job ends 5 to 7.5 s after it is closed.
+    With a first wait of 1.5 s the backoff checks at 1.5, 4.5 and 10.5 s. At 4.5 s the job reports 30,000 or
+    40,000 records processed, 10,000 at 1.5 s: the rate between brings a check to between 5.7 and 8.1 s, which
+    finds the job done, where the backoff alone would have waited until 10.5 s; three checks either way."""
+    from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
+
+    hook = SalesforceBulk2Hook(poll_interval=1.5)
+    missing = [ids.make_id("003", 2 * 10**12 + i) for i in range(50_000)]  # the org processes them as failures
+    job_id = hook.create_ingest("Contact", "delete")
+    with sandbox.fault("slow_job", seconds=1, count=1):
+        hook.upload_and_close("Contact", job_id, delete_csv(missing))
+        before, started = api_usage(sandbox), time.monotonic()
+        info = hook.wait("Contact", job_id, records=len(missing))
+        polls, waited = api_usage(sandbox) - before, time.monotonic() - started
+    assert info["state"] == "JobComplete" and info["numberRecordsProcessed"] == 50_000
+    assert 5 <= waited < 10, waited
+    assert polls == 3
+
+
 # --- the Limits resource and what consumes each allocation
 
 

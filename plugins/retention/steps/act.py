@@ -178,7 +178,7 @@ def _send(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: Policy, ru
     mark_submitted(store, policy, run, upload, job_id)
     log.info("%s: Bulk 2.0 %s job %s submitted for %d records (%d bytes)", run.run_key, operation, job_id,
              upload.records, upload.size)
-    sf.wait(policy.object, job_id)
+    sf.wait(policy.object, job_id, records=upload.records)
     _add(out, record_outcomes(store, policy, run, job_id, sf.outcomes(policy.object, job_id)))
     out.bulk_job_ids.append(job_id)
     return operation
