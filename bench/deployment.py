@@ -17,11 +17,11 @@ import time
 
 import requests
 
+from sandbox.standalone import stop_standalone
 from tests.airflow_deployment import (
     AIRFLOW,
     deployment_env,
     fresh_metadata_database,
-    stop_standalone,
     wait_until_healthy,
 )
 from tests.conftest import REPO, free_port, shared_tmp

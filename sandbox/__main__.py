@@ -330,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
     faults.add_argument("--count", type=int, help="only the next N requests (rows for record_failures)")
     faults.add_argument("--rate", type=float, help="fraction of requests (or rows) that fail")
     faults.add_argument("--status", type=int, help="500 or 503 for server_error")
-    faults.add_argument("--seconds", type=float, help="delay for slow, slow_job's wait before each batch")
+    faults.add_argument("--seconds", type=float, help="delay for slow, slow_job's least time a batch takes")
     faults.add_argument("--code", help="per-row error code for record_failures")
     faults.add_argument("--seed", type=int, help="random seed for rate-based faults")
     faults.add_argument("--text", help="what nul_in_results sends as a NUL character")

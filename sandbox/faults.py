@@ -5,9 +5,9 @@ Each kind imitates what Salesforce sends, so client retry and failure paths can 
 - ``rate_limit``: 403 ``REQUEST_LIMIT_EXCEEDED`` (Salesforce sends no 429 for API limits);
 - ``server_error``: 500 ``UNKNOWN_EXCEPTION`` or 503 ``SERVER_UNAVAILABLE`` (option ``status``);
 - ``slow``: every API response delayed by ``seconds``;
-- ``slow_job``: the next Bulk API 2.0 ingest job stays ``InProgress`` for ``seconds`` before each of its
-  10,000-record batches, as a real org's queue keeps a job waiting (so clients' polling, and a job's progress,
-  can be observed);
+- ``slow_job``: the next Bulk API 2.0 job stays ``InProgress`` longer, as a busy org keeps a job waiting (so
+  clients' polling, and a job's progress, can be observed): each 10,000-record batch of an ingest job takes at
+  least ``seconds`` (its records counted processed at its end), a query job waits ``seconds`` before it runs;
 - ``record_failures``: a ``rate`` fraction of ingest rows fail with ``code`` (default
   ``UNABLE_TO_LOCK_ROW``), drawn from a seeded generator so a run is repeatable;
 - ``session_expiry``: every issued session is invalidated at once (401 ``INVALID_SESSION_ID`` until

@@ -51,12 +51,20 @@ def main() -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_standalone(proc)
         return 0
+
+
+def stop_standalone(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """Stop ``airflow standalone`` started in a session of its own: SIGTERM to its whole process group (each
+    component stops on it within seconds; SIGINT left them running past 40 s), SIGKILL whatever is left after
+    ``timeout``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 if __name__ == "__main__":

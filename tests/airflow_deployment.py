@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,13 +81,3 @@ def wait_until_healthy(url: str, home: Path, *, alive, logs, timeout: float = 18
         time.sleep(1)
 
 
-def stop_standalone(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """Stop ``airflow standalone`` started in a session of its own: SIGTERM to its whole process group (each
-    component stops on it within seconds; SIGINT left them running past 40 s), SIGKILL whatever is left after
-    ``timeout``."""
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

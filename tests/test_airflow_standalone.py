@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from sandbox.standalone import stop_standalone
 from tests.airflow_deployment import (
     AIRFLOW,
     deployment_env,
     fresh_metadata_database,
-    stop_standalone,
     wait_until_healthy,
 )
 from tests.conftest import REPO, SUITE_DEPLOYMENT, free_port, shared_tmp

@@ -61,15 +61,16 @@ def polls_per_job(first: float, most: float, seconds: float = JOB_SECONDS) -> in
 
 
 def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int, id_page: int, upload_bytes: int,
-             polls: int) -> Spend:
+             polls: int, undeclared: int = 0) -> Spend:
     """At most what a run acting on ``records`` records spends, as the pipeline makes its calls: one ingest job per
     chunk (more when a chunk's upload would pass ``upload_bytes``), one verify query job per chunk, an extract
     query job for the ``salesforce_api`` source; each job checked ``polls`` times (:func:`polls_per_job`).
 
     Each cascade child adds query jobs, its children counted as many as the parents: one that stages them (for the
     ``salesforce_api`` source), one that asks the org for them again before each chunk's delete, and one that reads
-    them back in confirm (pages of Ids). Not counted: the jobs for cascading relationships the policy does not
-    retain (found in the org's describe as the run starts), one at extract and one before each chunk's delete."""
+    them back in confirm (pages of Ids). Each of the ``undeclared`` cascading relationships the policy does not
+    retain (found in the org's describe as the run starts) adds a query job for its children at extract and one
+    before each chunk's delete, its children too counted as many as the parents."""
     chunk = policy.guards.chunk_records
     chunks = max(1, math.ceil(records / chunk))
     row = ID_BYTES + MASKED_VALUE_BYTES * len(policy.mask or {})
@@ -86,20 +87,22 @@ def estimate(policy: Policy, records: int, *, query_page: int, verify_page: int,
     pages_per_job = [extract_pages] * from_org
     for _ in policy.cascade:
         pages_per_job += [extract_pages] * (from_org + chunks) + [max(1, math.ceil(records / id_page))]
+    pages_per_job += [extract_pages] * ((1 + chunks) * undeclared)
     calls += sum(CALLS_PER_QUERY_JOB + polls + pages for pages in pages_per_job)
     query_jobs += len(pages_per_job)
     batches = chunks * jobs_per_chunk + math.ceil(records / INGEST_BATCH_RECORDS)
     return Spend(api_requests=calls, bulk_batches=batches, query_jobs=query_jobs)
 
 
-def for_run(policy: Policy, records: int, *, poll_interval: float, max_poll_interval: float) -> Spend:
+def for_run(policy: Policy, records: int, *, poll_interval: float, max_poll_interval: float,
+            undeclared: int = 0) -> Spend:
     """:func:`estimate` with the page sizes and upload limit the pipeline uses, and the hook's polling."""
     from retention.hooks.salesforce_bulk import ID_QUERY_PAGE_SIZE, INGEST_UPLOAD_MAX_BYTES, QUERY_PAGE_SIZE
     from retention.steps import verify
 
     return estimate(policy, records, query_page=QUERY_PAGE_SIZE, verify_page=verify.page_size(policy),
                     id_page=ID_QUERY_PAGE_SIZE, upload_bytes=INGEST_UPLOAD_MAX_BYTES,
-                    polls=polls_per_job(poll_interval, max_poll_interval))
+                    polls=polls_per_job(poll_interval, max_poll_interval), undeclared=undeclared)
 
 
 def over_share(spend: Spend, limits: dict, share: float) -> list[str]:
@@ -116,13 +119,14 @@ def over_share(spend: Spend, limits: dict, share: float) -> list[str]:
     return out
 
 
-def check(sf, policy: Policy, records: int) -> Spend:
+def check(sf, policy: Policy, records: int, *, undeclared: int = 0) -> Spend:
     """Read the org's ``/limits`` and refuse (RetentionError, before anything is touched) a run over its share:
-    ``guards.max_api_share``, else ``[retention] max_api_share``."""
+    ``guards.max_api_share``, else ``[retention] max_api_share``. ``undeclared``: see :func:`estimate`."""
     from retention import config
     from retention.steps.run import RetentionError
 
-    spend = for_run(policy, records, poll_interval=sf.poll_interval, max_poll_interval=sf.max_poll_interval)
+    spend = for_run(policy, records, poll_interval=sf.poll_interval, max_poll_interval=sf.max_poll_interval,
+                    undeclared=undeclared)
     if policy.guards.max_api_share is not None:
         share, where = policy.guards.max_api_share, "guards.max_api_share"
     else:

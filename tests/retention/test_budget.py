@@ -143,6 +143,17 @@ def test_each_cascade_child_adds_its_checks_before_each_delete_its_read_back_and
         assert cascading.api_requests - alone.api_requests == 1 + jobs * (1 + 8) + pages
 
 
+def test_each_cascading_relationship_the_policy_does_not_retain_adds_its_checks_at_extract_and_before_each_delete():
+    """Such a relationship's children are asked of the org at extract (they keep their parent back) and again
+    before each chunk's delete: a query job each, with its polls and pages, the children counted as many as the
+    parents."""
+    chunks, query_pages = 1_000_000 // 250_000, 1_000_000 // 200_000
+    alone = estimate(policy(), 1_000_000, **PAGES, upload_bytes=10**8, polls=8)
+    two = estimate(policy(), 1_000_000, **PAGES, upload_bytes=10**8, polls=8, undeclared=2)
+    assert two.query_jobs - alone.query_jobs == 2 * (1 + chunks)
+    assert two.api_requests - alone.api_requests == 2 * (1 + chunks) * (1 + 8 + query_pages)
+
+
 def test_a_spend_over_the_share_of_any_allowance_is_named():
     need = Spend(api_requests=50, bulk_batches=10, query_jobs=2)
     plenty = {"DailyApiRequests": {"Remaining": 1000}, "DailyBulkApiBatches": {"Remaining": 1000},

@@ -100,10 +100,11 @@ def test_without_privacy_center_a_run_stops_before_touching_anything(world):
     assert ledger(sandbox, "unlicensed_contacts") == []
 
 
-def test_accounts_whose_delete_would_take_unretained_children_are_kept_back(world, sf):
+def test_accounts_whose_delete_would_take_unretained_children_are_kept_back(world, sf, capfd):
     """Deleting an account takes its opportunities too ("Guidelines for Deleting Accounts"; describe's
     childRelationships says cascadeDelete). A policy that retains only the contacts keeps back, per account and
-    with the reason, every account that has opportunities, and deletes the others."""
+    with the reason, every account that has opportunities, and deletes the others. Its API budget counts the
+    query jobs each such relationship costs, at extract and before each chunk's delete."""
     sandbox = world
     # A cutoff a month ahead: every account is old enough, the two made here too.
     logical_date = LOGICAL_DATE + dt.timedelta(days=1825 + 30)
@@ -132,6 +133,23 @@ def test_accounts_whose_delete_would_take_unretained_children_are_kept_back(worl
     reason = next(iter(row["blocked_records"].values()))
     assert reason.startswith("CASCADE_NOT_RETAINED: deleting it would also delete") and "Opportunities" in reason
     assert row["acted"] == len(eligible - with_opportunities)
+    assert_budget_counts_undeclared(sf, dags().POLICIES["contacts_only_accounts"], capfd.readouterr().out)
+
+
+def assert_budget_counts_undeclared(sf, policy, out: str) -> None:
+    """The run's logged estimate is the budget's for the records it saw, with the policy's unretained cascading
+    relationships (from the org's describe) counted."""
+    import re
+
+    from retention import budget, cascade
+    from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL, configured_poll_interval
+
+    undeclared = cascade.undeclared(policy, sf.Account.describe())
+    assert undeclared, "the org's Account has cascading relationships the policy does not retain"
+    records, spent = map(int, re.search(r"acting on up to (\d+) records spends about (\d+) API requests", out).groups())
+    poll = {"poll_interval": configured_poll_interval(), "max_poll_interval": MAX_POLL_INTERVAL}
+    assert spent == budget.for_run(policy, records, **poll, undeclared=len(undeclared)).api_requests
+    assert spent > budget.for_run(policy, records, **poll).api_requests
 
 
 def test_a_child_added_during_the_run_keeps_its_parent_until_it_is_retained(world, monkeypatch, sf):

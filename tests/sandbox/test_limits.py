@@ -76,42 +76,66 @@ def test_wait_polls_a_job_the_org_keeps_running_far_less_often_than_fixed_pollin
     assert not live(sandbox, doomed)
 
 
-def test_progress_delay_brings_a_check_to_when_the_jobs_rate_says_it_ends():
-    from retention.hooks.salesforce_bulk import progress_delay
-
-    # Nothing processed yet: the progress says nothing, the schedule stands.
-    assert progress_delay(1.0, 40_000, [(0.5, 0)], floor=0.5) is None
-    # 10,000 in the 1.5 s since the job was closed, at its first check: 30,000 left take 4.5 s, 5.4 s with the
-    # margin, later than the check due in 4 s.
-    assert progress_delay(4.0, 40_000, [(1.5, 10_000)], floor=0.5) is None
-    # Seen at none at 0.5 s, the 10,000 took at most the second since: 3 s left, 3.6 s with the margin.
-    assert progress_delay(4.0, 40_000, [(0.5, 0), (1.5, 10_000)], floor=0.5) == pytest.approx(3.6)
-    # 30,000 at 6 s, still 10,000 at 4 s (and at 2 s): the 20,000 took at most 2 s, so the 10,000 left take 1 s,
-    # 1.2 s with the margin.
-    seen = [(0.5, 0), (2.0, 10_000), (4.0, 10_000), (6.0, 30_000)]
-    assert progress_delay(8.0, 40_000, seen, floor=0.5) == pytest.approx(1.2)
-    # Every record processed and the job not yet ended, or nearly so: never sooner than the floor.
-    assert progress_delay(8.0, 40_000, [(5.0, 40_000)], floor=0.5) == 0.5
-    assert progress_delay(8.0, 40_000, [(5.0, 39_990)], floor=0.5) == 0.5
+def checks_until_done(checks, processed_at, ends: float) -> list[float]:
+    """The times ``checks`` (a StatusChecks) checks a job that ends at ``ends`` seconds, having processed
+    ``processed_at(t)`` records at ``t``: the last one finds it done."""
+    times = []
+    while True:
+        times.append(checks.next_at)
+        if times[-1] >= ends:
+            return times
+        checks.running(times[-1], processed_at(times[-1]))
 
 
-def test_wait_checks_an_ingest_job_when_its_progress_says_it_ends_at_no_extra_call(sandbox, hook):
-    """50,000 records, five batches each held 1 s (``slow_job``): the job ends 5 to 7.5 s after it is closed.
-    With a first wait of 1.5 s the backoff checks at 1.5, 4.5 and 10.5 s. At 4.5 s the job reports 30,000 or
-    40,000 records processed, 10,000 at 1.5 s: the rate between brings a check to between 5.7 and 8.1 s, which
-    finds the job done, where the backoff alone would have waited until 10.5 s; three checks either way."""
+def test_status_checks_follow_the_backoff_and_a_jobs_progress_brings_a_check_to_its_end():
+    """Jobs of 1 to 100 batches of 10,000 records, each batch taking 0.05 to 7 s and counted as it ends (as the
+    org reports them), some after a wait in the queue. Without the records the checks are the backoff's. With
+    them, a job never costs more than one check more, is never seen done later, and, once its progress is fine
+    enough to read (ten batches or more), is seen done within a tenth of its length (the margin) and a batch of
+    its end; over all the jobs of three batches or more, the time between a job's end and the check that sees
+    it is under a third of the backoff's."""
+    from retention.hooks.salesforce_bulk import MAX_POLL_INTERVAL, StatusChecks
+
+    late = {"backoff": 0.0, "steered": 0.0}
+    for batches in (1, 3, 10, 25, 100):
+        for batch_seconds in (0.05, 0.4, 1.0, 2.5, 7.0):
+            for queued in (0.0, batch_seconds):
+                ends = queued + batches * batch_seconds
+
+                def processed_at(t, batches=batches, batch_seconds=batch_seconds, queued=queued):
+                    return 10_000 * min(batches, max(0, int((t - queued) / batch_seconds)))
+
+                backoff = checks_until_done(StatusChecks(0.5, MAX_POLL_INTERVAL), processed_at, ends)
+                assert backoff[:4] == pytest.approx([0.5, 1.5, 3.5, 7.5][: len(backoff)])
+                steered = checks_until_done(StatusChecks(0.5, MAX_POLL_INTERVAL, batches * 10_000), processed_at,
+                                            ends)
+                case = (batches, batch_seconds, queued, steered, backoff)
+                assert len(steered) <= len(backoff) + 1 and steered[-1] <= backoff[-1], case
+                if batches >= 10 and not queued:
+                    assert steered[-1] - ends <= 0.1 * ends + batch_seconds + 0.5, case
+                if batches >= 3:
+                    late["backoff"] += backoff[-1] - ends
+                    late["steered"] += steered[-1] - ends
+    assert late["steered"] < late["backoff"] / 3, late
+
+
+def test_wait_checks_an_ingest_job_when_its_progress_says_it_ends(sandbox, hook):
+    """50,000 records, five batches of 1.2 s each (``slow_job``): the job ends about 6 s after it is closed. With
+    a first wait of 1.5 s the backoff checks at 1.5, 4.5 and 10.5 s. At 4.5 s the job reports 30,000 records
+    processed: at that rate the 20,000 left end by 7.5 s, and a check there (a tenth later) finds it done, where
+    the backoff alone would have waited until 10.5 s; three checks either way."""
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
 
     hook = SalesforceBulk2Hook(poll_interval=1.5)
     missing = [ids.make_id("003", 2 * 10**12 + i) for i in range(50_000)]  # the org processes them as failures
     job_id = hook.create_ingest("Contact", "delete")
-    with sandbox.fault("slow_job", seconds=1, count=1):
+    with sandbox.fault("slow_job", seconds=1.2, count=1):
         hook.upload_and_close("Contact", job_id, delete_csv(missing))
         before, started = api_usage(sandbox), time.monotonic()
         info = hook.wait("Contact", job_id, records=len(missing))
         polls, waited = api_usage(sandbox) - before, time.monotonic() - started
     assert info["state"] == "JobComplete" and info["numberRecordsProcessed"] == 50_000
-    assert 5 <= waited < 10, waited
+    assert 6 <= waited < 10.5, waited  # the backoff's own check would come at 10.5 s
     assert polls == 3
 
 

@@ -348,39 +348,26 @@ class SalesforceBulk2Hook(SalesforceHook):
         """The job's info once it is JobComplete, checked after ``poll_interval`` and then at intervals growing by
         ``POLL_BACKOFF`` up to ``max_poll_interval`` (each check is an API call).
 
-        Given the ``records`` an ingest job was sent, one more check comes in between when the records the job
-        reports processed say it will end before the next is due (:func:`progress_delay`), so a long job is not
-        left waiting most of a 30 s interval after it ends. If that check finds the job still running, the checks
-        go on as scheduled and no other is added: the progress costs at most one call more than the backoff alone,
-        and never delays a check.
+        Given the ``records`` an ingest job was sent, one more check may come in between, when the job's progress
+        says it ends before the next is due (:class:`StatusChecks`).
 
         :raises BulkJobError: the job ended Failed or Aborted.
         :raises TimeoutError: still running after ``timeout`` seconds (the job goes on in Salesforce).
         """
         client = self._client(object_name)
+        checks = StatusChecks(self.poll_interval, self.max_poll_interval, records)
         started = time.monotonic()
         deadline = started + timeout
-        schedule = poll_delays(self.poll_interval, self.max_poll_interval)
-        due, early, seen = started + next(schedule), None, []
         while True:
-            at = min(due, early or due)
-            time.sleep(max(0.0, min(at, deadline) - time.monotonic()))
+            time.sleep(max(0.0, min(started + checks.next_at, deadline) - time.monotonic()))
             job = client.get_job(job_id, is_query)
             if job["state"] in FINAL_STATES:
                 if job["state"] != "JobComplete":
                     raise BulkJobError(f"Bulk job {job_id} ended {job['state']}: {job.get('errorMessage')}")
                 return job
-            now = time.monotonic()
-            if now >= deadline:
+            if time.monotonic() >= deadline:
                 raise TimeoutError(f"Bulk job {job_id} still {job['state']} after {timeout:.0f}s")
-            if at < due:  # the check the progress brought in found the job running: keep to the schedule now
-                records, early = None, None
-                continue
-            due = now + next(schedule)
-            if records:
-                seen.append((now - started, int(job.get("numberRecordsProcessed") or 0)))
-                sooner = progress_delay(due - now, records, seen, floor=self.poll_interval)
-                early = None if sooner is None else now + sooner
+            checks.running(time.monotonic() - started, int(job.get("numberRecordsProcessed") or 0))
 
     def outcomes(self, object_name: str, job_id: str) -> Iterator[RecordOutcome]:
         """Every record's outcome in a finished ingest job (successes, failures, never-processed), one at a time as
@@ -426,23 +413,43 @@ def poll_delays(first: float, most: float, backoff: float = POLL_BACKOFF) -> Ite
         delay = min(delay * backoff, most)
 
 
-def progress_delay(scheduled: float, records: int, seen: list[tuple[float, int]], *, floor: float,
-                   margin: float = 1.2) -> float | None:
-    """How long until a job sent ``records`` records ends, if sooner than the ``scheduled`` check; None if not, or
-    if its progress cannot say.
+class StatusChecks:
+    """When to check a Bulk job's status next, in seconds since it was closed: after ``first``, then at intervals
+    growing by ``POLL_BACKOFF`` up to ``most`` (every check is an API call, so a job that runs for minutes costs a
+    few dozen calls, not hundreds).
 
-    ``seen`` holds (seconds since the job was closed, records it reported processed) at each check so far. The
-    rate is the records counted since the latest earlier check that saw fewer (or since the job was closed), over
-    the time between. The count moves a batch at a time, so the estimate can be early: ``margin`` makes a check
-    land after the job's end rather than just before it, and the hook adds at most one such check a job; ``floor``
-    keeps checks from crowding the org."""
-    elapsed, processed = seen[-1]
-    if processed <= 0:
-        return None
-    before = next(((t, n) for t, n in reversed(seen[:-1]) if n < processed), (0.0, 0))
-    rate = (processed - before[1]) / max(elapsed - before[0], 1e-3)
-    remaining = max((records - processed) / rate * margin, floor)  # all processed: the job is closing
-    return remaining if remaining < scheduled else None
+    Given the ``records`` an ingest job was sent, one check more comes when the records it reports processed say
+    it ends before the next check is due, so a long job is not left waiting most of 30 s after it ends. The rate
+    is the records processed over the time since the job was closed: the count moves a batch at a time, and only
+    once each batch is done, so the rate is never above the job's own, and the check lands at its end or after it
+    (later still by the time the job waited in the org's queue). Should that check still find the job running
+    (the org slowed down), the checks keep to the backoff: at most one call more than the backoff alone, and no
+    check comes later than it would have.
+    """
+
+    MARGIN = 1.1  # the early check aims a tenth past the estimated end
+
+    def __init__(self, first: float, most: float, records: int | None = None):
+        self._delays = poll_delays(first, most)
+        self._floor = first
+        self._records = records
+        self._due = next(self._delays)
+        self._early: float | None = None
+
+    @property
+    def next_at(self) -> float:
+        return self._due if self._early is None else self._early
+
+    def running(self, at: float, processed: int) -> None:
+        """The check made ``at`` seconds found the job still running, ``processed`` records done."""
+        if self._early is not None:  # the early check: back to the schedule, which it did not move
+            self._early = self._records = None
+            return
+        self._due = at + next(self._delays)
+        if self._records and processed > 0:
+            remaining = max((self._records - processed) * at / processed * self.MARGIN, self._floor)
+            if at + remaining < self._due:
+                self._early = at + remaining
 
 
 def _version_number(version: str) -> float:

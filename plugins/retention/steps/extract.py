@@ -128,7 +128,7 @@ def from_mirror(store: RetentionStoreHook, policy: Policy, run: Run, describe: d
         already, held_ids = _take_out_settled_and_held(conn, policy, run)
         staged = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(run.staging)).fetchone()[0]
         guard(policy, staged)  # over the guard: the transaction rolls back, nothing stays staged
-        _within_budget(sf, policy, run, staged)
+        _within_budget(sf, policy, run, staged, describe)
         out = _result(policy, run, describe, eligible=staged, held=len(held_ids), done=already, staged=staged,
                       held_ids=held_ids)
         _with_children(conn, sf, policy, run, describe, others, out, holds=None)
@@ -159,7 +159,7 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
     # The org's count (held and settled records included) bounds what the run acts on: the budget is checked on it
     # before the extract query spends anything.
     if not run.dry_run:
-        _within_budget(sf, policy, run, sf.count(soql_for(policy, run, [], types, others, count=True)))
+        _within_budget(sf, policy, run, sf.count(soql_for(policy, run, [], types, others, count=True)), describe)
     holds = active_holds(sf) if policy.select.exclude_privacy_holds else set()
     columns = sql.SQL(", ").join([sql.SQL("sfid varchar(18) PRIMARY KEY")] + [
         sql.SQL("{} {}").format(column(f), sql.SQL(STAGING_TYPES.get(types[f], "text"))) for f in fields])
@@ -186,14 +186,14 @@ def from_salesforce(store: RetentionStoreHook, sf: SalesforceBulk2Hook, policy: 
     return out
 
 
-def _within_budget(sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, records: int) -> None:
+def _within_budget(sf: SalesforceBulk2Hook | None, policy: Policy, run: Run, records: int, describe: dict) -> None:
     """Refuse a run that would spend more than its share of the org's daily allowances (see ``budget``); a dry
     run acts on nothing and is not checked."""
-    from retention import budget
+    from retention import budget, cascade
 
     if sf is None or run.dry_run:
         return
-    spend = budget.check(sf, policy, records)
+    spend = budget.check(sf, policy, records, undeclared=len(cascade.undeclared(policy, describe)))
     log.info("%s: acting on up to %d records spends about %d API requests, %d Bulk batches, %d Bulk query jobs: "
              "within the run's share of what the org has left today", run.run_key, records, spend.api_requests,
              spend.bulk_batches, spend.query_jobs)
