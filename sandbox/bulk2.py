@@ -322,17 +322,28 @@ def create_query_job(request: Request, svc: OrgService) -> Response:
     return JSONResponse(query_info(job, full=False))
 
 
+def _claim(conn, job_id: str) -> bool:
+    """Take a queued job (``UploadComplete``) into ``InProgress``; False if it was aborted meanwhile."""
+    claimed = conn.execute("UPDATE bulk.jobs SET state = 'InProgress', modstamp = clock_timestamp() "
+                           "WHERE id = %s AND state = 'UploadComplete' RETURNING id", (job_id,)).fetchone()
+    conn.commit()
+    return claimed is not None
+
+
+def _fail(conn, job_id: str, message: str) -> None:
+    """End a job ``Failed`` with ``message`` (what its own transaction had not committed is undone)."""
+    conn.rollback()
+    conn.execute("UPDATE bulk.jobs SET state = 'Failed', error_message = %s, modstamp = clock_timestamp() "
+                 "WHERE id = %s AND state = 'InProgress'", (message, job_id))
+
+
 def run_query_job(svc: OrgService, job_id: str, compiled) -> None:
     """Run a query job after its creation has answered, as Salesforce does: ``UploadComplete`` ("Salesforce has
     put the query job in the queue"), ``InProgress`` while it runs, then ``JobComplete`` with its results, or
     ``Failed`` (How Requests Are Processed). The query is checked at creation; an abort meanwhile wins."""
     started = time.monotonic()
     with svc.pool.connection() as conn:
-        claimed = conn.execute(
-            "UPDATE bulk.jobs SET state = 'InProgress', modstamp = clock_timestamp() "
-            "WHERE id = %s AND state = 'UploadComplete' RETURNING id", (job_id,)).fetchone()
-        conn.commit()
-        if not claimed:
+        if not _claim(conn, job_id):
             return
         queued = svc.faults.take("slow_job")
         if queued:
@@ -347,11 +358,9 @@ def run_query_job(svc: OrgService, job_id: str, compiled) -> None:
                 conn.commit()
             else:  # aborted while it ran: its results go with it
                 conn.rollback()
-        except Exception as exc:
+        except Exception as exc:  # a sandbox bug must not leave the job InProgress forever
             log.exception("bulk query job %s failed", job_id)
-            conn.rollback()
-            conn.execute("UPDATE bulk.jobs SET state = 'Failed', error_message = %s, modstamp = clock_timestamp() "
-                         "WHERE id = %s AND state = 'InProgress'", (f"InternalServerError : {exc}", job_id))
+            _fail(conn, job_id, f"InternalServerError : {exc}")
 
 
 def _jobs_list(svc: OrgService, kind: str, render) -> Response:
@@ -600,17 +609,14 @@ def run_ingest_job(svc: OrgService, job_id: str) -> None:
     a separate batch for every 10,000 records in your job data" (Understanding Bulk API 2.0 Ingest). While the
     job is ``InProgress`` its info reports the records processed so far (``numberRecordsProcessed``; Get
     Information About an Ingest Job does not say whether the count moves before the job ends, and the product
-    never relies on it moving). An abort stops it before its next batch, and the batches done
-    stay done: "Changes made by a job that fails or is aborted aren't rolled back" (Bulk API 2.0 Developer Guide).
+    never relies on it moving). An abort lets the batch under way finish and stops the job before the next; the
+    batches done stay done: "Changes made by a job that fails or is aborted aren't rolled back" (Bulk API 2.0
+    Developer Guide).
     Salesforce may process a job's batches in parallel; the guide does not say in what order, so here they go
     one after another in the upload's order."""
     started = time.monotonic()
     with svc.pool.connection() as conn:
-        claimed = conn.execute(
-            "UPDATE bulk.jobs SET state = 'InProgress', modstamp = clock_timestamp() "
-            "WHERE id = %s AND state = 'UploadComplete' RETURNING id", (job_id,)).fetchone()
-        conn.commit()
-        if not claimed:
+        if not _claim(conn, job_id):
             return
         job = load_job(conn, job_id, api="v2")
         conn.commit()
@@ -636,14 +642,10 @@ def run_ingest_job(svc: OrgService, job_id: str) -> None:
                           **({"error_message": "InternalServerError : the job failed part way (injected)"}
                              if broken else {}))
         except ingest.JobError as err:
-            conn.rollback()
-            conn.execute("UPDATE bulk.jobs SET state = 'Failed', error_message = %s, modstamp = clock_timestamp() "
-                         "WHERE id = %s AND state = 'InProgress'", (err.message, job_id))
+            _fail(conn, job_id, err.message)
         except Exception as exc:  # a sandbox bug must not leave the job InProgress forever
             log.exception("bulk ingest job %s failed", job_id)
-            conn.rollback()
-            conn.execute("UPDATE bulk.jobs SET state = 'Failed', error_message = %s, modstamp = clock_timestamp() "
-                         "WHERE id = %s AND state = 'InProgress'", (f"InternalServerError : {exc}", job_id))
+            _fail(conn, job_id, f"InternalServerError : {exc}")
 
 
 def _run_batch(svc: OrgService, conn, job: dict, header: list[str], rows: list[list[str]], first: int,
