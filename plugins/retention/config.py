@@ -49,8 +49,9 @@ OPTIONS: dict[str, tuple[str, str | None, str]] = {
     ),
     "bulk_poll_interval": (
         "Seconds before the first status check of a Salesforce Bulk job; later checks wait twice as long as the one "
-        "before, at most 30 s. Every check is an API call: a shorter first wait answers a small job sooner and "
-        "spends more calls on a long one (the API budget counts them from this value).",
+        "before, at most 30 s (an ingest job gets one check more when the records it reports processed say it ends "
+        "sooner). Every check is an API call: a shorter first wait answers a small job sooner and spends more calls "
+        "on a long one (the API budget counts them from this value).",
         "1.0",
         "0.5",
     ),

@@ -122,8 +122,8 @@ def test_status_checks_follow_the_backoff_and_a_jobs_progress_brings_a_check_to_
 def test_wait_checks_an_ingest_job_when_its_progress_says_it_ends(sandbox, hook):
     """50,000 records, five batches of 1.2 s each (``slow_job``): the job ends about 6 s after it is closed. With
     a first wait of 1.5 s the backoff checks at 1.5, 4.5 and 10.5 s. At 4.5 s the job reports 30,000 records
-    processed: at that rate the 20,000 left end by 7.5 s, and a check there (a tenth later) finds it done, where
-    the backoff alone would have waited until 10.5 s; three checks either way."""
+    processed: at that rate the 20,000 left take 3 s, and a check a tenth later than that, at 7.8 s, finds the job
+    done, where the backoff alone would have waited until 10.5 s; three checks either way."""
     from retention.hooks.salesforce_bulk import SalesforceBulk2Hook
 
     hook = SalesforceBulk2Hook(poll_interval=1.5)
