@@ -18,12 +18,7 @@ import time
 import requests
 
 from sandbox.standalone import stop_standalone
-from tests.airflow_deployment import (
-    AIRFLOW,
-    deployment_env,
-    fresh_metadata_database,
-    wait_until_healthy,
-)
+from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
 from tests.conftest import REPO, free_port, shared_tmp
 
 USUAL_WAY_DAG_FILE = '''"""The usual way (bench/usual_way.py) as an Airflow DAG file of this deployment

@@ -79,5 +79,3 @@ def wait_until_healthy(url: str, home: Path, *, alive, logs, timeout: float = 18
         assert alive(), logs()[-3000:]
         assert time.monotonic() < deadline, f"the deployment did not come up in {timeout}s:\n{logs()[-3000:]}"
         time.sleep(1)
-
-

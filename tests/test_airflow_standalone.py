@@ -25,12 +25,7 @@ import pytest
 import requests
 
 from sandbox.standalone import stop_standalone
-from tests.airflow_deployment import (
-    AIRFLOW,
-    deployment_env,
-    fresh_metadata_database,
-    wait_until_healthy,
-)
+from tests.airflow_deployment import AIRFLOW, deployment_env, fresh_metadata_database, wait_until_healthy
 from tests.conftest import REPO, SUITE_DEPLOYMENT, free_port, shared_tmp
 from tests.policy_support import cache_rows, org_rows, place_hold, store_rows
 
